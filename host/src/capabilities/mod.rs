@@ -1,0 +1,48 @@
+//! Host capabilities: the only way a guest reaches the host. One module per
+//! WIT interface, each with its per-run state, its `Host` implementation and
+//! its `add_to_linker`.
+
+pub mod config;
+pub mod log;
+pub mod output;
+pub mod wasi;
+
+use crate::manifest::DirGrant;
+use crate::model::ConfigMap;
+use output::Output;
+use wasmtime::component::Linker;
+
+/// Everything one run may use, built from its grants.
+pub struct RunCapabilities {
+    pub wasi: wasi::WasiCapability,
+    pub log: log::LogCapability,
+    pub config: config::ConfigCapability,
+}
+
+impl RunCapabilities {
+    pub fn new(
+        dirs: &[DirGrant],
+        dry_run: bool,
+        config: ConfigMap,
+        output: &Output,
+    ) -> anyhow::Result<Self> {
+        Ok(RunCapabilities {
+            wasi: wasi::WasiCapability::new(dirs, dry_run, output)?,
+            log: log::LogCapability::new(output.clone()),
+            config: config::ConfigCapability::new(config),
+        })
+    }
+}
+
+/// A store's data that carries a run's capabilities.
+pub trait HasCapabilities: Send + 'static {
+    fn capabilities(&mut self) -> &mut RunCapabilities;
+}
+
+/// Adds the housekeeper interfaces. WASI is added by the runtime, which owns
+/// the store type that implements `WasiView`.
+pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    log::add_to_linker(linker, |t: &mut T| &mut t.capabilities().log)?;
+    config::add_to_linker(linker, |t: &mut T| &mut t.capabilities().config)?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! The WASI side of the sandbox: filesystem through the manifest's
+//! `grants.dirs` only, clocks and random; no environment variables, no
+//! arguments, no sockets, no inherited stdio (stdout and stderr are captured
+//! into the run's output).
+
+use super::output::{CapturedStdio, Output, Stream};
+use crate::manifest::{DirGrant, DirMode};
+use anyhow::Context as _;
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView};
+
+pub struct WasiCapability {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiCapability {
+    /// Preopens each granted directory; in a dry-run every one is read-only.
+    pub fn new(dirs: &[DirGrant], dry_run: bool, output: &Output) -> anyhow::Result<Self> {
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(CapturedStdio::new(output.clone(), Stream::Stdout))
+            .stderr(CapturedStdio::new(output.clone(), Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for dir in dirs {
+            let perms = match dir.mode {
+                DirMode::Rw if !dry_run => FsPerms::ReadWrite,
+                _ => FsPerms::ReadOnly,
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!(
+                        "granted directory {} (guest {}) cannot be opened",
+                        dir.host.display(),
+                        dir.guest
+                    )
+                })?;
+        }
+        Ok(WasiCapability {
+            ctx: builder.build(),
+            table: ResourceTable::new(),
+        })
+    }
+
+    pub fn view(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}

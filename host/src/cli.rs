@@ -1,0 +1,266 @@
+//! The command line: argument definitions and the commands that do not need
+//! the service (`run`, `check`).
+
+use crate::catalog::{Catalog, TaskEntry};
+use crate::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use crate::runtime::{RunRequest, Runtime, RuntimeOptions, TaskComponent};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "housekeeper", version, about = "Runs database and file-system maintenance tasks as sandboxed WebAssembly components")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one task once, in the foreground; the exit code tells the outcome.
+    Run(RunArgs),
+    /// Validate components and manifests and print what each task says about itself.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A task name from the tasks directory, or a path to a `.wasm` component.
+    pub task: String,
+    /// Directory of task components and manifests.
+    #[arg(long, env = "HOUSEKEEPER_TASKS_DIR", default_value = "./tasks.d")]
+    pub tasks_dir: PathBuf,
+    /// Report what would change without changing anything (granted directories become read-only).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Set a `[config]` value for this run, overriding the manifest (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config_pair)]
+    pub config: Vec<(String, ConfigValue)>,
+    /// Print the result as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// A `.wasm` component, a `.toml` manifest, or a tasks directory.
+    pub path: PathBuf,
+}
+
+fn parse_config_pair(text: &str) -> Result<(String, ConfigValue), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty key in {text:?}"));
+    }
+    Ok((key.to_owned(), ConfigValue::from_cli(value)))
+}
+
+/// Exit code for a finished run: 0 only for success. 2 is left to usage
+/// and loading errors.
+pub fn exit_code(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Success => 0,
+        RunStatus::Error => 1,
+        RunStatus::Trapped => 3,
+        RunStatus::Timeout => 4,
+        RunStatus::OutOfFuel => 5,
+        RunStatus::OutOfMemory => 6,
+        RunStatus::Skipped | RunStatus::Cancelled | RunStatus::Interrupted | RunStatus::Running => 7,
+    }
+}
+
+/// Exit code when the task could not even be loaded.
+pub const EXIT_LOAD_ERROR: u8 = 2;
+
+pub async fn execute(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Check(args) => check(args).await,
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_LOAD_ERROR)
+}
+
+fn runtime() -> Result<Runtime, ExitCode> {
+    Runtime::new(RuntimeOptions::default()).map_err(|e| fail(format!("cannot start the WebAssembly runtime: {e:#}")))
+}
+
+/// Finds the task `spec` names: a `.wasm` path, or a name in the tasks dir.
+pub fn resolve_task(spec: &str, tasks_dir: &Path) -> Result<TaskEntry, String> {
+    let as_path = Path::new(spec);
+    if spec.ends_with(".wasm") || as_path.is_file() {
+        if !as_path.is_file() {
+            return Err(format!("component file {spec} does not exist"));
+        }
+        return TaskEntry::for_component_file(as_path).map_err(|e| e.to_string());
+    }
+    let catalog = Catalog::scan(tasks_dir)
+        .map_err(|e| format!("cannot read tasks directory {}: {e}", tasks_dir.display()))?;
+    catalog.get(spec).cloned()
+}
+
+async fn load(runtime: &Runtime, path: &Path) -> Result<TaskComponent, String> {
+    let runtime = runtime.clone();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || runtime.load_file(&path))
+        .await
+        .map_err(|e| format!("compiling panicked: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let task = match resolve_task(&args.task, &args.tasks_dir) {
+        Ok(task) => task,
+        Err(e) => return fail(e),
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let component = match load(&runtime, &task.component_path).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let mut request = RunRequest::from_manifest(&task.manifest, new_run_id(), Trigger::Cli);
+    request.dry_run = args.dry_run;
+    request.config.extend(args.config);
+    let result = runtime.run(&component, request).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result).expect("run results serialize"));
+    } else {
+        print_result(&result);
+    }
+    ExitCode::from(exit_code(result.status))
+}
+
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn print_result(r: &RunResult) {
+    println!("task:      {}", r.task_name);
+    println!("run:       {}{}", r.run_id, if r.dry_run { " (dry run)" } else { "" });
+    println!("status:    {}", r.status);
+    println!("duration:  {} ms", r.duration_ms);
+    if let Some(summary) = &r.summary {
+        println!("summary:   {summary}");
+    }
+    if let Some(error) = &r.error {
+        println!("error:     {error}");
+    }
+    if !r.metrics.is_empty() {
+        let metrics: Vec<String> = r.metrics.iter().map(|m| format!("{}={}", m.name, m.value)).collect();
+        println!("metrics:   {}", metrics.join(" "));
+    }
+    println!("fuel used: {}", r.fuel_used);
+    println!("component: sha256:{}", r.component_hash);
+    if !r.output.is_empty() {
+        println!("output:");
+        for line in r.output.lines() {
+            println!("  {line}");
+        }
+    }
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let path = args.path;
+    let tasks = if path.is_dir() {
+        match Catalog::scan(&path) {
+            Ok(catalog) => {
+                let mut problems = 0;
+                for problem in &catalog.problems {
+                    println!("FAIL {}: {}", problem.path.display(), problem.message);
+                    problems += 1;
+                }
+                if catalog.tasks.is_empty() && problems == 0 {
+                    return fail(format!("no tasks in {}", path.display()));
+                }
+                (catalog.tasks.into_values().collect::<Vec<_>>(), problems)
+            }
+            Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+        }
+    } else if path.extension().is_some_and(|e| e == "toml") {
+        match crate::manifest::Manifest::load(&path) {
+            Ok(manifest) => {
+                let component_path = path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(&manifest.component);
+                (
+                    vec![TaskEntry {
+                        manifest,
+                        manifest_path: Some(path.clone()),
+                        component_path,
+                    }],
+                    0,
+                )
+            }
+            Err(e) => return fail(e),
+        }
+    } else {
+        match resolve_task(&path.display().to_string(), Path::new(".")) {
+            Ok(task) => (vec![task], 0),
+            Err(e) => return fail(e),
+        }
+    };
+    let (tasks, mut problems) = tasks;
+
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    for task in &tasks {
+        match check_one(&runtime, task).await {
+            Ok(text) => println!("ok   {}\n{text}", task.name()),
+            Err(e) => {
+                println!("FAIL {}: {e}", task.name());
+                problems += 1;
+            }
+        }
+    }
+    if problems > 0 {
+        eprintln!("{problems} problem(s) found");
+        ExitCode::from(EXIT_LOAD_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String> {
+    let component = load(runtime, &task.component_path).await?;
+    let info = runtime
+        .describe(&component)
+        .await
+        .map_err(|(status, message)| format!("{} ({status})", message))?;
+    let m = &task.manifest;
+    let schedule = m
+        .schedule
+        .as_ref()
+        .map(|s| s.as_str().to_owned())
+        .or(info.default_schedule.clone())
+        .unwrap_or_else(|| "(none: manual only)".into());
+    let mut lines = vec![
+        format!("  component:    {} (sha256:{})", task.component_path.display(), component.hash()),
+        format!("  manifest:     {}", task.manifest_path.as_ref().map_or("(none: no grants)".into(), |p| p.display().to_string())),
+        format!("  describe():   {} {} - {}", info.name, info.version, info.description),
+        format!("  schedule:     {schedule}"),
+    ];
+    if !info.capabilities.is_empty() {
+        lines.push(format!("  would like:   {}", info.capabilities.join(", ")));
+    }
+    for dir in &m.dirs {
+        lines.push(format!("  grants dir:   {} -> {} ({:?})", dir.host.display(), dir.guest, dir.mode));
+    }
+    if let Some(db) = &m.database {
+        for (table, verbs) in &db.tables {
+            lines.push(format!("  grants sql:   {}.{table} {verbs:?}", db.connection));
+        }
+    }
+    Ok(lines.join("\n"))
+}

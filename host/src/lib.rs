@@ -1,0 +1,13 @@
+//! housekeeper: runs database and file-system maintenance tasks as sandboxed
+//! WebAssembly components.
+//!
+//! The binary (`main.rs`) only parses the command line and sets up logging;
+//! everything else lives here so it can be tested without a process.
+
+pub mod capabilities;
+pub mod catalog;
+pub mod cli;
+pub mod manifest;
+pub mod model;
+pub mod runtime;
+pub mod schedule;

@@ -1,0 +1,653 @@
+//! Task manifests (`NAME.toml` beside `NAME.wasm`): parsing and validation.
+//!
+//! Everything is checked here, at load time: unknown keys, durations, sizes,
+//! cron expressions, time zones, grant paths and verbs. A manifest that loads
+//! is one the rest of the host can trust.
+
+use crate::model::{ConfigMap, ConfigValue};
+use crate::schedule::{self, Schedule};
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::time::Duration;
+
+/// The largest memory cap a manifest may ask for.
+pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid manifest {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// What to do when a fire comes while the previous run still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+    Replace,
+    Allow,
+}
+
+/// What to do about fires missed while the service was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Misfire {
+    #[default]
+    Skip,
+    RunOnce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirMode {
+    Ro,
+    Rw,
+}
+
+/// A host directory made visible to the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+    pub mode: DirMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlVerb {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    CreatePartition,
+    DropPartition,
+    Vacuum,
+    Analyze,
+    Ddl,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseGrant {
+    pub connection: String,
+    pub tables: BTreeMap<String, Vec<SqlVerb>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    pub max: u32,
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    pub keep_days: u32,
+    pub keep_last: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 5_000_000_000,
+            memory_bytes: 128 << 20,
+        }
+    }
+}
+
+/// A validated manifest. Optional fields that the task's `describe()` or the
+/// host configuration can fill in stay `None` here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    /// File name of the component, relative to the tasks directory.
+    pub component: String,
+    pub schedule: Option<Schedule>,
+    pub timezone: Option<Tz>,
+    pub enabled: bool,
+    pub run_on_startup: Option<bool>,
+    pub startup_delay: Duration,
+    pub jitter: Duration,
+    pub overlap: Overlap,
+    pub misfire: Misfire,
+    pub timeout: Duration,
+    pub retries: Retries,
+    pub history: History,
+    pub limits: Limits,
+    pub dirs: Vec<DirGrant>,
+    pub database: Option<DatabaseGrant>,
+    pub config: ConfigMap,
+}
+
+impl Manifest {
+    /// The manifest of a component that has none: its own name, no grants.
+    pub fn implicit(name: &str, component: &str) -> Self {
+        Manifest {
+            name: name.to_owned(),
+            component: component.to_owned(),
+            schedule: None,
+            timezone: None,
+            enabled: true,
+            run_on_startup: None,
+            startup_delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            overlap: Overlap::default(),
+            misfire: Misfire::default(),
+            timeout: DEFAULT_TIMEOUT,
+            retries: Retries {
+                max: 0,
+                backoff: Duration::from_secs(30),
+            },
+            history: History {
+                keep_days: 30,
+                keep_last: 1000,
+            },
+            limits: Limits::default(),
+            dirs: Vec::new(),
+            database: None,
+            config: ConfigMap::new(),
+        }
+    }
+
+    /// Reads and validates `path`. Relative `grants.dirs` host paths are
+    /// resolved against the manifest's directory.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| invalid(toml_message(&e)))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.validate(&stem, base).map_err(invalid)
+    }
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn toml_message(e: &toml::de::Error) -> String {
+    // toml's own rendering names the key and shows the offending line.
+    e.to_string().trim_end().to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Option<String>,
+    component: Option<String>,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    run_on_startup: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    startup_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    jitter: Option<Duration>,
+    #[serde(default)]
+    overlap: Overlap,
+    #[serde(default)]
+    misfire: Misfire,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    retries: RawRetries,
+    #[serde(default)]
+    history: RawHistory,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    grants: RawGrants,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetries {
+    #[serde(default)]
+    max: u32,
+    #[serde(default, deserialize_with = "duration")]
+    backoff: Option<Duration>,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        RawRetries {
+            max: 0,
+            backoff: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    #[serde(default = "default_keep_days")]
+    keep_days: u32,
+    #[serde(default = "default_keep_last")]
+    keep_last: u32,
+}
+
+fn default_keep_days() -> u32 {
+    30
+}
+
+fn default_keep_last() -> u32 {
+    1000
+}
+
+impl Default for RawHistory {
+    fn default() -> Self {
+        RawHistory {
+            keep_days: default_keep_days(),
+            keep_last: default_keep_last(),
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    fuel: Option<u64>,
+    memory: Option<MemorySize>,
+}
+
+/// `memory = "128MiB"` or a plain number of bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MemorySize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    dirs: Vec<RawDir>,
+    database: Option<RawDatabase>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDir {
+    host: PathBuf,
+    guest: String,
+    mode: DirMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    #[serde(default = "main_connection")]
+    connection: String,
+    #[serde(default)]
+    tables: BTreeMap<String, Vec<SqlVerb>>,
+}
+
+fn main_connection() -> String {
+    "main".into()
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?} ({e}); use e.g. \"30s\", \"10m\", \"1h 30m\"")))
+}
+
+/// Task names end up in file names, URLs and metric labels.
+pub fn validate_task_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid task name {name:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+}
+
+impl RawManifest {
+    fn validate(self, stem: &str, base: &Path) -> Result<Manifest, String> {
+        let name = self.name.unwrap_or_else(|| stem.to_owned());
+        validate_task_name(&name).map_err(|e| format!("`name`: {e}"))?;
+
+        let component = self.component.unwrap_or_else(|| format!("{stem}.wasm"));
+        let plain_file = Path::new(&component)
+            .components()
+            .all(|c| matches!(c, PathComponent::Normal(_)));
+        if !component.ends_with(".wasm") || !plain_file {
+            return Err(format!(
+                "`component`: {component:?} must name a .wasm file inside the tasks directory"
+            ));
+        }
+
+        let schedule = self
+            .schedule
+            .map(|s| Schedule::parse(&s))
+            .transpose()
+            .map_err(|e| format!("`schedule`: {e}"))?;
+        let timezone = self
+            .timezone
+            .map(|tz| schedule::parse_timezone(&tz))
+            .transpose()
+            .map_err(|e| format!("`timezone`: {e}"))?;
+
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err("`timeout`: must be more than zero".into());
+        }
+
+        if self.retries.max > 100 {
+            return Err(format!("`retries.max`: {} is more than 100", self.retries.max));
+        }
+        if self.history.keep_days == 0 || self.history.keep_last == 0 {
+            return Err("`history`: keep_days and keep_last must be at least 1".into());
+        }
+
+        let mut limits = Limits::default();
+        if let Some(fuel) = self.limits.fuel {
+            if fuel == 0 {
+                return Err("`limits.fuel`: must be more than zero".into());
+            }
+            limits.fuel = fuel;
+        }
+        if let Some(memory) = self.limits.memory {
+            let bytes = match memory {
+                MemorySize::Bytes(b) => b,
+                MemorySize::Text(t) => parse_size::parse_size(&t)
+                    .map_err(|e| format!("`limits.memory`: invalid size {t:?} ({e}); use e.g. \"128MiB\""))?,
+            };
+            if bytes < (1 << 20) || bytes > MAX_MEMORY_BYTES {
+                return Err(format!(
+                    "`limits.memory`: {bytes} bytes is outside 1MiB..=4GiB"
+                ));
+            }
+            limits.memory_bytes = bytes;
+        }
+
+        let mut dirs: Vec<DirGrant> = Vec::new();
+        for (i, dir) in self.grants.dirs.into_iter().enumerate() {
+            let key = format!("`grants.dirs[{i}]`");
+            let guest = normalize_guest_path(&dir.guest).map_err(|e| format!("{key}.guest: {e}"))?;
+            if dirs.iter().any(|d| d.guest == guest) {
+                return Err(format!("{key}.guest: {guest:?} is granted twice"));
+            }
+            if dir.host.as_os_str().is_empty() {
+                return Err(format!("{key}.host: must not be empty"));
+            }
+            let host = if dir.host.is_absolute() {
+                dir.host
+            } else {
+                base.join(dir.host)
+            };
+            dirs.push(DirGrant {
+                host,
+                guest,
+                mode: dir.mode,
+            });
+        }
+
+        let database = match self.grants.database {
+            None => None,
+            Some(db) => {
+                if db.connection.is_empty() {
+                    return Err("`grants.database.connection`: must not be empty".into());
+                }
+                for (table, verbs) in &db.tables {
+                    if table.is_empty() {
+                        return Err("`grants.database.tables`: a table name is empty".into());
+                    }
+                    if verbs.is_empty() {
+                        return Err(format!(
+                            "`grants.database.tables.{table}`: grants no verb"
+                        ));
+                    }
+                }
+                Some(DatabaseGrant {
+                    connection: db.connection,
+                    tables: db.tables,
+                })
+            }
+        };
+
+        let config = self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), ConfigValue::from_toml(v)))
+            .collect();
+
+        Ok(Manifest {
+            name,
+            component,
+            schedule,
+            timezone,
+            enabled: self.enabled,
+            run_on_startup: self.run_on_startup,
+            startup_delay: self.startup_delay.unwrap_or_default(),
+            jitter: self.jitter.unwrap_or_default(),
+            overlap: self.overlap,
+            misfire: self.misfire,
+            timeout,
+            retries: Retries {
+                max: self.retries.max,
+                backoff: self.retries.backoff.unwrap_or(Duration::from_secs(30)),
+            },
+            history: History {
+                keep_days: self.history.keep_days,
+                keep_last: self.history.keep_last,
+            },
+            limits,
+            dirs,
+            database,
+            config,
+        })
+    }
+}
+
+/// Guest paths are absolute, without `.`/`..`, and not `/` itself.
+fn normalize_guest_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must be an absolute path such as \"/logs\""));
+    }
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("\"/\" cannot be granted; name a directory such as \"/logs\"".into());
+    }
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(format!("{path:?} must not contain '.' or '..'"));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, String> {
+        Manifest::parse(Path::new("/tasks/sample.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const FULL: &str = r#"
+        name = "events-partition-maintenance"
+        component = "partition-maintenance.wasm"
+        schedule = "0 1 * * *"
+        timezone = "Europe/Berlin"
+        enabled = false
+        run_on_startup = true
+        startup_delay = "5s"
+        jitter = "30s"
+        overlap = "queue"
+        misfire = "run-once"
+        timeout = "10m"
+        retries = { max = 3, backoff = "1m" }
+        history = { keep_days = 7, keep_last = 50 }
+
+        [limits]
+        fuel = 5_000_000_000
+        memory = "64MiB"
+
+        [grants.database]
+        connection = "main"
+        tables = { events = ["select", "create_partition", "drop_partition"] }
+
+        [[grants.dirs]]
+        host = "/var/log/app"
+        guest = "/logs/"
+        mode = "rw"
+
+        [[grants.dirs]]
+        host = "archive"
+        guest = "/archive"
+        mode = "ro"
+
+        [config]
+        table = "events"
+        premake_days = 30
+        ratio = 0.5
+        tables = ["a", "b"]
+    "#;
+
+    #[test]
+    fn parses_every_key() {
+        let m = parse(FULL).unwrap();
+        assert_eq!(m.name, "events-partition-maintenance");
+        assert_eq!(m.component, "partition-maintenance.wasm");
+        assert_eq!(m.schedule.as_ref().unwrap().as_str(), "0 1 * * *");
+        assert_eq!(m.timezone, Some(chrono_tz::Europe::Berlin));
+        assert!(!m.enabled);
+        assert_eq!(m.run_on_startup, Some(true));
+        assert_eq!(m.startup_delay, Duration::from_secs(5));
+        assert_eq!(m.jitter, Duration::from_secs(30));
+        assert_eq!(m.overlap, Overlap::Queue);
+        assert_eq!(m.misfire, Misfire::RunOnce);
+        assert_eq!(m.timeout, Duration::from_secs(600));
+        assert_eq!(m.retries, Retries { max: 3, backoff: Duration::from_secs(60) });
+        assert_eq!(m.history, History { keep_days: 7, keep_last: 50 });
+        assert_eq!(m.limits, Limits { fuel: 5_000_000_000, memory_bytes: 64 << 20 });
+        assert_eq!(
+            m.dirs,
+            vec![
+                DirGrant { host: "/var/log/app".into(), guest: "/logs".into(), mode: DirMode::Rw },
+                DirGrant { host: "/tasks/archive".into(), guest: "/archive".into(), mode: DirMode::Ro },
+            ]
+        );
+        let db = m.database.unwrap();
+        assert_eq!(db.connection, "main");
+        assert_eq!(
+            db.tables["events"],
+            vec![SqlVerb::Select, SqlVerb::CreatePartition, SqlVerb::DropPartition]
+        );
+        assert_eq!(m.config["table"], ConfigValue::Text("events".into()));
+        assert_eq!(m.config["premake_days"], ConfigValue::Integer(30));
+        assert_eq!(m.config["ratio"], ConfigValue::Float(0.5));
+        assert_eq!(m.config["tables"], ConfigValue::Json(r#"["a","b"]"#.into()));
+    }
+
+    #[test]
+    fn an_empty_manifest_takes_its_name_from_the_file_and_grants_nothing() {
+        let m = parse("").unwrap();
+        assert_eq!(m.name, "sample");
+        assert_eq!(m.component, "sample.wasm");
+        assert!(m.enabled);
+        assert!(m.dirs.is_empty());
+        assert!(m.database.is_none());
+        assert_eq!(m, Manifest::implicit("sample", "sample.wasm"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_file() {
+        for (text, key) in [
+            ("schedul = \"@daily\"", "schedul"),
+            ("[limits]\ncpu = 5", "cpu"),
+            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"rw\"\nfollow = true", "follow"),
+            ("[grants]\nnetwork = true", "network"),
+            ("retries = { max = 1, jitter = \"1s\" }", "jitter"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains("/tasks/sample.toml"), "{err}");
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, needle) in [
+            ("schedule = \"61 * * * *\"", "`schedule`"),
+            ("schedule = \"* * * *\"", "`schedule`"),
+            ("timezone = \"Berlin\"", "`timezone`"),
+            ("timeout = \"soon\"", "timeout"),
+            ("timeout = \"0s\"", "`timeout`"),
+            ("overlap = \"sometimes\"", "overlap"),
+            ("misfire = \"later\"", "misfire"),
+            ("[limits]\nmemory = \"lots\"", "`limits.memory`"),
+            ("[limits]\nmemory = \"16GiB\"", "`limits.memory`"),
+            ("[limits]\nfuel = 0", "`limits.fuel`"),
+            ("[limits]\nfuel = -1", "fuel"),
+            ("name = \"../evil\"", "`name`"),
+            ("component = \"../other.wasm\"", "`component`"),
+            ("component = \"/abs/other.wasm\"", "`component`"),
+            ("component = \"other.so\"", "`component`"),
+            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"logs\"\nmode = \"rw\"", "`grants.dirs[0]`.guest"),
+            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/\"\nmode = \"rw\"", "`grants.dirs[0]`.guest"),
+            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a/../b\"\nmode = \"rw\"", "`grants.dirs[0]`.guest"),
+            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"write\"", "mode"),
+            (
+                "[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"ro\"\n[[grants.dirs]]\nhost = \"/b\"\nguest = \"/a\"\nmode = \"ro\"",
+                "`grants.dirs[1]`.guest",
+            ),
+            ("[grants.database]\ntables = { events = [\"truncate\"] }", "truncate"),
+            ("[grants.database]\ntables = { events = [] }", "`grants.database.tables.events`"),
+            ("retries = { max = 1000 }", "`retries.max`"),
+            ("history = { keep_days = 0 }", "`history`"),
+            ("enabled = \"yes\"", "enabled"),
+            ("this is not toml", "sample.toml"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(err.contains("/tasks/sample.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn memory_accepts_units_and_bytes() {
+        assert_eq!(parse("[limits]\nmemory = \"1GiB\"").unwrap().limits.memory_bytes, 1 << 30);
+        assert_eq!(parse("[limits]\nmemory = 2097152").unwrap().limits.memory_bytes, 2 << 20);
+    }
+}

@@ -1,0 +1,12 @@
+//! The one place the host generates bindings from `wit/`. WASI interfaces
+//! map to wasmtime-wasi's own bindings.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "task",
+    imports: { default: trappable },
+    exports: { default: async },
+    with: {
+        "wasi": wasmtime_wasi::p2::bindings,
+    },
+});

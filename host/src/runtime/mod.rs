@@ -1,0 +1,421 @@
+//! The sandbox: one wasmtime `Engine`, compilation and pre-instantiation of
+//! components, and runs under fuel, memory, deadline and output limits.
+//!
+//! This is the only module (with `capabilities/`, which implements the WIT
+//! imports) that touches wasmtime. Callers get plain types: [`TaskComponent`]
+//! is opaque, [`RunResult`] and [`TaskInfo`] are data.
+
+pub(crate) mod bindings;
+mod limits;
+
+use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
+use crate::capabilities::{self, HasCapabilities, RunCapabilities};
+use crate::manifest::{DirGrant, MAX_MEMORY_BYTES, Manifest};
+use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
+use bindings::housekeeper::task::types;
+use chrono::{DateTime, Utc};
+use limits::{DeadlineExceeded, MemoryLimiter};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+/// How often the engine's epoch advances: the granularity of deadlines and
+/// of the guest's cooperative yields.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A running guest yields to the async runtime after this much fuel too.
+const FUEL_YIELD_INTERVAL: u64 = 50_000_000;
+
+/// `describe()` is informational and must be cheap.
+const DESCRIBE_FUEL: u64 = 1_000_000_000;
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Use the pooling instance allocator when the machine allows it.
+    pub pooling: bool,
+    /// Instances the pool holds: the most runs that can be live at once.
+    pub max_instances: u32,
+    /// Cap on each run's captured output, in bytes.
+    pub output_cap: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            pooling: true,
+            max_instances: 64,
+            output_cap: DEFAULT_OUTPUT_CAP,
+        }
+    }
+}
+
+/// Why a file is not a usable task component.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} is not a WebAssembly file")]
+    NotWasm { what: String },
+    #[error("{what} is a core WebAssembly module, not a component: build the task for wasm32-wasip2")]
+    CoreModule { what: String },
+    #[error("{what} is not a valid component: {message}")]
+    Invalid { what: String, message: String },
+    #[error("{what} is not a housekeeper task (world housekeeper:task/task@0.1.0): {message}")]
+    WrongWorld { what: String, message: String },
+}
+
+/// A compiled, pre-linked component, ready to instantiate for each run.
+#[derive(Clone)]
+pub struct TaskComponent {
+    hash: String,
+    pre: bindings::TaskPre<StoreData>,
+}
+
+impl TaskComponent {
+    /// SHA-256 of the component's bytes, hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+/// One run's inputs, independent of how it was triggered.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub run_id: String,
+    pub task_name: String,
+    pub dry_run: bool,
+    pub trigger: Trigger,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub timeout: Duration,
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub dirs: Vec<DirGrant>,
+    pub config: ConfigMap,
+}
+
+impl RunRequest {
+    /// A run of `manifest`'s task with its grants, limits and config.
+    pub fn from_manifest(manifest: &Manifest, run_id: String, trigger: Trigger) -> Self {
+        RunRequest {
+            run_id,
+            task_name: manifest.name.clone(),
+            dry_run: false,
+            trigger,
+            scheduled_for: None,
+            last_success: None,
+            timeout: manifest.timeout,
+            fuel: manifest.limits.fuel,
+            memory_bytes: manifest.limits.memory_bytes,
+            dirs: manifest.dirs.clone(),
+            config: manifest.config.clone(),
+        }
+    }
+}
+
+/// The store's data: a run's capabilities and its memory limiter.
+pub struct StoreData {
+    capabilities: RunCapabilities,
+    limiter: MemoryLimiter,
+}
+
+impl HasCapabilities for StoreData {
+    fn capabilities(&mut self) -> &mut RunCapabilities {
+        &mut self.capabilities
+    }
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.capabilities.wasi.view()
+    }
+}
+
+/// The engine and linker shared by every run. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    options: RuntimeOptions,
+    pooling: bool,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+        let (engine, pooling) = if options.pooling {
+            match Engine::new(&engine_config(Some(&options))) {
+                Ok(engine) => (engine, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pooling allocator unavailable, allocating on demand");
+                    (Engine::new(&engine_config(None))?, false)
+                }
+            }
+        } else {
+            (Engine::new(&engine_config(None))?, false)
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        capabilities::add_to_linker(&mut linker)?;
+
+        let inner = Arc::new(Inner {
+            engine,
+            linker,
+            options,
+            pooling,
+        });
+        start_epoch_ticker(Arc::downgrade(&inner));
+        Ok(Runtime { inner })
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    /// Compiles and links `bytes`; `what` names the source in errors.
+    /// Compilation is CPU-bound: call it off the async workers
+    /// (`spawn_blocking`) in a server.
+    pub fn load(&self, what: &str, bytes: &[u8]) -> Result<TaskComponent, LoadError> {
+        let what = what.to_owned();
+        check_header(&what, bytes)?;
+        let component = Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
+            what: what.clone(),
+            message: one_line(&e),
+        })?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::TaskPre::new)
+            .map_err(|e| LoadError::WrongWorld {
+                what,
+                message: one_line(&e),
+            })?;
+        Ok(TaskComponent {
+            hash: hex::encode(Sha256::digest(bytes)),
+            pre,
+        })
+    }
+
+    pub fn load_file(&self, path: &Path) -> Result<TaskComponent, LoadError> {
+        let what = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: what.clone(),
+            source,
+        })?;
+        self.load(&what, &bytes)
+    }
+
+    /// Calls the component's `describe()` with no grants and small limits.
+    pub async fn describe(&self, component: &TaskComponent) -> Result<TaskInfo, (RunStatus, String)> {
+        let output = Output::new("describe", "describe", self.inner.options.output_cap);
+        let capabilities = RunCapabilities::new(&[], true, ConfigMap::new(), &output)
+            .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
+        let mut store = self.store(capabilities, 64 << 20, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
+        let call = async {
+            let task = component.pre.instantiate_async(&mut store).await?;
+            task.call_describe(&mut store).await
+        };
+        match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
+            Err(_) => Err((RunStatus::Timeout, "describe() did not return in time".into())),
+            Ok(Ok(info)) => Ok(TaskInfo {
+                name: info.name,
+                version: info.version,
+                description: info.description,
+                default_schedule: info.default_schedule,
+                run_on_startup: info.run_on_startup,
+                capabilities: info.capabilities,
+            }),
+            Ok(Err(e)) => {
+                let (status, message) = limits::classify(&e, store.data().limiter.denied());
+                Err((status, format!("describe() failed: {message}")))
+            }
+        }
+    }
+
+    /// Runs `component` once. Never fails: every outcome is a [`RunResult`].
+    pub async fn run(&self, component: &TaskComponent, request: RunRequest) -> RunResult {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let output = Output::new(&request.task_name, &request.run_id, self.inner.options.output_cap);
+        let mut result = RunResult {
+            run_id: request.run_id.clone(),
+            task_name: request.task_name.clone(),
+            status: RunStatus::Error,
+            started_at,
+            completed_at: started_at,
+            duration_ms: 0,
+            summary: None,
+            error: None,
+            output: String::new(),
+            metrics: Vec::new(),
+            fuel_used: 0,
+            component_hash: component.hash.clone(),
+            dry_run: request.dry_run,
+        };
+
+        let outcome = match RunCapabilities::new(&request.dirs, request.dry_run, request.config.clone(), &output) {
+            Err(e) => Err((RunStatus::Error, format!("{e:#}"), 0)),
+            Ok(capabilities) => self.call_run(component, &request, capabilities).await,
+        };
+        match outcome {
+            Ok((Ok(report), fuel)) => {
+                result.status = RunStatus::Success;
+                result.summary = Some(report.summary);
+                result.metrics = report
+                    .metrics
+                    .into_iter()
+                    .map(|m| Metric { name: m.name, value: m.value })
+                    .collect();
+                result.fuel_used = fuel;
+            }
+            Ok((Err(task_error), fuel)) => {
+                result.status = RunStatus::Error;
+                result.error = Some(match task_error {
+                    types::TaskError::InvalidConfig(m) => format!("invalid config: {m}"),
+                    types::TaskError::Failed(m) => m,
+                });
+                result.fuel_used = fuel;
+            }
+            Err((status, message, fuel)) => {
+                result.status = status;
+                result.error = Some(message);
+                result.fuel_used = fuel;
+            }
+        }
+        result.output = output.finish();
+        result.completed_at = Utc::now();
+        result.duration_ms = clock.elapsed().as_millis() as u64;
+        result
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn call_run(
+        &self,
+        component: &TaskComponent,
+        request: &RunRequest,
+        capabilities: RunCapabilities,
+    ) -> Result<(Result<types::RunReport, types::TaskError>, u64), (RunStatus, String, u64)> {
+        if request.memory_bytes > MAX_MEMORY_BYTES {
+            return Err((RunStatus::Error, format!("memory limit {} is above the host's maximum", request.memory_bytes), 0));
+        }
+        let mut store = self.store(capabilities, request.memory_bytes, request.fuel, request.timeout);
+        let ctx = types::RunContext {
+            run_id: request.run_id.clone(),
+            dry_run: request.dry_run,
+            triggered_by: match request.trigger {
+                Trigger::Schedule => types::Trigger::Schedule,
+                Trigger::Startup => types::Trigger::Startup,
+                Trigger::Manual => types::Trigger::Manual,
+                Trigger::Retry => types::Trigger::Retry,
+                Trigger::Cli => types::Trigger::Cli,
+            },
+            scheduled_for: request.scheduled_for.map(|t| t.timestamp_millis()),
+            last_success: request.last_success.map(|t| t.timestamp_millis()),
+        };
+        // The epoch deadline stops guest code; this timeout also bounds time
+        // spent in host calls.
+        let outcome = tokio::time::timeout(request.timeout, async {
+            let task = component.pre.instantiate_async(&mut store).await?;
+            task.call_run(&mut store, &ctx).await
+        })
+        .await;
+        let fuel = request.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        match outcome {
+            Err(_) => Err((RunStatus::Timeout, format!("the run's deadline of {} passed", humantime::format_duration(request.timeout)), fuel)),
+            Ok(Ok(returned)) => Ok((returned, fuel)),
+            Ok(Err(e)) => {
+                let (status, message) = limits::classify(&e, store.data().limiter.denied());
+                Err((status, message, fuel))
+            }
+        }
+    }
+
+    fn store(&self, capabilities: RunCapabilities, memory_bytes: u64, fuel: u64, timeout: Duration) -> Store<StoreData> {
+        let mut store = Store::new(
+            &self.inner.engine,
+            StoreData {
+                capabilities,
+                limiter: MemoryLimiter::new(memory_bytes),
+            },
+        );
+        store.limiter(|data| &mut data.limiter);
+        // Fuel is enabled on the engine, so these cannot fail.
+        store.set_fuel(fuel).expect("fuel is enabled");
+        store
+            .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
+            .expect("fuel is enabled");
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineExceeded.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+fn engine_config(pool: Option<&RuntimeOptions>) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.consume_fuel(true);
+    if let Some(options) = pool {
+        let n = options.max_instances.max(1);
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_memory_size(MAX_MEMORY_BYTES as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
+/// Advances the engine's epoch every tick until the runtime is dropped.
+fn start_epoch_ticker(inner: Weak<Inner>) {
+    std::thread::Builder::new()
+        .name("housekeeper-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match inner.upgrade() {
+                    Some(inner) => inner.engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}
+
+fn check_header(what: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm { what: what.to_owned() });
+    }
+    // Core modules are version 1, layer 0; components use layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule { what: what.to_owned() });
+    }
+    Ok(())
+}
+
+fn one_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or_default().to_owned()
+}
