@@ -131,7 +131,8 @@ impl Output {
         let line = String::from_utf8_lossy(&bytes);
         let (level, tag) = match stream {
             Stream::Stdout => (Level::Info, "stdout"),
-            Stream::Stderr => (Level::Warn, "stderr"),
+            // Guests write diagnostics of every kind to stderr.
+            Stream::Stderr => (Level::Info, "stderr"),
         };
         self.append(inner, level, tag, &line);
     }

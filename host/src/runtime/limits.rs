@@ -86,7 +86,7 @@ pub fn classify(error: &wasmtime::Error, memory_denied: bool) -> (RunStatus, Str
 /// The error and its causes on one line, without the wasm backtrace.
 fn root_message(error: &wasmtime::Error) -> String {
     if let Some(trap) = error.downcast_ref::<Trap>() {
-        return format!("trap: {trap}");
+        return trap.to_string();
     }
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {

@@ -1,0 +1,300 @@
+//! Hostile components against the real runtime: every attack is contained
+//! and every limit ends the run with its own status.
+
+use housekeeper::manifest::{DirGrant, DirMode, Manifest};
+use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use housekeeper::runtime::{LoadError, RunRequest};
+use housekeeper_tests::{component, fixture_path, runtime};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+fn request(mode: &str, path: &str, dirs: Vec<DirGrant>) -> RunRequest {
+    let mut request = RunRequest::from_manifest(
+        &Manifest::implicit("hostile", "hostile.wasm"),
+        housekeeper::cli::new_run_id(),
+        Trigger::Manual,
+    );
+    request.timeout = Duration::from_secs(30);
+    request.dirs = dirs;
+    request.config.insert("mode".into(), ConfigValue::Text(mode.into()));
+    request.config.insert("path".into(), ConfigValue::Text(path.into()));
+    request
+}
+
+async fn hostile(request: RunRequest) -> RunResult {
+    let c = component(&fixture_path("hostile"));
+    runtime().run(&c, request).await
+}
+
+fn grant(host: &Path, guest: &str, mode: DirMode) -> Vec<DirGrant> {
+    vec![DirGrant {
+        host: host.to_owned(),
+        guest: guest.into(),
+        mode,
+    }]
+}
+
+/// Nothing the guest obtained may surface anywhere in the result.
+fn assert_contained(result: &RunResult, secret: &str) {
+    assert_ne!(result.status, RunStatus::Success, "{result:#?}");
+    let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
+    assert!(!everything.contains("ESCAPED"), "{result:#?}");
+    assert!(!everything.contains(secret), "{result:#?}");
+}
+
+/// A host directory with `data/` (to grant), `secret.txt` beside it, and
+/// `outside/secret.txt` elsewhere.
+struct Tree {
+    _tmp: tempfile::TempDir,
+    data: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+const SECRET: &str = "the-secret-outside-the-grant";
+
+fn tree() -> Tree {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_owned();
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    std::fs::write(root.join("secret.txt"), SECRET).unwrap();
+    std::fs::write(root.join("outside/secret.txt"), SECRET).unwrap();
+    std::fs::write(data.join("inside.txt"), "inside").unwrap();
+    Tree {
+        _tmp: tmp,
+        data,
+        root,
+    }
+}
+
+#[tokio::test]
+async fn an_infinite_loop_runs_out_of_fuel() {
+    let mut req = request("spin", "", vec![]);
+    req.fuel = 50_000_000;
+    let result = hostile(req).await;
+    assert_eq!(result.status, RunStatus::OutOfFuel, "{result:#?}");
+    assert!(result.fuel_used >= 50_000_000 - 10_000, "{result:#?}");
+}
+
+#[tokio::test]
+async fn an_infinite_loop_hits_the_deadline() {
+    let mut req = request("spin", "", vec![]);
+    req.fuel = u64::MAX / 2;
+    req.timeout = Duration::from_millis(300);
+    let result = hostile(req).await;
+    assert_eq!(result.status, RunStatus::Timeout, "{result:#?}");
+    assert!(result.error.unwrap().contains("deadline"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_guest_does_not_stall_the_async_runtime() {
+    // On a single-threaded runtime, the ticker only advances if the spinning
+    // guest yields.
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            interval.tick().await;
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut req = request("spin", "", vec![]);
+    req.fuel = u64::MAX / 2;
+    req.timeout = Duration::from_millis(400);
+    let before = ticks.load(Ordering::Relaxed);
+    let result = hostile(req).await;
+    let during = ticks.load(Ordering::Relaxed) - before;
+    ticker.abort();
+    assert_eq!(result.status, RunStatus::Timeout);
+    assert!(during > 1, "the ticker ran {during} times while the guest spun");
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_capped() {
+    let mut req = request("memory-bomb", "", vec![]);
+    req.memory_bytes = 32 << 20;
+    let result = hostile(req).await;
+    assert_eq!(result.status, RunStatus::OutOfMemory, "{result:#?}");
+}
+
+#[tokio::test]
+async fn deep_recursion_traps() {
+    let result = hostile(request("recursion", "", vec![])).await;
+    assert_eq!(result.status, RunStatus::Trapped, "{result:#?}");
+    assert!(result.error.unwrap().contains("call stack exhausted"));
+}
+
+#[tokio::test]
+async fn a_panic_traps_and_its_message_is_in_the_output() {
+    let result = hostile(request("panic", "", vec![])).await;
+    assert_eq!(result.status, RunStatus::Trapped, "{result:#?}");
+    assert!(result.output.contains("panicked on purpose"), "{}", result.output);
+}
+
+#[tokio::test]
+async fn a_task_error_is_an_error_not_a_trap() {
+    let result = hostile(request("fail", "", vec![])).await;
+    assert_eq!(result.status, RunStatus::Error);
+    assert_eq!(result.error.as_deref(), Some("failed on purpose"));
+    let result = hostile(request("no-such-mode", "", vec![])).await;
+    assert_eq!(result.status, RunStatus::Error);
+    assert!(result.error.unwrap().starts_with("invalid config:"));
+}
+
+#[tokio::test]
+async fn a_describe_that_loops_is_stopped() {
+    let c = component(&fixture_path("describe-loop"));
+    let (status, message) = runtime().describe(&c).await.unwrap_err();
+    assert!(
+        matches!(status, RunStatus::OutOfFuel | RunStatus::Timeout),
+        "{status}: {message}"
+    );
+}
+
+#[tokio::test]
+async fn etc_passwd_is_out_of_reach_without_grants() {
+    let result = hostile(request("read", "/etc/passwd", vec![])).await;
+    assert_eq!(result.status, RunStatus::Error);
+    assert_contained(&result, "root:");
+    let result = hostile(request("list", "/", vec![])).await;
+    assert_contained(&result, "etc");
+}
+
+#[tokio::test]
+async fn dot_dot_does_not_leave_a_preopen() {
+    let t = tree();
+    for path in ["/data/../secret.txt", "/data/../../../../etc/passwd", "/data/../outside/secret.txt"] {
+        let result = hostile(request("read", path, grant(&t.data, "/data", DirMode::Rw))).await;
+        assert_contained(&result, SECRET);
+        assert_contained(&result, "root:");
+    }
+    // The grant itself works, so the failures above are the sandbox's doing.
+    let result = hostile(request("read", "/data/inside.txt", grant(&t.data, "/data", DirMode::Ro))).await;
+    assert!(result.summary.unwrap().contains("inside"));
+}
+
+#[tokio::test]
+async fn absolute_paths_outside_the_grant_are_refused() {
+    let t = tree();
+    let secret = t.root.join("secret.txt").display().to_string();
+    for path in ["/etc/passwd", secret.as_str()] {
+        let result = hostile(request("read", path, grant(&t.data, "/data", DirMode::Rw))).await;
+        assert_contained(&result, SECRET);
+        assert_contained(&result, "root:");
+    }
+}
+
+#[tokio::test]
+async fn symlinks_pointing_outside_are_not_followed() {
+    let t = tree();
+    std::os::unix::fs::symlink(t.root.join("outside"), t.data.join("dir-link")).unwrap();
+    std::os::unix::fs::symlink(t.root.join("secret.txt"), t.data.join("file-link")).unwrap();
+    std::os::unix::fs::symlink("/etc", t.data.join("etc-link")).unwrap();
+    for path in ["/data/dir-link/secret.txt", "/data/file-link", "/data/etc-link/passwd"] {
+        let result = hostile(request("read", path, grant(&t.data, "/data", DirMode::Rw))).await;
+        assert_contained(&result, SECRET);
+        assert_contained(&result, "root:");
+    }
+    let result = hostile(request("write", "/data/file-link", grant(&t.data, "/data", DirMode::Rw))).await;
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert_eq!(std::fs::read_to_string(t.root.join("secret.txt")).unwrap(), SECRET);
+}
+
+#[tokio::test]
+async fn read_only_grants_are_read_only() {
+    let t = tree();
+    let result = hostile(request("write", "/data/new.txt", grant(&t.data, "/data", DirMode::Ro))).await;
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert!(!t.data.join("new.txt").exists());
+    let result = hostile(request("delete", "/data/inside.txt", grant(&t.data, "/data", DirMode::Ro))).await;
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert!(t.data.join("inside.txt").exists());
+
+    // The same write through a read-write grant succeeds.
+    let result = hostile(request("write", "/data/new.txt", grant(&t.data, "/data", DirMode::Rw))).await;
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    assert!(t.data.join("new.txt").exists());
+}
+
+#[tokio::test]
+async fn a_dry_run_cannot_write_even_to_a_read_write_grant() {
+    let t = tree();
+    let mut req = request("write", "/data/new.txt", grant(&t.data, "/data", DirMode::Rw));
+    req.dry_run = true;
+    let result = hostile(req).await;
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert!(result.dry_run);
+    assert!(!t.data.join("new.txt").exists());
+
+    let mut req = request("delete", "/data/inside.txt", grant(&t.data, "/data", DirMode::Rw));
+    req.dry_run = true;
+    assert_eq!(hostile(req).await.status, RunStatus::Error);
+    assert!(t.data.join("inside.txt").exists());
+}
+
+#[tokio::test]
+async fn a_missing_granted_directory_is_a_clear_error() {
+    let t = tree();
+    let missing = t.root.join("nope");
+    let result = hostile(request("list", "/data", grant(&missing, "/data", DirMode::Ro))).await;
+    assert_eq!(result.status, RunStatus::Error);
+    assert!(result.error.unwrap().contains(&missing.display().to_string()));
+}
+
+#[tokio::test]
+async fn no_environment_no_arguments_no_network() {
+    let result = hostile(request("env", "", vec![])).await;
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    assert_eq!(result.summary.as_deref(), Some("no environment, no arguments"));
+    // PostgreSQL listens here on the test machine; the guest must not reach it.
+    let result = hostile(request("connect", "127.0.0.1:5432", vec![])).await;
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert!(!result.summary.unwrap_or_default().contains("ESCAPED"));
+}
+
+#[tokio::test]
+async fn a_log_flood_is_capped_and_marked() {
+    let result = hostile(request("log-flood", "", vec![])).await;
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    let cap = housekeeper::capabilities::output::DEFAULT_OUTPUT_CAP;
+    let (kept, marker) = result.output.split_once("[output truncated:").expect("truncation marker");
+    assert!(kept.len() <= cap, "{} bytes kept", kept.len());
+    assert!(marker.len() < 200);
+    assert!(kept.starts_with("[info] 0 xxx"));
+}
+
+#[tokio::test]
+async fn things_that_are_not_tasks_are_refused_with_a_clear_message() {
+    let rt = runtime();
+    let wrong = std::fs::read(fixture_path("wrong-world")).unwrap();
+    let err = rt.load("wrong-world.wasm", &wrong).err().unwrap();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("housekeeper:task"), "{err}");
+
+    let err = rt.load("core.wasm", b"\0asm\x01\0\0\0").err().unwrap();
+    assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
+
+    let err = rt.load("random.wasm", &[0x5a; 4096]).err().unwrap();
+    assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+    assert!(err.to_string().contains("random.wasm"));
+
+    let good = std::fs::read(fixture_path("noop")).unwrap();
+    let err = rt.load("truncated.wasm", &good[..good.len() / 2]).err().unwrap();
+    assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn runs_record_the_component_hash_and_fuel() {
+    let c = component(&fixture_path("noop"));
+    let mut req = request("", "", vec![]);
+    req.task_name = "noop".into();
+    let result = runtime().run(&c, req).await;
+    assert_eq!(result.status, RunStatus::Success);
+    assert_eq!(result.component_hash, c.hash());
+    assert_eq!(result.component_hash.len(), 64);
+    assert!(result.fuel_used > 0);
+}
