@@ -135,18 +135,18 @@ impl Catalog {
         if let Some(task) = self.tasks.get(name) {
             return Ok(task);
         }
-        if let Some(problem) = self
-            .problems
-            .iter()
-            .find(|p| stem(&p.path) == name)
-        {
+        if let Some(problem) = self.problems.iter().find(|p| stem(&p.path) == name) {
             return Err(format!("task {name:?} failed to load: {}", problem.message));
         }
         let known: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
         Err(format!(
             "no task named {name:?} in {} (known: {})",
             self.dir.display(),
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         ))
     }
 
@@ -159,8 +159,14 @@ impl Catalog {
                 .unwrap_or(&existing.component_path)
                 .display()
                 .to_string();
-            let path = task.manifest_path.clone().unwrap_or(task.component_path.clone());
-            self.problem(&path, format!("task name {name:?} is already defined by {first}"));
+            let path = task
+                .manifest_path
+                .clone()
+                .unwrap_or(task.component_path.clone());
+            self.problem(
+                &path,
+                format!("task name {name:?} is already defined by {first}"),
+            );
             return;
         }
         self.tasks.insert(name, task);
@@ -199,8 +205,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         write(d, "partition-maintenance.wasm", "");
-        write(d, "events.toml", "component = \"partition-maintenance.wasm\"");
-        write(d, "metrics.toml", "component = \"partition-maintenance.wasm\"");
+        write(
+            d,
+            "events.toml",
+            "component = \"partition-maintenance.wasm\"",
+        );
+        write(
+            d,
+            "metrics.toml",
+            "component = \"partition-maintenance.wasm\"",
+        );
         write(d, "cleanup.wasm", "");
         write(d, "cleanup.toml", "name = \"cleanup-old-logs\"");
         write(d, "loose.wasm", "");
@@ -255,7 +269,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         write(d, "x.wasm", "");
-        assert!(TaskEntry::for_component_file(&d.join("x.wasm")).unwrap().manifest_path.is_none());
+        assert!(
+            TaskEntry::for_component_file(&d.join("x.wasm"))
+                .unwrap()
+                .manifest_path
+                .is_none()
+        );
         write(d, "x.toml", "name = \"ex\"\n[config]\nk = 1");
         let task = TaskEntry::for_component_file(&d.join("x.wasm")).unwrap();
         assert_eq!(task.name(), "ex");

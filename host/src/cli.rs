@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "housekeeper", version, about = "Runs database and file-system maintenance tasks as sandboxed WebAssembly components")]
+#[command(
+    name = "housekeeper",
+    version,
+    about = "Runs database and file-system maintenance tasks as sandboxed WebAssembly components"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -68,7 +72,9 @@ pub fn exit_code(status: RunStatus) -> u8 {
         RunStatus::Timeout => 4,
         RunStatus::OutOfFuel => 5,
         RunStatus::OutOfMemory => 6,
-        RunStatus::Skipped | RunStatus::Cancelled | RunStatus::Interrupted | RunStatus::Running => 7,
+        RunStatus::Skipped | RunStatus::Cancelled | RunStatus::Interrupted | RunStatus::Running => {
+            7
+        }
     }
 }
 
@@ -88,7 +94,8 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn runtime() -> Result<Runtime, ExitCode> {
-    Runtime::new(RuntimeOptions::default()).map_err(|e| fail(format!("cannot start the WebAssembly runtime: {e:#}")))
+    Runtime::new(RuntimeOptions::default())
+        .map_err(|e| fail(format!("cannot start the WebAssembly runtime: {e:#}")))
 }
 
 /// Finds the task `spec` names: a `.wasm` path, or a name in the tasks dir.
@@ -132,7 +139,10 @@ async fn run(args: RunArgs) -> ExitCode {
     request.config.extend(args.config);
     let result = runtime.run(&component, request).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result).expect("run results serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).expect("run results serialize")
+        );
     } else {
         print_result(&result);
     }
@@ -145,7 +155,11 @@ pub fn new_run_id() -> String {
 
 fn print_result(r: &RunResult) {
     println!("task:      {}", r.task_name);
-    println!("run:       {}{}", r.run_id, if r.dry_run { " (dry run)" } else { "" });
+    println!(
+        "run:       {}{}",
+        r.run_id,
+        if r.dry_run { " (dry run)" } else { "" }
+    );
     println!("status:    {}", r.status);
     println!("duration:  {} ms", r.duration_ms);
     if let Some(summary) = &r.summary {
@@ -155,7 +169,11 @@ fn print_result(r: &RunResult) {
         println!("error:     {error}");
     }
     if !r.metrics.is_empty() {
-        let metrics: Vec<String> = r.metrics.iter().map(|m| format!("{}={}", m.name, m.value)).collect();
+        let metrics: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.value))
+            .collect();
         println!("metrics:   {}", metrics.join(" "));
     }
     println!("fuel used: {}", r.fuel_used);
@@ -246,20 +264,40 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
         .or(info.default_schedule.clone())
         .unwrap_or_else(|| "(none: manual only)".into());
     let mut lines = vec![
-        format!("  component:    {} (sha256:{})", task.component_path.display(), component.hash()),
-        format!("  manifest:     {}", task.manifest_path.as_ref().map_or("(none: no grants)".into(), |p| p.display().to_string())),
-        format!("  describe():   {} {} - {}", info.name, info.version, info.description),
+        format!(
+            "  component:    {} (sha256:{})",
+            task.component_path.display(),
+            component.hash()
+        ),
+        format!(
+            "  manifest:     {}",
+            task.manifest_path
+                .as_ref()
+                .map_or("(none: no grants)".into(), |p| p.display().to_string())
+        ),
+        format!(
+            "  describe():   {} {} - {}",
+            info.name, info.version, info.description
+        ),
         format!("  schedule:     {schedule}"),
     ];
     if !info.capabilities.is_empty() {
         lines.push(format!("  would like:   {}", info.capabilities.join(", ")));
     }
     for dir in &m.dirs {
-        lines.push(format!("  grants dir:   {} -> {} ({:?})", dir.host.display(), dir.guest, dir.mode));
+        lines.push(format!(
+            "  grants dir:   {} -> {} ({:?})",
+            dir.host.display(),
+            dir.guest,
+            dir.mode
+        ));
     }
     if let Some(db) = &m.database {
         for (table, verbs) in &db.tables {
-            lines.push(format!("  grants sql:   {}.{table} {verbs:?}", db.connection));
+            lines.push(format!(
+                "  grants sql:   {}.{table} {verbs:?}",
+                db.connection
+            ));
         }
     }
     Ok(lines.join("\n"))

@@ -5,7 +5,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = housekeeper::cli::Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -23,7 +26,9 @@ fn init_tracing() {
         eprintln!("error: LOG_LEVEL={filter:?} is not a valid level or filter: {e}");
         std::process::exit(2);
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match std::env::var("LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().init(),
         Ok("pretty") | Err(_) => builder.init(),

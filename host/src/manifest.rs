@@ -321,9 +321,11 @@ fn main_connection() -> String {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?} ({e}); use e.g. \"30s\", \"10m\", \"1h 30m\"")))
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); use e.g. \"30s\", \"10m\", \"1h 30m\""
+        ))
+    })
 }
 
 /// Task names end up in file names, URLs and metric labels.
@@ -375,7 +377,10 @@ impl RawManifest {
         }
 
         if self.retries.max > 100 {
-            return Err(format!("`retries.max`: {} is more than 100", self.retries.max));
+            return Err(format!(
+                "`retries.max`: {} is more than 100",
+                self.retries.max
+            ));
         }
         if self.history.keep_days == 0 || self.history.keep_last == 0 {
             return Err("`history`: keep_days and keep_last must be at least 1".into());
@@ -391,8 +396,9 @@ impl RawManifest {
         if let Some(memory) = self.limits.memory {
             let bytes = match memory {
                 MemorySize::Bytes(b) => b,
-                MemorySize::Text(t) => parse_size::parse_size(&t)
-                    .map_err(|e| format!("`limits.memory`: invalid size {t:?} ({e}); use e.g. \"128MiB\""))?,
+                MemorySize::Text(t) => parse_size::parse_size(&t).map_err(|e| {
+                    format!("`limits.memory`: invalid size {t:?} ({e}); use e.g. \"128MiB\"")
+                })?,
             };
             if bytes < (1 << 20) || bytes > MAX_MEMORY_BYTES {
                 return Err(format!(
@@ -405,7 +411,8 @@ impl RawManifest {
         let mut dirs: Vec<DirGrant> = Vec::new();
         for (i, dir) in self.grants.dirs.into_iter().enumerate() {
             let key = format!("`grants.dirs[{i}]`");
-            let guest = normalize_guest_path(&dir.guest).map_err(|e| format!("{key}.guest: {e}"))?;
+            let guest =
+                normalize_guest_path(&dir.guest).map_err(|e| format!("{key}.guest: {e}"))?;
             if dirs.iter().any(|d| d.guest == guest) {
                 return Err(format!("{key}.guest: {guest:?} is granted twice"));
             }
@@ -435,9 +442,7 @@ impl RawManifest {
                         return Err("`grants.database.tables`: a table name is empty".into());
                     }
                     if verbs.is_empty() {
-                        return Err(format!(
-                            "`grants.database.tables.{table}`: grants no verb"
-                        ));
+                        return Err(format!("`grants.database.tables.{table}`: grants no verb"));
                     }
                 }
                 Some(DatabaseGrant {
@@ -484,7 +489,9 @@ impl RawManifest {
 /// Guest paths are absolute, without `.`/`..`, and not `/` itself.
 fn normalize_guest_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
-        return Err(format!("{path:?} must be an absolute path such as \"/logs\""));
+        return Err(format!(
+            "{path:?} must be an absolute path such as \"/logs\""
+        ));
     }
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() {
@@ -558,21 +565,51 @@ mod tests {
         assert_eq!(m.overlap, Overlap::Queue);
         assert_eq!(m.misfire, Misfire::RunOnce);
         assert_eq!(m.timeout, Duration::from_secs(600));
-        assert_eq!(m.retries, Retries { max: 3, backoff: Duration::from_secs(60) });
-        assert_eq!(m.history, History { keep_days: 7, keep_last: 50 });
-        assert_eq!(m.limits, Limits { fuel: 5_000_000_000, memory_bytes: 64 << 20 });
+        assert_eq!(
+            m.retries,
+            Retries {
+                max: 3,
+                backoff: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            m.history,
+            History {
+                keep_days: 7,
+                keep_last: 50
+            }
+        );
+        assert_eq!(
+            m.limits,
+            Limits {
+                fuel: 5_000_000_000,
+                memory_bytes: 64 << 20
+            }
+        );
         assert_eq!(
             m.dirs,
             vec![
-                DirGrant { host: "/var/log/app".into(), guest: "/logs".into(), mode: DirMode::Rw },
-                DirGrant { host: "/tasks/archive".into(), guest: "/archive".into(), mode: DirMode::Ro },
+                DirGrant {
+                    host: "/var/log/app".into(),
+                    guest: "/logs".into(),
+                    mode: DirMode::Rw
+                },
+                DirGrant {
+                    host: "/tasks/archive".into(),
+                    guest: "/archive".into(),
+                    mode: DirMode::Ro
+                },
             ]
         );
         let db = m.database.unwrap();
         assert_eq!(db.connection, "main");
         assert_eq!(
             db.tables["events"],
-            vec![SqlVerb::Select, SqlVerb::CreatePartition, SqlVerb::DropPartition]
+            vec![
+                SqlVerb::Select,
+                SqlVerb::CreatePartition,
+                SqlVerb::DropPartition
+            ]
         );
         assert_eq!(m.config["table"], ConfigValue::Text("events".into()));
         assert_eq!(m.config["premake_days"], ConfigValue::Integer(30));
@@ -596,7 +633,10 @@ mod tests {
         for (text, key) in [
             ("schedul = \"@daily\"", "schedul"),
             ("[limits]\ncpu = 5", "cpu"),
-            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"rw\"\nfollow = true", "follow"),
+            (
+                "[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"rw\"\nfollow = true",
+                "follow",
+            ),
             ("[grants]\nnetwork = true", "network"),
             ("retries = { max = 1, jitter = \"1s\" }", "jitter"),
         ] {
@@ -624,16 +664,34 @@ mod tests {
             ("component = \"../other.wasm\"", "`component`"),
             ("component = \"/abs/other.wasm\"", "`component`"),
             ("component = \"other.so\"", "`component`"),
-            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"logs\"\nmode = \"rw\"", "`grants.dirs[0]`.guest"),
-            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/\"\nmode = \"rw\"", "`grants.dirs[0]`.guest"),
-            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a/../b\"\nmode = \"rw\"", "`grants.dirs[0]`.guest"),
-            ("[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"write\"", "mode"),
+            (
+                "[[grants.dirs]]\nhost = \"/a\"\nguest = \"logs\"\nmode = \"rw\"",
+                "`grants.dirs[0]`.guest",
+            ),
+            (
+                "[[grants.dirs]]\nhost = \"/a\"\nguest = \"/\"\nmode = \"rw\"",
+                "`grants.dirs[0]`.guest",
+            ),
+            (
+                "[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a/../b\"\nmode = \"rw\"",
+                "`grants.dirs[0]`.guest",
+            ),
+            (
+                "[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"write\"",
+                "mode",
+            ),
             (
                 "[[grants.dirs]]\nhost = \"/a\"\nguest = \"/a\"\nmode = \"ro\"\n[[grants.dirs]]\nhost = \"/b\"\nguest = \"/a\"\nmode = \"ro\"",
                 "`grants.dirs[1]`.guest",
             ),
-            ("[grants.database]\ntables = { events = [\"truncate\"] }", "truncate"),
-            ("[grants.database]\ntables = { events = [] }", "`grants.database.tables.events`"),
+            (
+                "[grants.database]\ntables = { events = [\"truncate\"] }",
+                "truncate",
+            ),
+            (
+                "[grants.database]\ntables = { events = [] }",
+                "`grants.database.tables.events`",
+            ),
             ("retries = { max = 1000 }", "`retries.max`"),
             ("history = { keep_days = 0 }", "`history`"),
             ("enabled = \"yes\"", "enabled"),
@@ -647,7 +705,19 @@ mod tests {
 
     #[test]
     fn memory_accepts_units_and_bytes() {
-        assert_eq!(parse("[limits]\nmemory = \"1GiB\"").unwrap().limits.memory_bytes, 1 << 30);
-        assert_eq!(parse("[limits]\nmemory = 2097152").unwrap().limits.memory_bytes, 2 << 20);
+        assert_eq!(
+            parse("[limits]\nmemory = \"1GiB\"")
+                .unwrap()
+                .limits
+                .memory_bytes,
+            1 << 30
+        );
+        assert_eq!(
+            parse("[limits]\nmemory = 2097152")
+                .unwrap()
+                .limits
+                .memory_bytes,
+            2 << 20
+        );
     }
 }

@@ -133,7 +133,9 @@ impl ConfigValue {
             toml::Value::Integer(i) => ConfigValue::Integer(*i),
             toml::Value::Float(f) => ConfigValue::Float(*f),
             toml::Value::Boolean(b) => ConfigValue::Boolean(*b),
-            toml::Value::Datetime(d) => ConfigValue::Json(serde_json::Value::String(d.to_string()).to_string()),
+            toml::Value::Datetime(d) => {
+                ConfigValue::Json(serde_json::Value::String(d.to_string()).to_string())
+            }
             other => ConfigValue::Json(
                 serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
             ),
@@ -198,8 +200,14 @@ mod tests {
         assert_eq!(ConfigValue::from_cli("30"), ConfigValue::Integer(30));
         assert_eq!(ConfigValue::from_cli("1.5"), ConfigValue::Float(1.5));
         assert_eq!(ConfigValue::from_cli("true"), ConfigValue::Boolean(true));
-        assert_eq!(ConfigValue::from_cli("\"30\""), ConfigValue::Text("30".into()));
-        assert_eq!(ConfigValue::from_cli("/var/log"), ConfigValue::Text("/var/log".into()));
+        assert_eq!(
+            ConfigValue::from_cli("\"30\""),
+            ConfigValue::Text("30".into())
+        );
+        assert_eq!(
+            ConfigValue::from_cli("/var/log"),
+            ConfigValue::Text("/var/log".into())
+        );
         assert_eq!(ConfigValue::from_cli(""), ConfigValue::Text(String::new()));
         assert_eq!(
             ConfigValue::from_cli("[1, 2]"),

@@ -63,8 +63,11 @@ impl PartialEq for Schedule {
 
 /// An IANA time zone name such as `Europe/Berlin` or `Etc/UTC`.
 pub fn parse_timezone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("unknown time zone {name:?}: expected an IANA name such as Europe/Berlin or Etc/UTC"))
+    name.parse::<Tz>().map_err(|_| {
+        format!(
+            "unknown time zone {name:?}: expected an IANA name such as Europe/Berlin or Etc/UTC"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -91,7 +94,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_expressions_with_the_expression_in_the_message() {
-        for bad in ["", "* * * *", "0 0 0 1 1 * 2030", "61 * * * *", "@fortnightly", "a b c d e"] {
+        for bad in [
+            "",
+            "* * * *",
+            "0 0 0 1 1 * 2030",
+            "61 * * * *",
+            "@fortnightly",
+            "a b c d e",
+        ] {
             let err = Schedule::parse(bad).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
@@ -109,6 +119,10 @@ mod tests {
     fn time_zones_are_iana_names() {
         assert!(parse_timezone("Europe/Berlin").is_ok());
         assert!(parse_timezone("Etc/UTC").is_ok());
-        assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("Mars/Olympus"));
+        assert!(
+            parse_timezone("Mars/Olympus")
+                .unwrap_err()
+                .contains("Mars/Olympus")
+        );
     }
 }

@@ -37,7 +37,11 @@ pub fn fixture_path(name: &str) -> PathBuf {
 
 /// The `housekeeper` binary of this build.
 pub fn binary() -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target_dir().join(profile).join("housekeeper");
     assert!(
         path.is_file(),

@@ -18,8 +18,12 @@ fn request(mode: &str, path: &str, dirs: Vec<DirGrant>) -> RunRequest {
     );
     request.timeout = Duration::from_secs(30);
     request.dirs = dirs;
-    request.config.insert("mode".into(), ConfigValue::Text(mode.into()));
-    request.config.insert("path".into(), ConfigValue::Text(path.into()));
+    request
+        .config
+        .insert("mode".into(), ConfigValue::Text(mode.into()));
+    request
+        .config
+        .insert("path".into(), ConfigValue::Text(path.into()));
     request
 }
 
@@ -110,7 +114,10 @@ async fn a_busy_guest_does_not_stall_the_async_runtime() {
     let during = ticks.load(Ordering::Relaxed) - before;
     ticker.abort();
     assert_eq!(result.status, RunStatus::Timeout);
-    assert!(during > 1, "the ticker ran {during} times while the guest spun");
+    assert!(
+        during > 1,
+        "the ticker ran {during} times while the guest spun"
+    );
 }
 
 #[tokio::test]
@@ -132,7 +139,11 @@ async fn deep_recursion_traps() {
 async fn a_panic_traps_and_its_message_is_in_the_output() {
     let result = hostile(request("panic", "", vec![])).await;
     assert_eq!(result.status, RunStatus::Trapped, "{result:#?}");
-    assert!(result.output.contains("panicked on purpose"), "{}", result.output);
+    assert!(
+        result.output.contains("panicked on purpose"),
+        "{}",
+        result.output
+    );
 }
 
 #[tokio::test]
@@ -167,13 +178,22 @@ async fn etc_passwd_is_out_of_reach_without_grants() {
 #[tokio::test]
 async fn dot_dot_does_not_leave_a_preopen() {
     let t = tree();
-    for path in ["/data/../secret.txt", "/data/../../../../etc/passwd", "/data/../outside/secret.txt"] {
+    for path in [
+        "/data/../secret.txt",
+        "/data/../../../../etc/passwd",
+        "/data/../outside/secret.txt",
+    ] {
         let result = hostile(request("read", path, grant(&t.data, "/data", DirMode::Rw))).await;
         assert_contained(&result, SECRET);
         assert_contained(&result, "root:");
     }
     // The grant itself works, so the failures above are the sandbox's doing.
-    let result = hostile(request("read", "/data/inside.txt", grant(&t.data, "/data", DirMode::Ro))).await;
+    let result = hostile(request(
+        "read",
+        "/data/inside.txt",
+        grant(&t.data, "/data", DirMode::Ro),
+    ))
+    .await;
     assert!(result.summary.unwrap().contains("inside"));
 }
 
@@ -194,28 +214,55 @@ async fn symlinks_pointing_outside_are_not_followed() {
     std::os::unix::fs::symlink(t.root.join("outside"), t.data.join("dir-link")).unwrap();
     std::os::unix::fs::symlink(t.root.join("secret.txt"), t.data.join("file-link")).unwrap();
     std::os::unix::fs::symlink("/etc", t.data.join("etc-link")).unwrap();
-    for path in ["/data/dir-link/secret.txt", "/data/file-link", "/data/etc-link/passwd"] {
+    for path in [
+        "/data/dir-link/secret.txt",
+        "/data/file-link",
+        "/data/etc-link/passwd",
+    ] {
         let result = hostile(request("read", path, grant(&t.data, "/data", DirMode::Rw))).await;
         assert_contained(&result, SECRET);
         assert_contained(&result, "root:");
     }
-    let result = hostile(request("write", "/data/file-link", grant(&t.data, "/data", DirMode::Rw))).await;
+    let result = hostile(request(
+        "write",
+        "/data/file-link",
+        grant(&t.data, "/data", DirMode::Rw),
+    ))
+    .await;
     assert_eq!(result.status, RunStatus::Error, "{result:#?}");
-    assert_eq!(std::fs::read_to_string(t.root.join("secret.txt")).unwrap(), SECRET);
+    assert_eq!(
+        std::fs::read_to_string(t.root.join("secret.txt")).unwrap(),
+        SECRET
+    );
 }
 
 #[tokio::test]
 async fn read_only_grants_are_read_only() {
     let t = tree();
-    let result = hostile(request("write", "/data/new.txt", grant(&t.data, "/data", DirMode::Ro))).await;
+    let result = hostile(request(
+        "write",
+        "/data/new.txt",
+        grant(&t.data, "/data", DirMode::Ro),
+    ))
+    .await;
     assert_eq!(result.status, RunStatus::Error, "{result:#?}");
     assert!(!t.data.join("new.txt").exists());
-    let result = hostile(request("delete", "/data/inside.txt", grant(&t.data, "/data", DirMode::Ro))).await;
+    let result = hostile(request(
+        "delete",
+        "/data/inside.txt",
+        grant(&t.data, "/data", DirMode::Ro),
+    ))
+    .await;
     assert_eq!(result.status, RunStatus::Error, "{result:#?}");
     assert!(t.data.join("inside.txt").exists());
 
     // The same write through a read-write grant succeeds.
-    let result = hostile(request("write", "/data/new.txt", grant(&t.data, "/data", DirMode::Rw))).await;
+    let result = hostile(request(
+        "write",
+        "/data/new.txt",
+        grant(&t.data, "/data", DirMode::Rw),
+    ))
+    .await;
     assert_eq!(result.status, RunStatus::Success, "{result:#?}");
     assert!(t.data.join("new.txt").exists());
 }
@@ -223,14 +270,22 @@ async fn read_only_grants_are_read_only() {
 #[tokio::test]
 async fn a_dry_run_cannot_write_even_to_a_read_write_grant() {
     let t = tree();
-    let mut req = request("write", "/data/new.txt", grant(&t.data, "/data", DirMode::Rw));
+    let mut req = request(
+        "write",
+        "/data/new.txt",
+        grant(&t.data, "/data", DirMode::Rw),
+    );
     req.dry_run = true;
     let result = hostile(req).await;
     assert_eq!(result.status, RunStatus::Error, "{result:#?}");
     assert!(result.dry_run);
     assert!(!t.data.join("new.txt").exists());
 
-    let mut req = request("delete", "/data/inside.txt", grant(&t.data, "/data", DirMode::Rw));
+    let mut req = request(
+        "delete",
+        "/data/inside.txt",
+        grant(&t.data, "/data", DirMode::Rw),
+    );
     req.dry_run = true;
     assert_eq!(hostile(req).await.status, RunStatus::Error);
     assert!(t.data.join("inside.txt").exists());
@@ -240,16 +295,29 @@ async fn a_dry_run_cannot_write_even_to_a_read_write_grant() {
 async fn a_missing_granted_directory_is_a_clear_error() {
     let t = tree();
     let missing = t.root.join("nope");
-    let result = hostile(request("list", "/data", grant(&missing, "/data", DirMode::Ro))).await;
+    let result = hostile(request(
+        "list",
+        "/data",
+        grant(&missing, "/data", DirMode::Ro),
+    ))
+    .await;
     assert_eq!(result.status, RunStatus::Error);
-    assert!(result.error.unwrap().contains(&missing.display().to_string()));
+    assert!(
+        result
+            .error
+            .unwrap()
+            .contains(&missing.display().to_string())
+    );
 }
 
 #[tokio::test]
 async fn no_environment_no_arguments_no_network() {
     let result = hostile(request("env", "", vec![])).await;
     assert_eq!(result.status, RunStatus::Success, "{result:#?}");
-    assert_eq!(result.summary.as_deref(), Some("no environment, no arguments"));
+    assert_eq!(
+        result.summary.as_deref(),
+        Some("no environment, no arguments")
+    );
     // PostgreSQL listens here on the test machine; the guest must not reach it.
     let result = hostile(request("connect", "127.0.0.1:5432", vec![])).await;
     assert_eq!(result.status, RunStatus::Error, "{result:#?}");
@@ -261,7 +329,10 @@ async fn a_log_flood_is_capped_and_marked() {
     let result = hostile(request("log-flood", "", vec![])).await;
     assert_eq!(result.status, RunStatus::Success, "{result:#?}");
     let cap = housekeeper::capabilities::output::DEFAULT_OUTPUT_CAP;
-    let (kept, marker) = result.output.split_once("[output truncated:").expect("truncation marker");
+    let (kept, marker) = result
+        .output
+        .split_once("[output truncated:")
+        .expect("truncation marker");
     assert!(kept.len() <= cap, "{} bytes kept", kept.len());
     assert!(marker.len() < 200);
     assert!(kept.starts_with("[info] 0 xxx"));
@@ -283,7 +354,10 @@ async fn things_that_are_not_tasks_are_refused_with_a_clear_message() {
     assert!(err.to_string().contains("random.wasm"));
 
     let good = std::fs::read(fixture_path("noop")).unwrap();
-    let err = rt.load("truncated.wasm", &good[..good.len() / 2]).err().unwrap();
+    let err = rt
+        .load("truncated.wasm", &good[..good.len() / 2])
+        .err()
+        .unwrap();
     assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
 }
 

@@ -49,7 +49,10 @@ mod tests {
         values.insert("max_age_days".into(), ConfigValue::Integer(7));
         let mut config = ConfigCapability::new(values);
         assert!(matches!(config.get("dir".into()).unwrap(), Some(Value::Text(d)) if d == "/logs"));
-        assert!(matches!(config.get("max_age_days".into()).unwrap(), Some(Value::Integer(7))));
+        assert!(matches!(
+            config.get("max_age_days".into()).unwrap(),
+            Some(Value::Integer(7))
+        ));
         assert!(config.get("DATABASE_URL".into()).unwrap().is_none());
         assert_eq!(config.keys().unwrap(), ["dir", "max_age_days"]);
     }

@@ -45,6 +45,9 @@ mod tests {
         let mut log = LogCapability::new(output.clone());
         log.log(wit::Level::Error, "disk full".into()).unwrap();
         log.log(wit::Level::Debug, "two\nlines".into()).unwrap();
-        assert_eq!(output.finish(), "[error] disk full\n[debug] two\n[debug] lines\n");
+        assert_eq!(
+            output.finish(),
+            "[error] disk full\n[debug] two\n[debug] lines\n"
+        );
     }
 }

@@ -90,12 +90,14 @@ impl Output {
         let mut inner = self.lock();
         let slot = stream as usize;
         while !bytes.is_empty() {
-            let (line_end, rest) = match bytes.iter().position(|&b| b == b'\n') {
-                Some(i) => (true, i),
-                None => (false, bytes.len()),
+            let room = MAX_LINE - inner.pending[slot].len();
+            let window = &bytes[..bytes.len().min(room)];
+            let (take, line_end) = match window.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (window.len(), false),
             };
-            inner.pending[slot].extend_from_slice(&bytes[..rest]);
-            bytes = &bytes[(rest + usize::from(line_end)).min(bytes.len())..];
+            inner.pending[slot].extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take + usize::from(line_end)..];
             if line_end || inner.pending[slot].len() >= MAX_LINE {
                 self.flush_line(&mut inner, stream);
             }

@@ -77,7 +77,10 @@ pub fn classify(error: &wasmtime::Error, memory_denied: bool) -> (RunStatus, Str
     };
     let message = match status {
         RunStatus::OutOfFuel => "the run's fuel budget is exhausted".into(),
-        RunStatus::OutOfMemory => format!("the guest was refused memory past its cap, then: {}", root_message(error)),
+        RunStatus::OutOfMemory => format!(
+            "the guest was refused memory past its cap, then: {}",
+            root_message(error)
+        ),
         _ => root_message(error),
     };
     (status, message)

@@ -20,7 +20,9 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 /// How often the engine's epoch advances: the granularity of deadlines and
@@ -64,7 +66,9 @@ pub enum LoadError {
     },
     #[error("{what} is not a WebAssembly file")]
     NotWasm { what: String },
-    #[error("{what} is a core WebAssembly module, not a component: build the task for wasm32-wasip2")]
+    #[error(
+        "{what} is a core WebAssembly module, not a component: build the task for wasm32-wasip2"
+    )]
     CoreModule { what: String },
     #[error("{what} is not a valid component: {message}")]
     Invalid { what: String, message: String },
@@ -190,10 +194,11 @@ impl Runtime {
     pub fn load(&self, what: &str, bytes: &[u8]) -> Result<TaskComponent, LoadError> {
         let what = what.to_owned();
         check_header(&what, bytes)?;
-        let component = Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
-            what: what.clone(),
-            message: one_line(&e),
-        })?;
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
+                what: what.clone(),
+                message: one_line(&e),
+            })?;
         let pre = self
             .inner
             .linker
@@ -219,7 +224,10 @@ impl Runtime {
     }
 
     /// Calls the component's `describe()` with no grants and small limits.
-    pub async fn describe(&self, component: &TaskComponent) -> Result<TaskInfo, (RunStatus, String)> {
+    pub async fn describe(
+        &self,
+        component: &TaskComponent,
+    ) -> Result<TaskInfo, (RunStatus, String)> {
         let output = Output::new("describe", "describe", self.inner.options.output_cap);
         let capabilities = RunCapabilities::new(&[], true, ConfigMap::new(), &output)
             .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
@@ -229,7 +237,10 @@ impl Runtime {
             task.call_describe(&mut store).await
         };
         match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
-            Err(_) => Err((RunStatus::Timeout, "describe() did not return in time".into())),
+            Err(_) => Err((
+                RunStatus::Timeout,
+                "describe() did not return in time".into(),
+            )),
             Ok(Ok(info)) => Ok(TaskInfo {
                 name: info.name,
                 version: info.version,
@@ -249,7 +260,11 @@ impl Runtime {
     pub async fn run(&self, component: &TaskComponent, request: RunRequest) -> RunResult {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let output = Output::new(&request.task_name, &request.run_id, self.inner.options.output_cap);
+        let output = Output::new(
+            &request.task_name,
+            &request.run_id,
+            self.inner.options.output_cap,
+        );
         let mut result = RunResult {
             run_id: request.run_id.clone(),
             task_name: request.task_name.clone(),
@@ -266,7 +281,12 @@ impl Runtime {
             dry_run: request.dry_run,
         };
 
-        let outcome = match RunCapabilities::new(&request.dirs, request.dry_run, request.config.clone(), &output) {
+        let outcome = match RunCapabilities::new(
+            &request.dirs,
+            request.dry_run,
+            request.config.clone(),
+            &output,
+        ) {
             Err(e) => Err((RunStatus::Error, format!("{e:#}"), 0)),
             Ok(capabilities) => self.call_run(component, &request, capabilities).await,
         };
@@ -277,7 +297,10 @@ impl Runtime {
                 result.metrics = report
                     .metrics
                     .into_iter()
-                    .map(|m| Metric { name: m.name, value: m.value })
+                    .map(|m| Metric {
+                        name: m.name,
+                        value: m.value,
+                    })
                     .collect();
                 result.fuel_used = fuel;
             }
@@ -309,9 +332,21 @@ impl Runtime {
         capabilities: RunCapabilities,
     ) -> Result<(Result<types::RunReport, types::TaskError>, u64), (RunStatus, String, u64)> {
         if request.memory_bytes > MAX_MEMORY_BYTES {
-            return Err((RunStatus::Error, format!("memory limit {} is above the host's maximum", request.memory_bytes), 0));
+            return Err((
+                RunStatus::Error,
+                format!(
+                    "memory limit {} is above the host's maximum",
+                    request.memory_bytes
+                ),
+                0,
+            ));
         }
-        let mut store = self.store(capabilities, request.memory_bytes, request.fuel, request.timeout);
+        let mut store = self.store(
+            capabilities,
+            request.memory_bytes,
+            request.fuel,
+            request.timeout,
+        );
         let ctx = types::RunContext {
             run_id: request.run_id.clone(),
             dry_run: request.dry_run,
@@ -334,7 +369,14 @@ impl Runtime {
         .await;
         let fuel = request.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         match outcome {
-            Err(_) => Err((RunStatus::Timeout, format!("the run's deadline of {} passed", humantime::format_duration(request.timeout)), fuel)),
+            Err(_) => Err((
+                RunStatus::Timeout,
+                format!(
+                    "the run's deadline of {} passed",
+                    humantime::format_duration(request.timeout)
+                ),
+                fuel,
+            )),
             Ok(Ok(returned)) => Ok((returned, fuel)),
             Ok(Err(e)) => {
                 let (status, message) = limits::classify(&e, store.data().limiter.denied());
@@ -343,7 +385,13 @@ impl Runtime {
         }
     }
 
-    fn store(&self, capabilities: RunCapabilities, memory_bytes: u64, fuel: u64, timeout: Duration) -> Store<StoreData> {
+    fn store(
+        &self,
+        capabilities: RunCapabilities,
+        memory_bytes: u64,
+        fuel: u64,
+        timeout: Duration,
+    ) -> Store<StoreData> {
         let mut store = Store::new(
             &self.inner.engine,
             StoreData {
@@ -407,15 +455,23 @@ fn start_epoch_ticker(inner: Weak<Inner>) {
 
 fn check_header(what: &str, bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(LoadError::NotWasm { what: what.to_owned() });
+        return Err(LoadError::NotWasm {
+            what: what.to_owned(),
+        });
     }
     // Core modules are version 1, layer 0; components use layer 1.
     if bytes[4..8] == [1, 0, 0, 0] {
-        return Err(LoadError::CoreModule { what: what.to_owned() });
+        return Err(LoadError::CoreModule {
+            what: what.to_owned(),
+        });
     }
     Ok(())
 }
 
 fn one_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or_default().to_owned()
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -35,7 +35,9 @@ impl Task for CleanupOldLogs {
             max_total_bytes: config::u64("max_total_bytes")?,
         };
         if policy.is_empty() {
-            log::warn("no retention rule set (max_age_days, keep_newest, max_total_bytes): nothing will be deleted");
+            log::warn(
+                "no retention rule set (max_age_days, keep_newest, max_total_bytes): nothing will be deleted",
+            );
         }
 
         let files = retention::scan(Path::new(&dir), &scan)
@@ -48,7 +50,11 @@ impl Task for CleanupOldLogs {
         let mut failed = 0u64;
         for file in &selection.delete {
             if ctx.dry_run {
-                log::info(format!("would delete {} ({} bytes)", file.path.display(), file.size));
+                log::info(format!(
+                    "would delete {} ({} bytes)",
+                    file.path.display(),
+                    file.size
+                ));
                 deleted += 1;
                 freed += file.size;
                 continue;
@@ -68,7 +74,11 @@ impl Task for CleanupOldLogs {
         }
 
         let kept = selection.keep.len() as u64 + failed;
-        let verb = if ctx.dry_run { "would delete" } else { "deleted" };
+        let verb = if ctx.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
         let report = Report::new(format!(
             "{verb} {deleted} files ({freed} bytes) in {dir}, kept {kept}"
         ))

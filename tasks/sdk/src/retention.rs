@@ -69,9 +69,9 @@ impl Policy {
                     break;
                 };
                 total -= oldest.size;
-                let at = selection
-                    .delete
-                    .partition_point(|d| (d.modified_ms, &d.path) > (oldest.modified_ms, &oldest.path));
+                let at = selection.delete.partition_point(|d| {
+                    (d.modified_ms, &d.path) > (oldest.modified_ms, &oldest.path)
+                });
                 selection.delete.insert(at, oldest);
             }
         }

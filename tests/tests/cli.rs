@@ -1,0 +1,328 @@
+//! The real `housekeeper` binary: `run` and `check`, their output and exit
+//! codes.
+
+use housekeeper_tests::{binary, fixture_path, task_path};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn housekeeper(args: &[&str], tasks_dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env_remove("HOUSEKEEPER_TASKS_DIR")
+        .env_remove("LOG_LEVEL");
+    if let Some(dir) = tasks_dir {
+        cmd.env("HOUSEKEEPER_TASKS_DIR", dir);
+    }
+    cmd.output().expect("housekeeper runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A tasks directory with cleanup-old-logs and a manifest granting `logs/`.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    tasks: std::path::PathBuf,
+    logs: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks.d");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::copy(
+        task_path("cleanup-old-logs"),
+        tasks.join("cleanup-old-logs.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        tasks.join("app-logs.toml"),
+        format!(
+            r#"
+name = "app-logs"
+component = "cleanup-old-logs.wasm"
+schedule = "0 3 * * *"
+
+[[grants.dirs]]
+host = "{}"
+guest = "/logs"
+mode = "rw"
+
+[config]
+keep_newest = 2
+"#,
+            logs.display()
+        ),
+    )
+    .unwrap();
+    for n in 0..5 {
+        let path = logs.join(format!("{n}.log"));
+        std::fs::write(&path, "x").unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(3600 * n);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    Setup {
+        _tmp: tmp,
+        tasks,
+        logs,
+    }
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn run_by_name_resolves_through_manifests_and_applies_grants() {
+    let s = setup();
+    let dry = housekeeper(&["run", "app-logs", "--dry-run"], Some(&s.tasks));
+    assert!(dry.status.success(), "{}{}", stdout(&dry), stderr(&dry));
+    assert!(stdout(&dry).contains("(dry run)"));
+    assert!(
+        stdout(&dry).contains("would delete 3 files"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(count(&s.logs), 5);
+
+    let real = housekeeper(
+        &["run", "app-logs", "--tasks-dir", s.tasks.to_str().unwrap()],
+        None,
+    );
+    assert!(real.status.success(), "{}{}", stdout(&real), stderr(&real));
+    let out = stdout(&real);
+    assert!(out.contains("status:    success"), "{out}");
+    assert!(out.contains("files_deleted=3"), "{out}");
+    assert_eq!(count(&s.logs), 2);
+}
+
+#[test]
+fn config_overrides_apply_to_one_run() {
+    let s = setup();
+    let o = housekeeper(
+        &["run", "app-logs", "--config", "keep_newest=4", "--json"],
+        Some(&s.tasks),
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json["status"], "success");
+    assert_eq!(json["task_name"], "app-logs");
+    assert_eq!(json["metrics"][0]["name"], "files_deleted");
+    assert_eq!(json["metrics"][0]["value"], 1.0);
+    assert_eq!(count(&s.logs), 4);
+
+    let bad = housekeeper(
+        &["run", "app-logs", "--config", "keep_newest"],
+        Some(&s.tasks),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("KEY=VALUE"), "{}", stderr(&bad));
+}
+
+#[test]
+fn a_component_without_a_manifest_runs_with_no_grants() {
+    let s = setup();
+    let o = housekeeper(
+        &[
+            "run",
+            task_path("cleanup-old-logs").to_str().unwrap(),
+            "--config",
+            "max_age_days=0",
+        ],
+        Some(&s.tasks),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("status:    error"));
+    assert!(stdout(&o).contains("cannot read /logs"), "{}", stdout(&o));
+    assert_eq!(count(&s.logs), 5);
+}
+
+#[test]
+fn a_component_file_with_a_sidecar_manifest_uses_it() {
+    let s = setup();
+    std::fs::copy(
+        s.tasks.join("app-logs.toml"),
+        s.tasks.join("cleanup-old-logs.toml"),
+    )
+    .unwrap();
+    let path = s.tasks.join("cleanup-old-logs.wasm");
+    let o = housekeeper(&["run", path.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(count(&s.logs), 2);
+}
+
+#[test]
+fn exit_codes_name_the_outcome() {
+    let hostile = fixture_path("hostile");
+    let h = hostile.to_str().unwrap();
+    for (mode, code, status) in [
+        ("fail", 1, "error"),
+        ("panic", 3, "trapped"),
+        ("memory-bomb", 6, "out_of_memory"),
+    ] {
+        let o = housekeeper(&["run", h, "--config", &format!("mode={mode}")], None);
+        assert_eq!(o.status.code(), Some(code), "{mode}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains(&format!("status:    {status}")),
+            "{}",
+            stdout(&o)
+        );
+    }
+
+    // Fuel and deadline come from a manifest next to a copy of the component.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("spinner.wasm");
+    std::fs::copy(&hostile, &copy).unwrap();
+    std::fs::write(
+        tmp.path().join("spinner.toml"),
+        "timeout = \"200ms\"\n[limits]\nfuel = 1_000_000_000_000\n[config]\nmode = \"spin\"",
+    )
+    .unwrap();
+    let o = housekeeper(&["run", copy.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(4), "{}", stdout(&o));
+    std::fs::write(
+        tmp.path().join("spinner.toml"),
+        "[limits]\nfuel = 10_000_000\n[config]\nmode = \"spin\"",
+    )
+    .unwrap();
+    let o = housekeeper(&["run", copy.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(5), "{}", stdout(&o));
+}
+
+#[test]
+fn unknown_tasks_and_bad_files_fail_clearly() {
+    let s = setup();
+    let o = housekeeper(&["run", "nope"], Some(&s.tasks));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no task named \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("app-logs"), "{}", stderr(&o));
+
+    let o = housekeeper(&["run", "missing.wasm"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("missing.wasm does not exist"),
+        "{}",
+        stderr(&o)
+    );
+
+    std::fs::write(s.tasks.join("broken.toml"), "schedule = \"every day\"").unwrap();
+    let o = housekeeper(&["run", "broken"], Some(&s.tasks));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("broken.toml"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`schedule`"), "{}", stderr(&o));
+}
+
+#[test]
+fn not_a_task_is_refused_by_run_and_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = tmp.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let random = tmp.path().join("random.wasm");
+    std::fs::write(
+        &random,
+        (0..4096u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let wrong = fixture_path("wrong-world");
+    for (path, needle) in [
+        (core.as_path(), "core WebAssembly module, not a component"),
+        (random.as_path(), "is not a WebAssembly file"),
+        (wrong.as_path(), "is not a housekeeper task"),
+    ] {
+        for command in ["run", "check"] {
+            let o = housekeeper(&[command, path.to_str().unwrap()], None);
+            assert_eq!(o.status.code(), Some(2), "{command} {}", path.display());
+            let all = stdout(&o) + &stderr(&o);
+            assert!(all.contains(needle), "{command} {}: {all}", path.display());
+        }
+    }
+}
+
+#[test]
+fn check_prints_describe_and_grants_for_a_directory() {
+    let s = setup();
+    let o = housekeeper(&["check", s.tasks.to_str().unwrap()], None);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("ok   app-logs"), "{out}");
+    assert!(
+        out.contains("Deletes log files by age, count and total size"),
+        "{out}"
+    );
+    assert!(out.contains("schedule:     0 3 * * *"), "{out}");
+    assert!(
+        out.contains(&format!("grants dir:   {} -> /logs (Rw)", s.logs.display())),
+        "{out}"
+    );
+
+    // One bad manifest and one component whose describe() loops: both named.
+    std::fs::write(
+        s.tasks.join("typo.toml"),
+        "component = \"cleanup-old-logs.wasm\"\nretention = 3",
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture_path("describe-loop"),
+        s.tasks.join("describe-loop.wasm"),
+    )
+    .unwrap();
+    let o = housekeeper(&["check", s.tasks.to_str().unwrap()], None);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("ok   app-logs"), "{out}");
+    assert!(
+        out.contains("typo.toml") && out.contains("retention"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL describe-loop: describe() failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_a_single_manifest_or_component() {
+    let s = setup();
+    let o = housekeeper(
+        &["check", s.tasks.join("app-logs.toml").to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("ok   app-logs"));
+    let o = housekeeper(&["check", fixture_path("noop").to_str().unwrap()], None);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("manifest:     (none: no grants)"));
+}
+
+#[test]
+fn help_is_available_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let o = housekeeper(&args, None);
+        assert!(o.status.success());
+        assert!(stdout(&o).contains("Usage: housekeeper"));
+    }
+    let o = housekeeper(&["run", "--help"], None);
+    assert!(stdout(&o).contains("HOUSEKEEPER_TASKS_DIR"));
+}
