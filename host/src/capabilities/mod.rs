@@ -23,11 +23,12 @@ impl RunCapabilities {
     pub fn new(
         dirs: &[DirGrant],
         dry_run: bool,
+        fs_on_guest_thread: bool,
         config: ConfigMap,
         output: &Output,
     ) -> anyhow::Result<Self> {
         Ok(RunCapabilities {
-            wasi: wasi::WasiCapability::new(dirs, dry_run, output)?,
+            wasi: wasi::WasiCapability::new(dirs, dry_run, fs_on_guest_thread, output)?,
             log: log::LogCapability::new(output.clone()),
             config: config::ConfigCapability::new(config),
         })

@@ -44,6 +44,11 @@ pub struct RuntimeOptions {
     pub max_instances: u32,
     /// Cap on each run's captured output, in bytes.
     pub output_cap: usize,
+    /// Perform a guest's filesystem calls on the thread that runs it rather
+    /// than on tokio's blocking pool. Each call then blocks that worker for
+    /// one syscall; a service should run guests on workers that do not also
+    /// serve its API.
+    pub fs_on_guest_thread: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -52,6 +57,7 @@ impl Default for RuntimeOptions {
             pooling: true,
             max_instances: 64,
             output_cap: DEFAULT_OUTPUT_CAP,
+            fs_on_guest_thread: true,
         }
     }
 }
@@ -229,7 +235,7 @@ impl Runtime {
         component: &TaskComponent,
     ) -> Result<TaskInfo, (RunStatus, String)> {
         let output = Output::new("describe", "describe", self.inner.options.output_cap);
-        let capabilities = RunCapabilities::new(&[], true, ConfigMap::new(), &output)
+        let capabilities = RunCapabilities::new(&[], true, false, ConfigMap::new(), &output)
             .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
         let mut store = self.store(capabilities, 64 << 20, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
         let call = async {
@@ -284,6 +290,7 @@ impl Runtime {
         let outcome = match RunCapabilities::new(
             &request.dirs,
             request.dry_run,
+            self.inner.options.fs_on_guest_thread,
             request.config.clone(),
             &output,
         ) {

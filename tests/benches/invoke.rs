@@ -1,0 +1,85 @@
+//! Invocation overhead: instantiate + run of the no-op task (pre-linked
+//! `InstancePre`, pooling allocator) against fork/exec of `/bin/true`, in one
+//! run, as a ratio.
+
+use housekeeper::manifest::Manifest;
+use housekeeper::model::{RunStatus, Trigger};
+use housekeeper::runtime::{RunRequest, Runtime, RuntimeOptions};
+use housekeeper_tests::fixture_path;
+use std::time::{Duration, Instant};
+
+const WARMUP: usize = 200;
+const SAMPLES: usize = 5_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    let p50 = percentile(&samples, 0.50);
+    println!(
+        "{name:<40} p50 {:>9.1} µs   p99 {:>9.1} µs   ({} samples)",
+        p50.as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6,
+        samples.len()
+    );
+    p50
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let manifest = Manifest::implicit("noop", "noop.wasm");
+    let mut wasm_p50 = Duration::ZERO;
+    for pooling in [true, false] {
+        let runtime = Runtime::new(RuntimeOptions {
+            pooling,
+            ..RuntimeOptions::default()
+        })
+        .unwrap();
+        let component = runtime.load_file(&fixture_path("noop")).unwrap();
+        let samples = rt.block_on(async {
+            let mut samples = Vec::with_capacity(SAMPLES);
+            for i in 0..WARMUP + SAMPLES {
+                let request =
+                    RunRequest::from_manifest(&manifest, format!("run-{i}"), Trigger::Manual);
+                let start = Instant::now();
+                let result = runtime.run(&component, request).await;
+                let elapsed = start.elapsed();
+                assert_eq!(result.status, RunStatus::Success);
+                if i >= WARMUP {
+                    samples.push(elapsed);
+                }
+            }
+            samples
+        });
+        let label = if runtime.pooling() {
+            "pooling"
+        } else {
+            "on-demand"
+        };
+        let p50 = report(&format!("wasm no-op task, {label} allocator"), samples);
+        if pooling {
+            wasm_p50 = p50;
+        }
+    }
+
+    let mut native = Vec::with_capacity(SAMPLES / 5);
+    for i in 0..WARMUP + SAMPLES / 5 {
+        let start = Instant::now();
+        let status = std::process::Command::new("/bin/true").status().unwrap();
+        let elapsed = start.elapsed();
+        assert!(status.success());
+        if i >= WARMUP {
+            native.push(elapsed);
+        }
+    }
+    let native_p50 = report("fork/exec /bin/true", native);
+    println!(
+        "ratio (wasm / fork+exec, p50): {:.3}",
+        wasm_p50.as_secs_f64() / native_p50.as_secs_f64()
+    );
+}
