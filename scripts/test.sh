@@ -9,9 +9,13 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # PostgreSQL for the tests that need a real one.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
     if command -v pg_ctlcluster >/dev/null; then
-        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start
     fi
+    for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
+
+# #[sqlx::test] makes a fresh database per test under this server.
+export DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 cargo fmt --all -- --check
 cargo fmt --manifest-path tasks/Cargo.toml --all -- --check

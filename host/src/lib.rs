@@ -11,3 +11,4 @@ pub mod manifest;
 pub mod model;
 pub mod runtime;
 pub mod schedule;
+pub mod store;

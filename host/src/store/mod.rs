@@ -1,0 +1,533 @@
+//! The host's own state: run history, per-task toggles and the per-task
+//! summary. All of the host's SQL lives here, for SQLite (embedded default)
+//! and PostgreSQL; the schema is in `migrations/`.
+//!
+//! Queries are written once and run on either pool: `on_pool!` expands the
+//! same sqlx code for each backend.
+
+use crate::model::{RunResult, RunStatus, Trigger};
+use anyhow::Context as _;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    replica: String,
+}
+
+/// A run about to start.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub task_name: &'a str,
+    pub triggered_by: Trigger,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub dry_run: bool,
+    pub component_hash: Option<&'a str>,
+}
+
+/// A row of `housekeeper_runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub task_name: String,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub duration_ms: Option<i64>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub triggered_by: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub component_hash: Option<String>,
+    pub dry_run: bool,
+    pub metrics: Option<serde_json::Value>,
+    pub fuel_used: Option<i64>,
+    pub replica: String,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// Lifetime totals of one task, from the maintained summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TaskStats {
+    pub task_name: String,
+    pub total_runs: i64,
+    pub success_count: i64,
+    pub error_count: i64,
+    pub skipped_count: i64,
+    pub avg_duration_ms: Option<f64>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub last_status: Option<String>,
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+/// Persisted per-task settings (`housekeeper_config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSettings {
+    pub enabled: bool,
+    pub schedule: Option<String>,
+    pub last_modified_at: DateTime<Utc>,
+}
+
+const RUN_COLUMNS: &str = "id, task_name, started_at, completed_at, status, duration_ms, output, error, \
+     triggered_by, scheduled_for, component_hash, dry_run, CAST(metrics AS TEXT) AS metrics, fuel_used, \
+     replica, heartbeat_at";
+
+impl Store {
+    /// Opens (creating if needed) the store at `url` and applies migrations.
+    /// `sqlite:PATH` or `postgres://…`. `replica` names this process in the
+    /// rows it writes.
+    pub async fn open(url: &str, replica: &str, pool_max: u32) -> anyhow::Result<Self> {
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+            let pool = PgPoolOptions::new()
+                .max_connections(pool_max)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            POSTGRES_MIGRATIONS
+                .run(&pool)
+                .await
+                .context("cannot apply PostgreSQL migrations")?;
+            Backend::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .context("invalid SQLite URL")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(pool_max)
+                .connect_with(options)
+                .await
+                .context("cannot open the SQLite database")?;
+            SQLITE_MIGRATIONS
+                .run(&pool)
+                .await
+                .context("cannot apply SQLite migrations")?;
+            Backend::Sqlite(pool)
+        } else {
+            anyhow::bail!("unsupported database URL: expected sqlite:PATH or postgres://…");
+        };
+        Ok(Store {
+            backend,
+            replica: replica.to_owned(),
+        })
+    }
+
+    /// A store over an existing SQLite pool with migrations applied
+    /// (`#[sqlx::test]`).
+    pub fn from_sqlite(pool: SqlitePool, replica: &str) -> Self {
+        Store {
+            backend: Backend::Sqlite(pool),
+            replica: replica.to_owned(),
+        }
+    }
+
+    /// A store over an existing PostgreSQL pool with migrations applied.
+    pub fn from_postgres(pool: PgPool, replica: &str) -> Self {
+        Store {
+            backend: Backend::Postgres(pool),
+            replica: replica.to_owned(),
+        }
+    }
+
+    pub fn sqlite_migrator() -> &'static sqlx::migrate::Migrator {
+        &SQLITE_MIGRATIONS
+    }
+
+    pub fn postgres_migrator() -> &'static sqlx::migrate::Migrator {
+        &POSTGRES_MIGRATIONS
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records a run as `running`. For a scheduled run whose occurrence is
+    /// already recorded (by this or another replica) returns `None`.
+    pub async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
+        let now = Utc::now();
+        let sql = "INSERT INTO housekeeper_runs \
+                   (task_name, started_at, status, triggered_by, scheduled_for, dry_run, component_hash, replica, heartbeat_at) \
+                   VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $2) \
+                   ON CONFLICT (task_name, scheduled_for) WHERE triggered_by = 'schedule' DO NOTHING \
+                   RETURNING id";
+        let id: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
+            .bind(run.task_name)
+            .bind(now)
+            .bind(run.triggered_by.as_str())
+            .bind(run.scheduled_for)
+            .bind(run.dry_run)
+            .bind(run.component_hash)
+            .bind(&self.replica)
+            .fetch_optional(pool)
+            .await)
+        .context("cannot record the start of a run")?;
+        Ok(id)
+    }
+
+    /// Marks a running row alive.
+    pub async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
+        on_pool!(self, pool => sqlx::query("UPDATE housekeeper_runs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running'")
+            .bind(Utc::now())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records how run `id` ended and updates the task's summary.
+    pub async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
+        let metrics: serde_json::Map<String, serde_json::Value> = result
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), serde_json::json!(m.value)))
+            .collect();
+        let metrics = serde_json::Value::Object(metrics).to_string();
+        let error = match (&result.error, &result.summary) {
+            (Some(e), _) => Some(e.clone()),
+            (None, _) => None,
+        };
+        let output = match &result.summary {
+            Some(summary) if result.output.is_empty() => summary.clone(),
+            Some(summary) => format!("{summary}\n{}", result.output),
+            None => result.output.clone(),
+        };
+        self.complete(
+            id,
+            Completion {
+                status: result.status,
+                completed_at: result.completed_at,
+                duration_ms: result.duration_ms as i64,
+                output: Some(output),
+                error,
+                metrics: Some(metrics),
+                fuel_used: Some(result.fuel_used as i64),
+                component_hash: Some(result.component_hash.clone()),
+            },
+        )
+        .await
+    }
+
+    /// Ends run `id` without a result from the runtime (cancelled,
+    /// interrupted, or a failure before the guest started).
+    pub async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let started: DateTime<Utc> = on_pool!(self, pool => sqlx::query_scalar("SELECT started_at FROM housekeeper_runs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await)?;
+        self.complete(
+            id,
+            Completion {
+                status,
+                completed_at: now,
+                duration_ms: (now - started).num_milliseconds().max(0),
+                output: None,
+                error: Some(reason.to_owned()),
+                metrics: None,
+                fuel_used: None,
+                component_hash: None,
+            },
+        )
+        .await
+    }
+
+    async fn complete(&self, id: i64, c: Completion) -> anyhow::Result<()> {
+        let metrics_param = match self.backend {
+            Backend::Postgres(_) => "CAST($6 AS JSONB)",
+            Backend::Sqlite(_) => "$6",
+        };
+        let update = format!(
+            "UPDATE housekeeper_runs SET status = $1, completed_at = $2, duration_ms = $3, output = $4, \
+             error = $5, metrics = {metrics_param}, fuel_used = $7, \
+             component_hash = COALESCE($8, component_hash), heartbeat_at = $2 \
+             WHERE id = $9 AND status = 'running' RETURNING task_name"
+        );
+        let success = c.status == RunStatus::Success;
+        let failed = !success;
+        let stats = "INSERT INTO housekeeper_task_stats \
+             (task_name, total_runs, success_count, error_count, total_duration_ms, last_run_at, last_status, last_success_at) \
+             VALUES ($1, 1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (task_name) DO UPDATE SET \
+               total_runs = housekeeper_task_stats.total_runs + 1, \
+               success_count = housekeeper_task_stats.success_count + excluded.success_count, \
+               error_count = housekeeper_task_stats.error_count + excluded.error_count, \
+               total_duration_ms = housekeeper_task_stats.total_duration_ms + excluded.total_duration_ms, \
+               last_run_at = excluded.last_run_at, \
+               last_status = excluded.last_status, \
+               last_success_at = COALESCE(excluded.last_success_at, housekeeper_task_stats.last_success_at)";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let task: Option<String> = sqlx::query_scalar(&update)
+                .bind(c.status.as_str())
+                .bind(c.completed_at)
+                .bind(c.duration_ms)
+                .bind(&c.output)
+                .bind(&c.error)
+                .bind(&c.metrics)
+                .bind(c.fuel_used)
+                .bind(&c.component_hash)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("cannot record the end of a run")?;
+            // A row that is no longer running was already ended (e.g. marked
+            // interrupted by recovery): keep what it says.
+            if let Some(task) = task {
+                sqlx::query(stats)
+                    .bind(&task)
+                    .bind(i64::from(success))
+                    .bind(i64::from(failed))
+                    .bind(c.duration_ms)
+                    .bind(c.completed_at)
+                    .bind(c.status.as_str())
+                    .bind(success.then_some(c.completed_at))
+                    .execute(&mut *tx)
+                    .await
+                    .context("cannot update the task summary")?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Records a fire that was not run, with the reason. A scheduled
+    /// occurrence is recorded once; returns `None` if it already was.
+    pub async fn record_skipped(
+        &self,
+        task_name: &str,
+        triggered_by: Trigger,
+        scheduled_for: Option<DateTime<Utc>>,
+        reason: &str,
+    ) -> anyhow::Result<Option<i64>> {
+        let now = Utc::now();
+        let sql = "INSERT INTO housekeeper_runs \
+                   (task_name, started_at, completed_at, status, duration_ms, error, triggered_by, scheduled_for, replica) \
+                   VALUES ($1, $2, $2, 'skipped', 0, $3, $4, $5, $6) \
+                   ON CONFLICT (task_name, scheduled_for) WHERE triggered_by = 'schedule' DO NOTHING \
+                   RETURNING id";
+        let stats = "INSERT INTO housekeeper_task_stats (task_name, skipped_count) VALUES ($1, 1) \
+                     ON CONFLICT (task_name) DO UPDATE SET skipped_count = housekeeper_task_stats.skipped_count + 1";
+        let id = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let id: Option<i64> = sqlx::query_scalar(sql)
+                .bind(task_name)
+                .bind(now)
+                .bind(reason)
+                .bind(triggered_by.as_str())
+                .bind(scheduled_for)
+                .bind(&self.replica)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("cannot record a skipped run")?;
+            if id.is_some() {
+                sqlx::query(stats).bind(task_name).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            id
+        });
+        Ok(id)
+    }
+
+    /// Marks this replica's `running` rows (left by a crash) `interrupted`.
+    pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
+        let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 ORDER BY id")
+            .bind(&self.replica)
+            .fetch_all(pool)
+            .await)?;
+        for id in &ids {
+            self.end_run(
+                *id,
+                RunStatus::Interrupted,
+                "the service stopped while the run was in progress",
+            )
+            .await?;
+        }
+        Ok(ids)
+    }
+
+    /// The most recent runs of `task`, newest first.
+    pub async fn runs(&self, task: &str, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE task_name = $1 \
+             ORDER BY started_at DESC, id DESC LIMIT $2"
+        );
+        on_pool!(self, pool => {
+            let rows = sqlx::query(&sql).bind(task).bind(limit).fetch_all(pool).await?;
+            rows.iter().map(run_record).collect()
+        })
+    }
+
+    pub async fn run(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE id = $1");
+        on_pool!(self, pool => {
+            let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+            row.as_ref().map(run_record).transpose()
+        })
+    }
+
+    /// The summary of every task that has run.
+    pub async fn stats(&self) -> anyhow::Result<HashMap<String, TaskStats>> {
+        let sql = "SELECT task_name, total_runs, success_count, error_count, skipped_count, total_duration_ms, \
+                   last_run_at, last_status, last_success_at FROM housekeeper_task_stats";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    let total: i64 = row.try_get("total_runs")?;
+                    let duration: i64 = row.try_get("total_duration_ms")?;
+                    let stats = TaskStats {
+                        task_name: row.try_get("task_name")?,
+                        total_runs: total,
+                        success_count: row.try_get("success_count")?,
+                        error_count: row.try_get("error_count")?,
+                        skipped_count: row.try_get("skipped_count")?,
+                        avg_duration_ms: (total > 0).then(|| duration as f64 / total as f64),
+                        last_run_at: row.try_get("last_run_at")?,
+                        last_status: row.try_get("last_status")?,
+                        last_success_at: row.try_get("last_success_at")?,
+                    };
+                    Ok((stats.task_name.clone(), stats))
+                })
+                .collect::<anyhow::Result<_>>()
+        })
+    }
+
+    /// The latest occurrence of `task`'s schedule that was recorded (run or
+    /// skipped): where a restarted scheduler picks up.
+    pub async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let sql = "SELECT MAX(scheduled_for) FROM housekeeper_runs WHERE task_name = $1 AND triggered_by = 'schedule'";
+        let last: Option<DateTime<Utc>> =
+            on_pool!(self, pool => sqlx::query_scalar(sql).bind(task).fetch_one(pool).await)?;
+        Ok(last)
+    }
+
+    /// Persisted settings of every task that has any.
+    pub async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
+        let sql = "SELECT task_name, enabled, schedule, last_modified_at FROM housekeeper_config";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get::<String, _>("task_name")?,
+                        TaskSettings {
+                            enabled: row.try_get("enabled")?,
+                            schedule: row.try_get("schedule")?,
+                            last_modified_at: row.try_get("last_modified_at")?,
+                        },
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()
+        })
+    }
+
+    /// Persists `task`'s enabled flag.
+    pub async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
+        let sql = "INSERT INTO housekeeper_config (task_name, enabled, last_modified_at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (task_name) DO UPDATE SET enabled = excluded.enabled, last_modified_at = excluded.last_modified_at";
+        on_pool!(self, pool => sqlx::query(sql).bind(task).bind(enabled).bind(Utc::now()).execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Deletes `task`'s finished runs older than `keep_days`, and beyond the
+    /// newest `keep_last`. Returns how many rows went.
+    pub async fn prune(&self, task: &str, keep_days: u32, keep_last: u32) -> anyhow::Result<u64> {
+        let cutoff = Utc::now() - ChronoDuration::days(i64::from(keep_days));
+        let sql = "DELETE FROM housekeeper_runs WHERE task_name = $1 AND status <> 'running' AND ( \
+                     started_at < $2 OR id NOT IN ( \
+                       SELECT id FROM housekeeper_runs WHERE task_name = $1 \
+                       ORDER BY started_at DESC, id DESC LIMIT $3))";
+        let done = on_pool!(self, pool => sqlx::query(sql)
+            .bind(task)
+            .bind(cutoff)
+            .bind(i64::from(keep_last))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done)
+    }
+}
+
+struct Completion {
+    status: RunStatus,
+    completed_at: DateTime<Utc>,
+    duration_ms: i64,
+    output: Option<String>,
+    error: Option<String>,
+    metrics: Option<String>,
+    fuel_used: Option<i64>,
+    component_hash: Option<String>,
+}
+
+fn run_record<R>(row: &R) -> anyhow::Result<RunRecord>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let metrics: Option<String> = row.try_get("metrics")?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        task_name: row.try_get("task_name")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        status: row.try_get("status")?,
+        duration_ms: row.try_get("duration_ms")?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        triggered_by: row.try_get("triggered_by")?,
+        scheduled_for: row.try_get("scheduled_for")?,
+        component_hash: row.try_get("component_hash")?,
+        dry_run: row.try_get("dry_run")?,
+        metrics: metrics.and_then(|m| serde_json::from_str(&m).ok()),
+        fuel_used: row.try_get("fuel_used")?,
+        replica: row.try_get("replica")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
+    })
+}

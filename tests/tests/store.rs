@@ -1,0 +1,306 @@
+//! The store on both backends: SQLite and a real PostgreSQL, a fresh
+//! database per test (`#[sqlx::test]`).
+
+use chrono::{Duration, TimeZone, Utc};
+use housekeeper::model::{Metric, RunResult, RunStatus, Trigger};
+use housekeeper::store::{NewRun, Store};
+use sqlx::{PgPool, SqlitePool};
+
+fn result(task: &str, status: RunStatus, duration_ms: u64) -> RunResult {
+    let now = Utc::now();
+    RunResult {
+        run_id: "1".into(),
+        task_name: task.into(),
+        status,
+        started_at: now,
+        completed_at: now,
+        duration_ms,
+        summary: (status == RunStatus::Success).then(|| "did it".to_owned()),
+        error: (status != RunStatus::Success).then(|| "broke".to_owned()),
+        output: "[info] hello\n".into(),
+        metrics: vec![Metric {
+            name: "files_deleted".into(),
+            value: 3.0,
+        }],
+        fuel_used: 1234,
+        component_hash: "abc".into(),
+        dry_run: false,
+    }
+}
+
+fn manual(task: &str) -> NewRun<'_> {
+    NewRun {
+        task_name: task,
+        triggered_by: Trigger::Manual,
+        scheduled_for: None,
+        dry_run: false,
+        component_hash: Some("abc"),
+    }
+}
+
+async fn run_to_end(store: &Store, task: &str, status: RunStatus, ms: u64) -> i64 {
+    let id = store.begin_run(&manual(task)).await.unwrap().unwrap();
+    store
+        .finish_run(id, &result(task, status, ms))
+        .await
+        .unwrap();
+    id
+}
+
+async fn history_and_stats(store: Store) {
+    let id = store.begin_run(&manual("t")).await.unwrap().unwrap();
+    let running = store.run(id).await.unwrap().unwrap();
+    assert_eq!(running.status, "running");
+    assert!(running.heartbeat_at.is_some());
+    store.heartbeat(id).await.unwrap();
+    store
+        .finish_run(id, &result("t", RunStatus::Success, 100))
+        .await
+        .unwrap();
+    run_to_end(&store, "t", RunStatus::Error, 300).await;
+    run_to_end(&store, "t", RunStatus::OutOfFuel, 200).await;
+    run_to_end(&store, "other", RunStatus::Success, 5).await;
+
+    let done = store.run(id).await.unwrap().unwrap();
+    assert_eq!(done.status, "success");
+    assert_eq!(done.triggered_by, "manual");
+    assert_eq!(done.duration_ms, Some(100));
+    assert_eq!(done.fuel_used, Some(1234));
+    assert_eq!(done.component_hash.as_deref(), Some("abc"));
+    assert_eq!(done.metrics.unwrap()["files_deleted"], 3.0);
+    assert!(done.output.unwrap().starts_with("did it\n[info] hello"));
+    assert!(done.completed_at.is_some());
+
+    let runs = store.runs("t", 10).await.unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0].status, "out_of_fuel", "newest first");
+    assert_eq!(store.runs("t", 1).await.unwrap().len(), 1);
+    assert!(store.run(99_999).await.unwrap().is_none());
+
+    let stats = store.stats().await.unwrap();
+    let t = &stats["t"];
+    assert_eq!((t.total_runs, t.success_count, t.error_count), (3, 1, 2));
+    assert_eq!(t.avg_duration_ms, Some(200.0));
+    assert_eq!(t.last_status.as_deref(), Some("out_of_fuel"));
+    assert!(t.last_success_at.is_some());
+    assert_eq!(stats["other"].total_runs, 1);
+}
+
+async fn occurrences_are_recorded_once(store: Store) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
+    let scheduled = NewRun {
+        task_name: "t",
+        triggered_by: Trigger::Schedule,
+        scheduled_for: Some(at),
+        dry_run: false,
+        component_hash: None,
+    };
+    assert!(store.begin_run(&scheduled).await.unwrap().is_some());
+    assert!(store.begin_run(&scheduled).await.unwrap().is_none());
+    assert!(
+        store
+            .record_skipped("t", Trigger::Schedule, Some(at), "dup")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A retry of the same occurrence is its own row.
+    let retry = NewRun {
+        triggered_by: Trigger::Retry,
+        ..scheduled.clone()
+    };
+    assert!(store.begin_run(&retry).await.unwrap().is_some());
+    assert_eq!(store.last_scheduled_for("t").await.unwrap(), Some(at));
+
+    let later = at + Duration::hours(24);
+    let skipped = store
+        .record_skipped(
+            "t",
+            Trigger::Schedule,
+            Some(later),
+            "previous run still running",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let row = store.run(skipped).await.unwrap().unwrap();
+    assert_eq!(row.status, "skipped");
+    assert_eq!(row.error.as_deref(), Some("previous run still running"));
+    assert_eq!(store.last_scheduled_for("t").await.unwrap(), Some(later));
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats["t"].skipped_count, 1);
+    assert_eq!(stats["t"].total_runs, 0);
+    assert!(store.last_scheduled_for("never").await.unwrap().is_none());
+}
+
+async fn crash_recovery_touches_only_this_replica(a: Store, b: Store) {
+    let mine = a.begin_run(&manual("t")).await.unwrap().unwrap();
+    let theirs = b.begin_run(&manual("t")).await.unwrap().unwrap();
+    assert_eq!(a.interrupt_orphans().await.unwrap(), vec![mine]);
+    assert_eq!(a.run(mine).await.unwrap().unwrap().status, "interrupted");
+    assert_eq!(a.run(theirs).await.unwrap().unwrap().status, "running");
+    // A late finish does not overwrite the recorded interruption.
+    a.finish_run(mine, &result("t", RunStatus::Success, 1))
+        .await
+        .unwrap();
+    assert_eq!(a.run(mine).await.unwrap().unwrap().status, "interrupted");
+    assert_eq!(
+        a.stats().await.unwrap()["t"].last_status.as_deref(),
+        Some("interrupted")
+    );
+}
+
+async fn toggles_persist(store: Store) {
+    assert!(store.settings().await.unwrap().is_empty());
+    store.set_enabled("t", false).await.unwrap();
+    assert!(!store.settings().await.unwrap()["t"].enabled);
+    store.set_enabled("t", true).await.unwrap();
+    assert!(store.settings().await.unwrap()["t"].enabled);
+}
+
+async fn pruning_keeps_recent_and_running(store: Store, backdate: impl AsyncFn(i64, i64)) {
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(run_to_end(&store, "t", RunStatus::Success, 1).await);
+    }
+    let running = store.begin_run(&manual("t")).await.unwrap().unwrap();
+    run_to_end(&store, "other", RunStatus::Success, 1).await;
+    // The two oldest are 40 days old.
+    backdate(ids[0], 40).await;
+    backdate(ids[1], 40).await;
+    backdate(running, 40).await;
+
+    assert_eq!(store.prune("t", 30, 1000).await.unwrap(), 2);
+    // keep_last counts rows newest first; the running row is never deleted.
+    assert_eq!(store.prune("t", 30, 2).await.unwrap(), 2);
+    let left: Vec<i64> = store
+        .runs("t", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![ids[5], ids[4], running]);
+    assert_eq!(store.runs("other", 10).await.unwrap().len(), 1);
+    // Lifetime stats are not affected by pruning.
+    assert_eq!(store.stats().await.unwrap()["t"].total_runs, 6);
+}
+
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_history_and_stats(pool: SqlitePool) {
+    history_and_stats(Store::from_sqlite(pool, "r1")).await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_history_and_stats(pool: PgPool) {
+    history_and_stats(Store::from_postgres(pool, "r1")).await;
+}
+
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_occurrences_are_recorded_once(pool: SqlitePool) {
+    occurrences_are_recorded_once(Store::from_sqlite(pool, "r1")).await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_occurrences_are_recorded_once(pool: PgPool) {
+    occurrences_are_recorded_once(Store::from_postgres(pool, "r1")).await;
+}
+
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_crash_recovery(pool: SqlitePool) {
+    crash_recovery_touches_only_this_replica(
+        Store::from_sqlite(pool.clone(), "a"),
+        Store::from_sqlite(pool, "b"),
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_crash_recovery(pool: PgPool) {
+    crash_recovery_touches_only_this_replica(
+        Store::from_postgres(pool.clone(), "a"),
+        Store::from_postgres(pool, "b"),
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_toggles_persist(pool: SqlitePool) {
+    toggles_persist(Store::from_sqlite(pool, "r1")).await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_toggles_persist(pool: PgPool) {
+    toggles_persist(Store::from_postgres(pool, "r1")).await;
+}
+
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_pruning(pool: SqlitePool) {
+    let store = Store::from_sqlite(pool.clone(), "r1");
+    pruning_keeps_recent_and_running(store, async |id, days| {
+        sqlx::query("UPDATE housekeeper_runs SET started_at = $1 WHERE id = $2")
+            .bind(Utc::now() - Duration::days(days))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_pruning(pool: PgPool) {
+    let store = Store::from_postgres(pool.clone(), "r1");
+    pruning_keeps_recent_and_running(store, async |id, days| {
+        sqlx::query("UPDATE housekeeper_runs SET started_at = $1 WHERE id = $2")
+            .bind(Utc::now() - Duration::days(days))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_get_housekeeper_stats(pool: PgPool) {
+    let store = Store::from_postgres(pool.clone(), "r1");
+    run_to_end(&store, "api-key-rotation", RunStatus::Success, 100).await;
+    run_to_end(&store, "api-key-rotation", RunStatus::Error, 201).await;
+    let row: (String, i64, i64, i64, f64, Option<chrono::DateTime<Utc>>, Option<String>) = sqlx::query_as(
+        "SELECT task_name, total_runs, success_count, error_count, avg_duration_ms::float8, last_run_at, last_status \
+         FROM get_housekeeper_stats() WHERE task_name = 'api-key-rotation'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.0, "api-key-rotation");
+    assert_eq!((row.1, row.2, row.3), (2, 1, 1));
+    assert_eq!(row.4, 150.5);
+    assert!(row.5.is_some());
+    assert_eq!(row.6.as_deref(), Some("error"));
+    // Timestamps are timestamptz.
+    let kind: String = sqlx::query_scalar(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = 'housekeeper_runs' AND column_name = 'started_at'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kind, "timestamp with time zone");
+}
+
+#[tokio::test]
+async fn open_creates_a_sqlite_file_and_rejects_other_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.db");
+    let url = format!("sqlite:{}", path.display());
+    let store = Store::open(&url, "r1", 2).await.unwrap();
+    store.ping().await.unwrap();
+    run_to_end(&store, "t", RunStatus::Success, 1).await;
+    drop(store);
+    // Reopening applies no migration twice and keeps the data.
+    let store = Store::open(&url, "r1", 2).await.unwrap();
+    assert_eq!(store.runs("t", 10).await.unwrap().len(), 1);
+    let err = Store::open("mysql://x", "r1", 2).await.err().unwrap();
+    assert!(err.to_string().contains("unsupported database URL"));
+}
