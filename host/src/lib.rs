@@ -11,4 +11,5 @@ pub mod manifest;
 pub mod model;
 pub mod runtime;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;
