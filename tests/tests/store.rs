@@ -3,7 +3,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use housekeeper::model::{Metric, RunResult, RunStatus, Trigger};
-use housekeeper::store::{NewRun, Store};
+use housekeeper::store::{NewRun, Store, StoreOptions};
 use sqlx::{PgPool, SqlitePool};
 
 fn result(task: &str, status: RunStatus, duration_ms: u64) -> RunResult {
@@ -294,13 +294,20 @@ async fn open_creates_a_sqlite_file_and_rejects_other_urls() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested.db");
     let url = format!("sqlite:{}", path.display());
-    let store = Store::open(&url, "r1", 2).await.unwrap();
+    let store = Store::open(&url, "r1", &StoreOptions::default())
+        .await
+        .unwrap();
     store.ping().await.unwrap();
     run_to_end(&store, "t", RunStatus::Success, 1).await;
     drop(store);
     // Reopening applies no migration twice and keeps the data.
-    let store = Store::open(&url, "r1", 2).await.unwrap();
+    let store = Store::open(&url, "r1", &StoreOptions::default())
+        .await
+        .unwrap();
     assert_eq!(store.runs("t", 10).await.unwrap().len(), 1);
-    let err = Store::open("mysql://x", "r1", 2).await.err().unwrap();
+    let err = Store::open("mysql://x", "r1", &StoreOptions::default())
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("unsupported database URL"));
 }

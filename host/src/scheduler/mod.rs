@@ -11,6 +11,7 @@ pub mod next;
 use crate::manifest::{Manifest, Misfire, Overlap};
 use crate::model::{RunResult, RunStatus, TaskInfo, Trigger};
 use crate::runtime::{RunRequest, Runtime, TaskComponent};
+
 use crate::schedule::Schedule;
 use crate::store::{NewRun, Store};
 use chrono::{DateTime, Utc};
@@ -50,6 +51,35 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Runs a component; the real one is [`Runtime`]. Tests substitute their
+/// own to exercise the policies on tokio's paused clock.
+pub trait Executor: Send + Sync + 'static {
+    fn execute(
+        &self,
+        component: TaskComponent,
+        request: RunRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>;
+}
+
+impl Executor for Runtime {
+    fn execute(
+        &self,
+        component: TaskComponent,
+        request: RunRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>> {
+        let runtime = self.clone();
+        Box::pin(async move { runtime.run(&component, request).await })
+    }
+}
+
+/// The random delay added to a fire: uniform in `[0, max]`.
+pub fn jitter_delay(max: Duration, rng: &mut impl Rng) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rng.random_range(0..=max.as_millis() as u64))
+}
+
 /// A loaded task: its manifest, compiled component and what it says of
 /// itself.
 #[derive(Clone)]
@@ -76,7 +106,9 @@ impl TaskDef {
     }
 
     pub fn run_on_startup(&self) -> bool {
-        self.manifest.run_on_startup.unwrap_or(self.info.run_on_startup)
+        self.manifest
+            .run_on_startup
+            .unwrap_or(self.info.run_on_startup)
     }
 }
 
@@ -111,7 +143,7 @@ pub struct Scheduler {
 }
 
 struct Inner {
-    runtime: Runtime,
+    executor: Arc<dyn Executor>,
     store: Store,
     clock: Arc<dyn Clock>,
     config: SchedulerConfig,
@@ -151,10 +183,15 @@ struct Fire {
 static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Scheduler {
-    pub fn new(runtime: Runtime, store: Store, clock: Arc<dyn Clock>, config: SchedulerConfig) -> Self {
+    pub fn new(
+        executor: Arc<dyn Executor>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: SchedulerConfig,
+    ) -> Self {
         Scheduler {
             inner: Arc::new(Inner {
-                runtime,
+                executor,
                 store,
                 clock,
                 permits: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
@@ -181,7 +218,10 @@ impl Scheduler {
                 name,
                 Slot {
                     schedule: def.schedule(),
-                    timezone: def.manifest.timezone.unwrap_or(self.inner.config.default_timezone),
+                    timezone: def
+                        .manifest
+                        .timezone
+                        .unwrap_or(self.inner.config.default_timezone),
                     def: Arc::new(def),
                     enabled,
                     active: Vec::new(),
@@ -201,7 +241,9 @@ impl Scheduler {
             tracing::warn!(runs = ?orphans, "marked runs left by a previous process as interrupted");
         }
         if !self.inner.config.enabled {
-            tracing::warn!("scheduling is disabled (HOUSEKEEPER_ENABLED=false): tasks run only when triggered");
+            tracing::warn!(
+                "scheduling is disabled (HOUSEKEEPER_ENABLED=false): tasks run only when triggered"
+            );
             return Ok(());
         }
         let now = self.inner.clock.now();
@@ -210,7 +252,12 @@ impl Scheduler {
             let (def, schedule, tz, enabled) = {
                 let tasks = self.inner.lock();
                 let slot = &tasks[&name];
-                (slot.def.clone(), slot.schedule.clone(), slot.timezone, slot.enabled)
+                (
+                    slot.def.clone(),
+                    slot.schedule.clone(),
+                    slot.timezone,
+                    slot.enabled,
+                )
             };
             if let (Some(schedule), true) = (&schedule, enabled) {
                 self.inner.misfire(&name, &def, schedule, tz, now).await?;
@@ -230,7 +277,9 @@ impl Scheduler {
             }
             if schedule.is_some() {
                 let inner = self.inner.clone();
-                self.inner.loops.spawn(async move { inner.schedule_loop(name, now).await });
+                self.inner
+                    .loops
+                    .spawn(async move { inner.schedule_loop(name, now).await });
             }
         }
         Ok(())
@@ -290,7 +339,10 @@ impl Scheduler {
         self.inner.loops.close();
         self.inner.loops.wait().await;
         self.inner.jobs.close();
-        if tokio::time::timeout(grace, self.inner.jobs.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.inner.jobs.wait())
+            .await
+            .is_err()
+        {
             let active: Vec<Active> = self
                 .inner
                 .lock()
@@ -300,7 +352,10 @@ impl Scheduler {
                     slot.active.clone()
                 })
                 .collect();
-            tracing::warn!(runs = active.len(), "grace period over; interrupting running tasks");
+            tracing::warn!(
+                runs = active.len(),
+                "grace period over; interrupting running tasks"
+            );
             for a in active {
                 let _ = a.why.set((
                     RunStatus::Interrupted,
@@ -324,7 +379,9 @@ impl Inner {
             let (schedule, tz, jitter) = {
                 let tasks = self.lock();
                 let Some(slot) = tasks.get(&name) else { return };
-                let Some(schedule) = slot.schedule.clone() else { return };
+                let Some(schedule) = slot.schedule.clone() else {
+                    return;
+                };
                 (schedule, slot.timezone, slot.def.manifest.jitter)
             };
             let Some(next) = next::next_fire(&schedule, tz, after) else {
@@ -333,12 +390,8 @@ impl Inner {
             if let Some(slot) = self.lock().get_mut(&name) {
                 slot.next_fire = Some(next);
             }
-            let delay = if jitter.is_zero() {
-                chrono::Duration::zero()
-            } else {
-                let ms = rand::rng().random_range(0..=jitter.as_millis() as i64);
-                chrono::Duration::milliseconds(ms)
-            };
+            let delay = chrono::Duration::from_std(jitter_delay(jitter, &mut rand::rng()))
+                .unwrap_or_default();
             tokio::select! {
                 _ = clock::sleep_until(&*self.clock, next + delay) => {}
                 _ = self.stop.cancelled() => return,
@@ -409,7 +462,10 @@ impl Inner {
                 let store = self.store.clone();
                 let (task, why) = (name.to_owned(), reason.to_owned());
                 self.jobs.spawn(async move {
-                    if let Err(e) = store.record_skipped(&task, fire.trigger, fire.scheduled_for, &why).await {
+                    if let Err(e) = store
+                        .record_skipped(&task, fire.trigger, fire.scheduled_for, &why)
+                        .await
+                    {
                         tracing::error!(task, error = %e, "cannot record a skipped fire");
                     }
                 });
@@ -419,7 +475,9 @@ impl Inner {
             match slot.def.manifest.overlap {
                 Overlap::Skip => return skip("the previous run is still running (overlap = skip)"),
                 Overlap::Queue if slot.queued.is_some() => {
-                    return skip("a run is already queued behind the running one (overlap = queue)");
+                    return skip(
+                        "a run is already queued behind the running one (overlap = queue)",
+                    );
                 }
                 Overlap::Queue => {
                     slot.queued = Some(fire);
@@ -427,7 +485,10 @@ impl Inner {
                 }
                 Overlap::Replace => {
                     for a in &slot.active {
-                        let _ = a.why.set((RunStatus::Cancelled, "replaced by a newer run (overlap = replace)".into()));
+                        let _ = a.why.set((
+                            RunStatus::Cancelled,
+                            "replaced by a newer run (overlap = replace)".into(),
+                        ));
                         a.cancel.cancel();
                     }
                 }
@@ -456,7 +517,9 @@ impl Inner {
 
     fn job_done(self: &Arc<Self>, name: &str, token: u64) {
         let mut tasks = self.lock();
-        let Some(slot) = tasks.get_mut(name) else { return };
+        let Some(slot) = tasks.get_mut(name) else {
+            return;
+        };
         slot.active.retain(|a| a.token != token);
         if slot.active.is_empty() {
             if let Some(queued) = slot.queued.take() {
@@ -483,13 +546,28 @@ impl Inner {
             let status = self.attempt(name, def, fire, trigger, active).await;
             let retryable = matches!(
                 status,
-                Some(RunStatus::Error | RunStatus::Trapped | RunStatus::Timeout | RunStatus::OutOfFuel | RunStatus::OutOfMemory)
+                Some(
+                    RunStatus::Error
+                        | RunStatus::Trapped
+                        | RunStatus::Timeout
+                        | RunStatus::OutOfFuel
+                        | RunStatus::OutOfMemory
+                )
             );
             if !retryable || attempt >= def.manifest.retries.max {
                 break;
             }
-            let backoff = def.manifest.retries.backoff.saturating_mul(1u32 << attempt.min(16));
-            tracing::info!(task = name, attempt = attempt + 1, ?backoff, "retrying after failure");
+            let backoff = def
+                .manifest
+                .retries
+                .backoff
+                .saturating_mul(1u32 << attempt.min(16));
+            tracing::info!(
+                task = name,
+                attempt = attempt + 1,
+                ?backoff,
+                "retrying after failure"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = active.cancel.cancelled() => break,
@@ -499,13 +577,24 @@ impl Inner {
         }
         drop(permit);
         let history = &def.manifest.history;
-        if let Err(e) = self.store.prune(name, history.keep_days, history.keep_last).await {
+        if let Err(e) = self
+            .store
+            .prune(name, history.keep_days, history.keep_last)
+            .await
+        {
             tracing::warn!(task = name, error = %e, "cannot prune run history");
         }
     }
 
     /// One run, recorded. `None` if nothing ran.
-    async fn attempt(self: &Arc<Self>, name: &str, def: &TaskDef, fire: Fire, trigger: Trigger, active: &Active) -> Option<RunStatus> {
+    async fn attempt(
+        self: &Arc<Self>,
+        name: &str,
+        def: &TaskDef,
+        fire: Fire,
+        trigger: Trigger,
+        active: &Active,
+    ) -> Option<RunStatus> {
         let new = NewRun {
             task_name: name,
             triggered_by: trigger,
@@ -516,7 +605,10 @@ impl Inner {
         let id = match self.store.begin_run(&new).await {
             Ok(Some(id)) => id,
             Ok(None) => {
-                tracing::debug!(task = name, "occurrence already recorded; not running it again");
+                tracing::debug!(
+                    task = name,
+                    "occurrence already recorded; not running it again"
+                );
                 return None;
             }
             Err(e) => {
@@ -535,9 +627,7 @@ impl Inner {
         request.scheduled_for = fire.scheduled_for;
         request.last_success = last_success;
 
-        let runtime = self.runtime.clone();
-        let component = def.component.clone();
-        let run = async move { runtime.run(&component, request).await };
+        let run = self.executor.execute(def.component.clone(), request);
         let mut handle = match &self.config.run_handle {
             Some(h) => h.spawn(run),
             None => tokio::spawn(run),
@@ -580,5 +670,21 @@ impl Inner {
                 Some(status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_bound_and_varies() {
+        let mut rng = rand::rng();
+        let max = Duration::from_secs(30);
+        let samples: Vec<Duration> = (0..2000).map(|_| jitter_delay(max, &mut rng)).collect();
+        assert!(samples.iter().all(|d| *d <= max));
+        assert!(samples.iter().any(|d| *d < max / 4));
+        assert!(samples.iter().any(|d| *d > max * 3 / 4));
+        assert_eq!(jitter_delay(Duration::ZERO, &mut rng), Duration::ZERO);
     }
 }

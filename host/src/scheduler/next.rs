@@ -79,40 +79,105 @@ mod tests {
     #[test]
     fn daily_0230_runs_once_on_both_transition_days_in_berlin() {
         // 2026-03-29: 02:00 CET -> 03:00 CEST. 2026-10-25: 03:00 CEST -> 02:00 CET.
-        let spring = fires("30 2 * * *", Berlin, utc(2026, 3, 27, 12, 0, 0), utc(2026, 3, 31, 0, 0, 0));
-        assert_eq!(spring, ["03-28 02:30:00 CET", "03-29 03:00:00 CEST", "03-30 02:30:00 CEST"]);
-        let autumn = fires("30 2 * * *", Berlin, utc(2026, 10, 23, 12, 0, 0), utc(2026, 10, 27, 0, 0, 0));
-        assert_eq!(autumn, ["10-24 02:30:00 CEST", "10-25 02:30:00 CEST", "10-26 02:30:00 CET"]);
+        let spring = fires(
+            "30 2 * * *",
+            Berlin,
+            utc(2026, 3, 27, 12, 0, 0),
+            utc(2026, 3, 31, 0, 0, 0),
+        );
+        assert_eq!(
+            spring,
+            [
+                "03-28 02:30:00 CET",
+                "03-29 03:00:00 CEST",
+                "03-30 02:30:00 CEST"
+            ]
+        );
+        let autumn = fires(
+            "30 2 * * *",
+            Berlin,
+            utc(2026, 10, 23, 12, 0, 0),
+            utc(2026, 10, 27, 0, 0, 0),
+        );
+        assert_eq!(
+            autumn,
+            [
+                "10-24 02:30:00 CEST",
+                "10-25 02:30:00 CEST",
+                "10-26 02:30:00 CET"
+            ]
+        );
     }
 
     #[test]
     fn daily_0230_runs_once_on_both_transition_days_in_new_york() {
         // 2026-03-08: 02:00 EST -> 03:00 EDT. 2026-11-01: 02:00 EDT -> 01:00 EST.
-        let spring = fires("30 2 * * *", New_York, utc(2026, 3, 7, 12, 0, 0), utc(2026, 3, 10, 0, 0, 0));
+        let spring = fires(
+            "30 2 * * *",
+            New_York,
+            utc(2026, 3, 7, 12, 0, 0),
+            utc(2026, 3, 10, 0, 0, 0),
+        );
         assert_eq!(spring, ["03-08 03:00:00 EDT", "03-09 02:30:00 EDT"]);
-        let autumn = fires("30 1 * * *", New_York, utc(2026, 10, 31, 12, 0, 0), utc(2026, 11, 3, 0, 0, 0));
+        let autumn = fires(
+            "30 1 * * *",
+            New_York,
+            utc(2026, 10, 31, 12, 0, 0),
+            utc(2026, 11, 3, 0, 0, 0),
+        );
         assert_eq!(autumn, ["11-01 01:30:00 EDT", "11-02 01:30:00 EST"]);
     }
 
     #[test]
     fn interval_jobs_skip_the_missing_hour_and_run_the_repeated_one_once() {
-        let spring = fires("0 * * * *", Berlin, utc(2026, 3, 29, 0, 30, 0), utc(2026, 3, 29, 2, 30, 0));
+        let spring = fires(
+            "0 * * * *",
+            Berlin,
+            utc(2026, 3, 29, 0, 30, 0),
+            utc(2026, 3, 29, 2, 30, 0),
+        );
         assert_eq!(spring, ["03-29 03:00:00 CEST", "03-29 04:00:00 CEST"]);
-        let autumn = fires("0 * * * *", Berlin, utc(2026, 10, 24, 23, 30, 0), utc(2026, 10, 25, 2, 30, 0));
+        let autumn = fires(
+            "0 * * * *",
+            Berlin,
+            utc(2026, 10, 24, 23, 30, 0),
+            utc(2026, 10, 25, 2, 30, 0),
+        );
         assert_eq!(autumn, ["10-25 02:00:00 CEST", "10-25 03:00:00 CET"]);
-        let half_hourly = fires("*/30 * * * *", Berlin, utc(2026, 10, 24, 23, 45, 0), utc(2026, 10, 25, 2, 15, 0));
-        assert_eq!(half_hourly, ["10-25 02:00:00 CEST", "10-25 02:30:00 CEST", "10-25 03:00:00 CET"]);
+        let half_hourly = fires(
+            "*/30 * * * *",
+            Berlin,
+            utc(2026, 10, 24, 23, 45, 0),
+            utc(2026, 10, 25, 2, 15, 0),
+        );
+        assert_eq!(
+            half_hourly,
+            [
+                "10-25 02:00:00 CEST",
+                "10-25 02:30:00 CEST",
+                "10-25 03:00:00 CET"
+            ]
+        );
     }
 
     #[test]
     fn seconds_and_macros() {
         let s = Schedule::parse("*/15 * * * * *").unwrap();
-        assert_eq!(next_fire(&s, Berlin, utc(2026, 1, 1, 0, 0, 0)), Some(utc(2026, 1, 1, 0, 0, 15)));
+        assert_eq!(
+            next_fire(&s, Berlin, utc(2026, 1, 1, 0, 0, 0)),
+            Some(utc(2026, 1, 1, 0, 0, 15))
+        );
         let daily = Schedule::parse("@daily").unwrap();
         // Midnight in Berlin is 23:00 UTC in winter.
-        assert_eq!(next_fire(&daily, Berlin, utc(2026, 1, 1, 12, 0, 0)), Some(utc(2026, 1, 1, 23, 0, 0)));
+        assert_eq!(
+            next_fire(&daily, Berlin, utc(2026, 1, 1, 12, 0, 0)),
+            Some(utc(2026, 1, 1, 23, 0, 0))
+        );
         let hourly = Schedule::parse("@hourly").unwrap();
-        assert_eq!(next_fire(&hourly, New_York, utc(2026, 1, 1, 12, 0, 0)), Some(utc(2026, 1, 1, 13, 0, 0)));
+        assert_eq!(
+            next_fire(&hourly, New_York, utc(2026, 1, 1, 12, 0, 0)),
+            Some(utc(2026, 1, 1, 13, 0, 0))
+        );
     }
 
     #[test]
@@ -120,8 +185,14 @@ mod tests {
         let s = Schedule::parse("0 * * * *").unwrap();
         let tz: Tz = "Etc/UTC".parse().unwrap();
         let last = utc(2026, 1, 1, 0, 0, 0);
-        assert_eq!(latest_fire_between(&s, tz, last, utc(2026, 1, 1, 5, 30, 0), 1000), Some(utc(2026, 1, 1, 5, 0, 0)));
-        assert_eq!(latest_fire_between(&s, tz, last, utc(2026, 1, 1, 0, 59, 0), 1000), None);
+        assert_eq!(
+            latest_fire_between(&s, tz, last, utc(2026, 1, 1, 5, 30, 0), 1000),
+            Some(utc(2026, 1, 1, 5, 0, 0))
+        );
+        assert_eq!(
+            latest_fire_between(&s, tz, last, utc(2026, 1, 1, 0, 59, 0), 1000),
+            None
+        );
         let every_second = Schedule::parse("* * * * * *").unwrap();
         assert_eq!(
             latest_fire_between(&every_second, tz, last, utc(2026, 1, 9, 0, 0, 0), 100),

@@ -1,0 +1,638 @@
+//! Scheduler policies on tokio's paused clock, with a fake executor whose
+//! runs take virtual time, and a real SQLite store.
+
+use chrono::{DateTime, TimeZone, Utc};
+use housekeeper::manifest::{Manifest, Misfire, Overlap, Retries};
+use housekeeper::model::{RunResult, RunStatus, TaskInfo, Trigger};
+use housekeeper::runtime::{RunRequest, TaskComponent};
+use housekeeper::schedule::Schedule;
+use housekeeper::scheduler::clock::TokioClock;
+use housekeeper::scheduler::{Executor, FireOutcome, Scheduler, SchedulerConfig, TaskDef};
+use housekeeper::store::{NewRun, RunRecord, Store, StoreOptions};
+use housekeeper_tests::{component, fixture_path};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Runs take `duration` of (virtual) time and end with the planned statuses
+/// in turn (the last repeats). Tracks concurrency per task and overall.
+#[derive(Default)]
+struct Fake {
+    plans: Mutex<HashMap<String, (Duration, Vec<RunStatus>)>>,
+    calls: Mutex<Vec<Call>>,
+    running: Mutex<(HashMap<String, usize>, usize)>,
+    peaks: Mutex<(HashMap<String, usize>, usize)>,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    task: String,
+    trigger: Trigger,
+    scheduled_for: Option<DateTime<Utc>>,
+    at: tokio::time::Instant,
+}
+
+struct Running(Arc<Fake>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap();
+        *running.0.get_mut(&self.1).unwrap() -= 1;
+        running.1 -= 1;
+    }
+}
+
+impl Fake {
+    fn plan(&self, task: &str, duration: Duration, statuses: &[RunStatus]) {
+        self.plans
+            .lock()
+            .unwrap()
+            .insert(task.into(), (duration, statuses.to_vec()));
+    }
+
+    fn calls(&self, task: &str) -> Vec<Call> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.task == task)
+            .cloned()
+            .collect()
+    }
+
+    fn peak(&self, task: &str) -> usize {
+        self.peaks.lock().unwrap().0.get(task).copied().unwrap_or(0)
+    }
+
+    fn global_peak(&self) -> usize {
+        self.peaks.lock().unwrap().1
+    }
+}
+
+struct FakeExecutor(Arc<Fake>);
+
+impl Executor for FakeExecutor {
+    fn execute(
+        &self,
+        component: TaskComponent,
+        request: RunRequest,
+    ) -> Pin<Box<dyn Future<Output = RunResult> + Send>> {
+        let fake = self.0.clone();
+        Box::pin(async move {
+            let task = request.task_name.clone();
+            let attempt = {
+                let mut calls = fake.calls.lock().unwrap();
+                calls.push(Call {
+                    task: task.clone(),
+                    trigger: request.trigger,
+                    scheduled_for: request.scheduled_for,
+                    at: tokio::time::Instant::now(),
+                });
+                calls.iter().filter(|c| c.task == task).count() - 1
+            };
+            let (duration, statuses) = fake
+                .plans
+                .lock()
+                .unwrap()
+                .get(&task)
+                .cloned()
+                .unwrap_or((Duration::from_millis(100), vec![RunStatus::Success]));
+            let _guard = {
+                let mut running = fake.running.lock().unwrap();
+                let mine = running.0.entry(task.clone()).or_default();
+                *mine += 1;
+                let mine = *mine;
+                running.1 += 1;
+                let mut peaks = fake.peaks.lock().unwrap();
+                let peak = peaks.0.entry(task.clone()).or_default();
+                *peak = (*peak).max(mine);
+                peaks.1 = peaks.1.max(running.1);
+                Running(fake.clone(), task.clone())
+            };
+            tokio::time::sleep(duration).await;
+            let status = statuses[attempt.min(statuses.len() - 1)];
+            let now = Utc::now();
+            RunResult {
+                run_id: request.run_id,
+                task_name: task,
+                status,
+                started_at: now,
+                completed_at: now,
+                duration_ms: duration.as_millis() as u64,
+                summary: Some("fake".into()),
+                error: (status != RunStatus::Success).then(|| "fake failure".into()),
+                output: String::new(),
+                metrics: vec![],
+                fuel_used: 1,
+                component_hash: component.hash().to_owned(),
+                dry_run: request.dry_run,
+            }
+        })
+    }
+}
+
+const T0: (i32, u32, u32) = (2026, 6, 1);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(T0.0, T0.1, T0.2, 12, 0, 0).unwrap()
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    fake: Arc<Fake>,
+    store: Store,
+    scheduler: Scheduler,
+}
+
+fn def(name: &str, schedule: Option<&str>, edit: impl FnOnce(&mut Manifest)) -> TaskDef {
+    let mut manifest = Manifest::implicit(name, "noop.wasm");
+    manifest.schedule = schedule.map(|s| Schedule::parse(s).unwrap());
+    edit(&mut manifest);
+    TaskDef {
+        manifest,
+        component: component(&fixture_path("noop")),
+        info: TaskInfo {
+            name: name.into(),
+            version: "0".into(),
+            description: String::new(),
+            default_schedule: None,
+            run_on_startup: false,
+            capabilities: vec![],
+        },
+    }
+}
+
+async fn harness_with(
+    config: SchedulerConfig,
+    start: DateTime<Utc>,
+    dir: Option<tempfile::TempDir>,
+) -> Harness {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let url = format!("sqlite:{}", dir.path().join("hk.db").display());
+    // Opened on real time; the test then runs on tokio's paused clock.
+    // Waiting on the database lets the paused clock jump to the next timer,
+    // so nothing here may depend on a query being quick in virtual time.
+    let options = StoreOptions {
+        pool_max: 4,
+        acquire_timeout: Duration::from_secs(365 * 86_400),
+    };
+    let store = Store::open(&url, "test", &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .with_blocking_io(tokio::runtime::Handle::current());
+    tokio::time::pause();
+    let fake = Arc::new(Fake::default());
+    let scheduler = Scheduler::new(
+        Arc::new(FakeExecutor(fake.clone())),
+        store.clone(),
+        Arc::new(TokioClock::starting_at(start)),
+        config,
+    );
+    Harness {
+        _dir: dir,
+        fake,
+        store,
+        scheduler,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(SchedulerConfig::default(), t0(), None).await
+}
+
+async fn start(h: &Harness, defs: Vec<TaskDef>) {
+    h.scheduler.register(defs).await.unwrap();
+    h.scheduler.start().await.unwrap();
+}
+
+async fn wait(secs: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
+async fn rows(h: &Harness, task: &str) -> Vec<RunRecord> {
+    let mut rows = h.store.runs(task, 10_000).await.unwrap();
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+fn with_status<'a>(rows: &'a [RunRecord], status: &str) -> Vec<&'a RunRecord> {
+    rows.iter().filter(|r| r.status == status).collect()
+}
+
+#[tokio::test]
+async fn a_seconds_schedule_fires_every_second() {
+    let h = harness().await;
+    start(&h, vec![def("tick", Some("* * * * * *"), |_| {})]).await;
+    wait(10.5).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+
+    let calls = h.fake.calls("tick");
+    assert!(calls.len() >= 8, "{} runs in 10 s", calls.len());
+    let fires: Vec<_> = calls.iter().map(|c| c.scheduled_for.unwrap()).collect();
+    for pair in fires.windows(2) {
+        assert_eq!(pair[1] - pair[0], chrono::Duration::seconds(1), "{fires:?}");
+    }
+    assert_eq!(fires[0], t0() + chrono::Duration::seconds(1));
+    let rows = rows(&h, "tick").await;
+    assert_eq!(with_status(&rows, "success").len(), calls.len());
+    assert!(rows.iter().all(|r| r.triggered_by == "schedule"));
+}
+
+#[tokio::test]
+async fn overlap_skip_records_the_skipped_fires() {
+    let h = harness().await;
+    h.fake
+        .plan("slow", Duration::from_millis(2500), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![def("slow", Some("* * * * * *"), |m| {
+            m.overlap = Overlap::Skip
+        })],
+    )
+    .await;
+    wait(10.5).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(h.fake.peak("slow"), 1);
+    let rows = rows(&h, "slow").await;
+    let skipped = with_status(&rows, "skipped");
+    assert!(skipped.len() >= 4, "{rows:#?}");
+    assert!(
+        skipped[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("overlap = skip")
+    );
+    assert!(with_status(&rows, "success").len() >= 2);
+}
+
+#[tokio::test]
+async fn overlap_allow_runs_side_by_side() {
+    let h = harness().await;
+    h.fake
+        .plan("wide", Duration::from_millis(2500), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![def("wide", Some("* * * * * *"), |m| {
+            m.overlap = Overlap::Allow
+        })],
+    )
+    .await;
+    wait(6.5).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(h.fake.peak("wide") >= 2);
+    assert!(with_status(&rows(&h, "wide").await, "skipped").is_empty());
+}
+
+#[tokio::test]
+async fn overlap_queue_holds_at_most_one_waiting_run() {
+    let h = harness().await;
+    h.fake
+        .plan("q", Duration::from_millis(2500), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![def("q", Some("* * * * * *"), |m| {
+            m.overlap = Overlap::Queue
+        })],
+    )
+    .await;
+    wait(10.5).await;
+    h.scheduler.shutdown(Duration::from_secs(10)).await;
+
+    assert_eq!(h.fake.peak("q"), 1);
+    let rows = rows(&h, "q").await;
+    let skipped = with_status(&rows, "skipped");
+    assert!(!skipped.is_empty());
+    assert!(
+        skipped
+            .iter()
+            .all(|r| r.error.as_deref().unwrap().contains("already queued"))
+    );
+    // Queued runs start as soon as the previous one ends: back to back.
+    let calls = h.fake.calls("q");
+    assert!(calls.len() >= 3);
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(2500), "{gap:?}");
+    }
+}
+
+#[tokio::test]
+async fn overlap_replace_cancels_the_running_one() {
+    let h = harness().await;
+    h.fake
+        .plan("r", Duration::from_secs(30), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![def("r", Some("*/5 * * * * *"), |m| {
+            m.overlap = Overlap::Replace
+        })],
+    )
+    .await;
+    wait(16.0).await;
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+
+    assert_eq!(h.fake.peak("r"), 1);
+    let rows = rows(&h, "r").await;
+    let cancelled = with_status(&rows, "cancelled");
+    assert!(cancelled.len() >= 2, "{rows:#?}");
+    assert!(cancelled[0].error.as_deref().unwrap().contains("replaced"));
+    assert_eq!(
+        with_status(&rows, "interrupted").len(),
+        1,
+        "the last one is cut by shutdown"
+    );
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_then_stop() {
+    let h = harness().await;
+    h.fake.plan(
+        "flaky",
+        Duration::from_millis(10),
+        &[RunStatus::Error, RunStatus::Trapped, RunStatus::Success],
+    );
+    start(
+        &h,
+        vec![def("flaky", Some("0 0 * * * *"), |m| {
+            m.retries = Retries {
+                max: 3,
+                backoff: Duration::from_secs(30),
+            }
+        })],
+    )
+    .await;
+    wait(3600.0 + 200.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+
+    let calls = h.fake.calls("flaky");
+    assert_eq!(calls.len(), 3, "stops after the first success");
+    assert_eq!(calls[0].trigger, Trigger::Schedule);
+    assert_eq!(calls[1].trigger, Trigger::Retry);
+    assert_eq!(calls[2].trigger, Trigger::Retry);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.scheduled_for == calls[0].scheduled_for)
+    );
+    assert!(calls[1].at - calls[0].at >= Duration::from_secs(30));
+    assert!(calls[2].at - calls[1].at >= Duration::from_secs(60));
+    let statuses: Vec<_> = rows(&h, "flaky")
+        .await
+        .iter()
+        .map(|r| r.status.clone())
+        .collect();
+    assert_eq!(statuses, ["error", "trapped", "success"]);
+}
+
+#[tokio::test]
+async fn retries_stop_when_exhausted() {
+    let h = harness().await;
+    h.fake
+        .plan("broken", Duration::from_millis(10), &[RunStatus::Error]);
+    start(
+        &h,
+        vec![def("broken", Some("0 0 * * * *"), |m| {
+            m.retries = Retries {
+                max: 2,
+                backoff: Duration::from_secs(1),
+            }
+        })],
+    )
+    .await;
+    wait(3600.0 + 30.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(h.fake.calls("broken").len(), 3);
+}
+
+#[tokio::test]
+async fn max_concurrent_runs_is_global() {
+    let config = SchedulerConfig {
+        max_concurrent_runs: 2,
+        ..SchedulerConfig::default()
+    };
+    let h = harness_with(config, t0(), None).await;
+    let mut defs = Vec::new();
+    for i in 0..6 {
+        let name = format!("t{i}");
+        h.fake
+            .plan(&name, Duration::from_secs(3), &[RunStatus::Success]);
+        defs.push(def(&name, Some("*/10 * * * * *"), |_| {}));
+    }
+    start(&h, defs).await;
+    wait(25.0).await;
+    h.scheduler.shutdown(Duration::from_secs(30)).await;
+    // Everyone ran eventually.
+    for i in 0..6 {
+        assert!(!h.fake.calls(&format!("t{i}")).is_empty());
+    }
+    assert_eq!(h.fake.global_peak(), 2);
+}
+
+#[tokio::test]
+async fn misfire_run_once_runs_the_latest_missed_fire() {
+    let h = harness().await;
+    // The last recorded occurrence was five hours ago.
+    let last = t0() - chrono::Duration::hours(5);
+    let id = h
+        .store
+        .begin_run(&NewRun {
+            task_name: "hourly",
+            triggered_by: Trigger::Schedule,
+            scheduled_for: Some(last),
+            dry_run: false,
+            component_hash: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    h.store.end_run(id, RunStatus::Success, "").await.unwrap();
+    start(
+        &h,
+        vec![def("hourly", Some("0 * * * *"), |m| {
+            m.misfire = Misfire::RunOnce
+        })],
+    )
+    .await;
+    wait(60.0).await;
+    let calls = h.fake.calls("hourly");
+    assert_eq!(calls.len(), 1, "missed fires coalesce into one");
+    assert_eq!(calls[0].scheduled_for, Some(t0()));
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn misfire_skip_records_the_missed_fire_and_waits() {
+    let h = harness().await;
+    let last = t0() - chrono::Duration::minutes(150);
+    h.store
+        .record_skipped("hourly", Trigger::Schedule, Some(last), "earlier")
+        .await
+        .unwrap();
+    start(
+        &h,
+        vec![def("hourly", Some("30 * * * *"), |m| {
+            m.misfire = Misfire::Skip
+        })],
+    )
+    .await;
+    wait(60.0).await;
+    assert!(h.fake.calls("hourly").is_empty());
+    let rows = rows(&h, "hourly").await;
+    let skipped = rows.last().unwrap();
+    assert_eq!(
+        skipped.scheduled_for,
+        Some(t0() - chrono::Duration::minutes(30))
+    );
+    assert!(skipped.error.as_deref().unwrap().contains("misfire = skip"));
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_new_task_has_no_misfire() {
+    let h = harness().await;
+    start(
+        &h,
+        vec![def("fresh", Some("0 * * * *"), |m| {
+            m.misfire = Misfire::RunOnce
+        })],
+    )
+    .await;
+    wait(60.0).await;
+    assert!(h.fake.calls("fresh").is_empty());
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn startup_runs_wait_for_their_delay() {
+    let h = harness().await;
+    start(
+        &h,
+        vec![def("boot", None, |m| {
+            m.run_on_startup = Some(true);
+            m.startup_delay = Duration::from_secs(5);
+        })],
+    )
+    .await;
+    wait(4.0).await;
+    assert!(h.fake.calls("boot").is_empty());
+    wait(30.0).await;
+    let calls = h.fake.calls("boot");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].trigger, Trigger::Startup);
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn globally_disabled_fires_nothing_but_manual_runs_work() {
+    let config = SchedulerConfig {
+        enabled: false,
+        ..SchedulerConfig::default()
+    };
+    let h = harness_with(config, t0(), None).await;
+    start(
+        &h,
+        vec![def("t", Some("* * * * * *"), |m| {
+            m.run_on_startup = Some(true)
+        })],
+    )
+    .await;
+    wait(10.0).await;
+    assert!(h.fake.calls("t").is_empty());
+    assert_eq!(h.scheduler.trigger("t", false), Ok(FireOutcome::Started));
+    wait(30.0).await;
+    assert_eq!(h.fake.calls("t").len(), 1);
+    assert_eq!(h.fake.calls("t")[0].trigger, Trigger::Manual);
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_disabled_task_does_not_fire_until_enabled_and_the_toggle_persists() {
+    let h = harness().await;
+    h.scheduler
+        .register(vec![def("t", Some("0 * * * *"), |_| {})])
+        .await
+        .unwrap();
+    h.scheduler.set_enabled("t", false).await.unwrap();
+    h.scheduler.start().await.unwrap();
+    wait(3700.0).await;
+    assert!(
+        h.fake.calls("t").is_empty(),
+        "a disabled task does not fire"
+    );
+    // A manual run still works and does not move the next fire.
+    let next = h.scheduler.tasks()[0].next_fire;
+    assert!(next.is_some());
+    assert_eq!(h.scheduler.trigger("t", true), Ok(FireOutcome::Started));
+    while h.fake.calls("t").is_empty() {
+        wait(0.5).await;
+    }
+    assert_eq!(h.fake.calls("t").len(), 1);
+    assert_eq!(h.scheduler.tasks()[0].next_fire, next);
+    assert!(h.scheduler.set_enabled("nope", false).await.is_err());
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+
+    // A new scheduler on the same database sees the task disabled.
+    let again = Scheduler::new(
+        Arc::new(FakeExecutor(h.fake.clone())),
+        h.store.clone(),
+        Arc::new(TokioClock::starting_at(t0())),
+        SchedulerConfig::default(),
+    );
+    again
+        .register(vec![def("t", Some("* * * * * *"), |_| {})])
+        .await
+        .unwrap();
+    assert!(!again.tasks()[0].enabled);
+    again.set_enabled("t", true).await.unwrap();
+    again.start().await.unwrap();
+    wait(10.0).await;
+    assert!(h.fake.calls("t").len() >= 3);
+    again.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn manual_trigger_obeys_overlap_and_names_unknown_tasks() {
+    let h = harness().await;
+    h.fake
+        .plan("t", Duration::from_secs(10), &[RunStatus::Success]);
+    start(&h, vec![def("t", None, |m| m.overlap = Overlap::Skip)]).await;
+    assert_eq!(h.scheduler.trigger("t", false), Ok(FireOutcome::Started));
+    match h.scheduler.trigger("t", false) {
+        Ok(FireOutcome::Skipped(reason)) => assert!(reason.contains("still running")),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.scheduler.trigger("missing", false).is_err());
+    h.scheduler.shutdown(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_grace_period_then_interrupts() {
+    let h = harness().await;
+    h.fake
+        .plan("short", Duration::from_secs(2), &[RunStatus::Success]);
+    h.fake
+        .plan("long", Duration::from_secs(600), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![def("short", None, |_| {}), def("long", None, |_| {})],
+    )
+    .await;
+    h.scheduler.trigger("short", false).unwrap();
+    h.scheduler.trigger("long", false).unwrap();
+    wait(0.5).await;
+    let begun = tokio::time::Instant::now();
+    h.scheduler.shutdown(Duration::from_secs(30)).await;
+    let took = begun.elapsed();
+    assert!(
+        took >= Duration::from_secs(30) && took < Duration::from_secs(60),
+        "{took:?}"
+    );
+    assert_eq!(rows(&h, "short").await[0].status, "success");
+    let long = &rows(&h, "long").await[0];
+    assert_eq!(long.status, "interrupted");
+    assert!(long.error.as_deref().unwrap().contains("shut down"));
+}
