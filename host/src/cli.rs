@@ -2,8 +2,11 @@
 //! the service (`run`, `check`).
 
 use crate::catalog::{Catalog, TaskEntry};
+use crate::config::{DbArgs, ServeArgs};
 use crate::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use crate::runtime::{RunRequest, Runtime, RuntimeOptions, TaskComponent};
+use crate::scheduler::next::next_fire;
+use crate::store::{NewRun, Store};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,8 +24,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: schedule the tasks directory, record runs, serve HTTP.
+    Serve(ServeArgs),
     /// Run one task once, in the foreground; the exit code tells the outcome.
     Run(RunArgs),
+    /// List the tasks with their schedule, state, next fire and last status.
+    Tasks(TasksArgs),
+    /// Show a task's recent runs from the store.
+    Runs(RunsArgs),
     /// Validate components and manifests and print what each task says about itself.
     Check(CheckArgs),
 }
@@ -43,6 +52,38 @@ pub struct RunArgs {
     /// Print the result as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Do not record the run in the store.
+    #[arg(long)]
+    pub no_record: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TasksArgs {
+    /// Directory of task components and manifests.
+    #[arg(long, env = "HOUSEKEEPER_TASKS_DIR", default_value = "./tasks.d")]
+    pub tasks_dir: PathBuf,
+    /// Time zone for schedules whose manifest names none (IANA).
+    #[arg(long, env = "TIMEZONE", value_name = "TIMEZONE", default_value = "Etc/UTC",
+          value_parser = crate::schedule::parse_timezone)]
+    pub timezone: chrono_tz::Tz,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    /// The task's name.
+    pub task: String,
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub limit: i64,
+    /// Print the runs as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,10 +122,36 @@ pub fn exit_code(status: RunStatus) -> u8 {
 /// Exit code when the task could not even be loaded.
 pub const EXIT_LOAD_ERROR: u8 = 2;
 
+/// Runs every command but `serve`, which `main` starts with its listener
+/// and shutdown signal.
 pub async fn execute(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve(_) => fail("serve is started by main"),
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(args).await,
+        Command::Tasks(args) => tasks(args).await,
+        Command::Runs(args) => runs(args).await,
+    }
+}
+
+async fn open_store(db: &DbArgs) -> Result<Store, ExitCode> {
+    db.open().await.map_err(|e| {
+        fail(format!(
+            "cannot open the store at {}: {e:#}",
+            redact(&db.url())
+        ))
+    })
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -134,10 +201,50 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut request = RunRequest::from_manifest(&task.manifest, new_run_id(), Trigger::Cli);
+    // The run is recorded like any other (triggered_by = cli). If the store
+    // cannot be opened the task still runs: say so, do not hide it.
+    let store = if args.no_record {
+        None
+    } else {
+        match args.db.open().await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                eprintln!(
+                    "warning: not recording this run: cannot open the store at {}: {e:#}",
+                    redact(&args.db.url())
+                );
+                None
+            }
+        }
+    };
+    let mut record = None;
+    if let Some(store) = &store {
+        let new = NewRun {
+            task_name: task.name(),
+            triggered_by: Trigger::Cli,
+            scheduled_for: None,
+            dry_run: args.dry_run,
+            component_hash: Some(component.hash()),
+        };
+        match store.begin_run(&new).await {
+            Ok(id) => record = id,
+            Err(e) => eprintln!("warning: not recording this run: {e:#}"),
+        }
+    }
+    let run_id = record.map(|id| id.to_string()).unwrap_or_else(new_run_id);
+    let mut request = RunRequest::from_manifest(&task.manifest, run_id, Trigger::Cli);
     request.dry_run = args.dry_run;
     request.config.extend(args.config);
     let result = runtime.run(&component, request).await;
+    if let (Some(store), Some(id)) = (&store, record) {
+        if let Err(e) = store.finish_run(id, &result).await {
+            eprintln!("warning: the run's result was not recorded: {e:#}");
+        }
+        let history = &task.manifest.history;
+        let _ = store
+            .prune(task.name(), history.keep_days, history.keep_last)
+            .await;
+    }
     if args.json {
         println!(
             "{}",
@@ -301,4 +408,121 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
         }
     }
     Ok(lines.join("\n"))
+}
+
+async fn tasks(args: TasksArgs) -> ExitCode {
+    let catalog = match Catalog::scan(&args.tasks_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
+                "cannot read tasks directory {}: {e}",
+                args.tasks_dir.display()
+            ));
+        }
+    };
+    let store = match open_store(&args.db).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (settings, stats) = match (store.settings().await, store.stats().await) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return fail(format!("cannot read the store: {e:#}")),
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let now = chrono::Utc::now();
+    println!(
+        "{:<36} {:<16} {:<16} {:<8} {:<22} {}",
+        "NAME", "SCHEDULE", "TIMEZONE", "ENABLED", "NEXT FIRE (UTC)", "LAST STATUS"
+    );
+    for (name, entry) in &catalog.tasks {
+        let info = match load(&runtime, &entry.component_path).await {
+            Ok(c) => runtime.describe(&c).await.ok(),
+            Err(e) => {
+                println!("{name:<36} load error: {e}");
+                continue;
+            }
+        };
+        let m = &entry.manifest;
+        let schedule = m.schedule.clone().or_else(|| {
+            info.as_ref()
+                .and_then(|i| i.default_schedule.as_deref())
+                .and_then(|s| crate::schedule::Schedule::parse(s).ok())
+        });
+        let tz = m.timezone.unwrap_or(args.timezone);
+        let enabled = settings.get(name).map(|s| s.enabled).unwrap_or(m.enabled);
+        let next = match (&schedule, enabled) {
+            (Some(s), true) => next_fire(s, tz, now)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "never".into()),
+            (Some(_), false) => "(disabled)".into(),
+            (None, _) => "(manual only)".into(),
+        };
+        let last = stats
+            .get(name)
+            .and_then(|s| s.last_status.clone())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<36} {:<16} {:<16} {:<8} {:<22} {}",
+            name,
+            schedule.as_ref().map(|s| s.as_str()).unwrap_or("-"),
+            tz.name(),
+            if enabled { "yes" } else { "no" },
+            next,
+            last
+        );
+    }
+    for problem in &catalog.problems {
+        println!(
+            "load error: {}: {}",
+            problem.path.display(),
+            problem.message
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+async fn runs(args: RunsArgs) -> ExitCode {
+    let store = match open_store(&args.db).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runs = match store.runs(&args.task, args.limit).await {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot read the store: {e:#}")),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&runs).expect("runs serialize")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if runs.is_empty() {
+        eprintln!("no runs recorded for {:?}", args.task);
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<8} {:<20} {:<14} {:>10} {:<10} {}",
+        "ID", "STARTED (UTC)", "STATUS", "MS", "TRIGGER", "ERROR"
+    );
+    for r in runs {
+        println!(
+            "{:<8} {:<20} {:<14} {:>10} {:<10} {}",
+            r.id,
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            r.status,
+            r.duration_ms
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.triggered_by,
+            r.error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("")
+        );
+    }
+    ExitCode::SUCCESS
 }

@@ -7,9 +7,11 @@
 pub mod capabilities;
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod manifest;
 pub mod model;
 pub mod runtime;
 pub mod schedule;
 pub mod scheduler;
+pub mod server;
 pub mod store;

@@ -1,10 +1,12 @@
 use clap::Parser;
+use housekeeper::cli::{Cli, Command, EXIT_LOAD_ERROR};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = housekeeper::cli::Cli::parse();
-    init_tracing();
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_tracing(if serving { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -12,16 +14,53 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(housekeeper::cli::EXIT_LOAD_ERROR);
+            return ExitCode::from(EXIT_LOAD_ERROR);
         }
     };
-    runtime.block_on(housekeeper::cli::execute(cli))
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            _ => housekeeper::cli::execute(cli).await,
+        }
+    })
+}
+
+async fn serve(args: housekeeper::config::ServeArgs) -> ExitCode {
+    let address = (args.host.as_str(), args.port);
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: HOST={} PORT={}: cannot listen: {e}",
+                args.host, args.port
+            );
+            return ExitCode::from(EXIT_LOAD_ERROR);
+        }
+    };
+    match housekeeper::server::run(args, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// `LOG_LEVEL` (a level or a tracing filter), `LOG_FORMAT` = pretty | json.
-/// One-shot commands print their own results, so the default is `warn`.
-fn init_tracing() {
-    let filter = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+fn init_tracing(default_level: &str) {
+    let filter = std::env::var("LOG_LEVEL").unwrap_or_else(|_| default_level.into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("error: LOG_LEVEL={filter:?} is not a valid level or filter: {e}");
         std::process::exit(2);

@@ -1,0 +1,225 @@
+//! Configuration from flags and the environment (names as in the reference
+//! service). Each flag's value name is its environment variable, so a bad
+//! value is reported under the name the operator set.
+
+use crate::store::{Store, StoreOptions};
+use chrono_tz::Tz;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the run history lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// PostgreSQL (`postgres://…`) or SQLite (`sqlite:PATH`) URL; wins over DB_*.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// PostgreSQL host; with it set (and no DATABASE_URL) the store is PostgreSQL.
+    #[arg(long, env = "DB_HOST", value_name = "DB_HOST")]
+    pub db_host: Option<String>,
+    #[arg(long, env = "DB_PORT", value_name = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+    #[arg(
+        long,
+        env = "DB_NAME",
+        value_name = "DB_NAME",
+        default_value = "postgres"
+    )]
+    pub db_name: String,
+    #[arg(
+        long,
+        env = "DB_USER",
+        value_name = "DB_USER",
+        default_value = "postgres"
+    )]
+    pub db_user: String,
+    #[arg(
+        long,
+        env = "DB_PASSWORD",
+        value_name = "DB_PASSWORD",
+        hide_env_values = true
+    )]
+    pub db_password: Option<String>,
+    /// Most connections in the store's pool.
+    #[arg(long, env = "DB_POOL_MAX", value_name = "DB_POOL_MAX", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_max: u32,
+    /// Directory for the embedded SQLite database (and, later, caches).
+    #[arg(
+        long,
+        env = "HOUSEKEEPER_DATA_DIR",
+        value_name = "HOUSEKEEPER_DATA_DIR",
+        default_value = "./data"
+    )]
+    pub data_dir: PathBuf,
+    /// Name of this process in the run history (default: the host name).
+    #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
+    pub replica: Option<String>,
+}
+
+impl DbArgs {
+    /// `DATABASE_URL`, else PostgreSQL from `DB_HOST`…, else SQLite at
+    /// `$HOUSEKEEPER_DATA_DIR/housekeeper.db`.
+    pub fn url(&self) -> String {
+        if let Some(url) = &self.database_url {
+            return url.clone();
+        }
+        if let Some(host) = &self.db_host {
+            let password = self
+                .db_password
+                .as_deref()
+                .map(|p| format!(":{}", encode(p)))
+                .unwrap_or_default();
+            return format!(
+                "postgres://{}{password}@{host}:{}/{}",
+                encode(&self.db_user),
+                self.db_port,
+                encode(&self.db_name)
+            );
+        }
+        format!("sqlite:{}", self.data_dir.join("housekeeper.db").display())
+    }
+
+    pub fn replica(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "housekeeper".into())
+        })
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        let url = self.url();
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "HOUSEKEEPER_DATA_DIR={}: cannot create it: {e}",
+                    self.data_dir.display()
+                )
+            })?;
+        }
+        let options = StoreOptions {
+            pool_max: self.db_pool_max,
+            ..StoreOptions::default()
+        };
+        Store::open(&url, &self.replica(), &options).await
+    }
+}
+
+/// Percent-encodes a URL user-info or path component.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn parse_tz(text: &str) -> Result<Tz, String> {
+    crate::schedule::parse_timezone(text)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; use e.g. \"30s\" or \"2m\""))
+}
+
+/// `housekeeper serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 3200)]
+    pub port: u16,
+    /// Directory of task components and manifests.
+    #[arg(
+        long,
+        env = "HOUSEKEEPER_TASKS_DIR",
+        value_name = "HOUSEKEEPER_TASKS_DIR",
+        default_value = "./tasks.d"
+    )]
+    pub tasks_dir: PathBuf,
+    /// `false` registers tasks but fires nothing (manual runs still work).
+    #[arg(long, env = "HOUSEKEEPER_ENABLED", value_name = "HOUSEKEEPER_ENABLED", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub enabled: bool,
+    /// Time zone for schedules whose manifest names none (IANA).
+    #[arg(long, env = "TIMEZONE", value_name = "TIMEZONE", default_value = "Etc/UTC", value_parser = parse_tz)]
+    pub timezone: Tz,
+    /// Runs beyond this many wait for a free slot.
+    #[arg(long, env = "HOUSEKEEPER_MAX_CONCURRENT_RUNS", value_name = "HOUSEKEEPER_MAX_CONCURRENT_RUNS",
+          default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrent_runs: u32,
+    /// How long shutdown waits for running tasks before interrupting them.
+    #[arg(long, env = "HOUSEKEEPER_SHUTDOWN_GRACE", value_name = "HOUSEKEEPER_SHUTDOWN_GRACE",
+          default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn db(args: &[&str]) -> DbArgs {
+        let mut argv = vec!["x"];
+        argv.extend_from_slice(args);
+        Wrap::try_parse_from(argv).unwrap().serve.db
+    }
+
+    #[test]
+    fn database_url_wins_then_db_host_then_sqlite() {
+        let d = db(&["--database-url", "postgres://a/b", "--db-host", "h"]);
+        assert_eq!(d.url(), "postgres://a/b");
+        let d = db(&[
+            "--db-host",
+            "pg",
+            "--db-user",
+            "u@x",
+            "--db-password",
+            "p:ss/w",
+            "--db-name",
+            "iot",
+        ]);
+        assert_eq!(d.url(), "postgres://u%40x:p%3Ass%2Fw@pg:5432/iot");
+        let d = db(&["--data-dir", "/var/lib/hk"]);
+        assert_eq!(d.url(), "sqlite:/var/lib/hk/housekeeper.db");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (args, name) in [
+            (vec!["x", "--port", "eighty"], "PORT"),
+            (vec!["x", "--enabled", "maybe"], "HOUSEKEEPER_ENABLED"),
+            (vec!["x", "--timezone", "Moon/Base"], "TIMEZONE"),
+            (
+                vec!["x", "--max-concurrent-runs", "0"],
+                "HOUSEKEEPER_MAX_CONCURRENT_RUNS",
+            ),
+            (
+                vec!["x", "--shutdown-grace", "soon"],
+                "HOUSEKEEPER_SHUTDOWN_GRACE",
+            ),
+            (vec!["x", "--db-pool-max", "0"], "DB_POOL_MAX"),
+        ] {
+            let err = Wrap::try_parse_from(args).err().unwrap().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+}

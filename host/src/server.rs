@@ -1,0 +1,184 @@
+//! `housekeeper serve`: loads the tasks directory, opens the store, runs the
+//! scheduler and serves HTTP until the shutdown future resolves, then drains.
+
+use crate::catalog::{Catalog, TaskEntry};
+use crate::config::ServeArgs;
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::scheduler::clock::SystemClock;
+use crate::scheduler::{Scheduler, SchedulerConfig, TaskDef};
+use crate::store::Store;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// Shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub scheduler: Scheduler,
+    pub started: Instant,
+    /// Files in the tasks directory that failed to load, by task name.
+    pub load_errors: Arc<BTreeMap<String, String>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "healthy",
+        "service": "housekeeper",
+        "uptime": state.started.elapsed().as_secs(),
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }))
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready", "database": state.store.backend_name() })),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    serde_json::json!({ "status": "not ready", "error": "the store is unreachable" }),
+                ),
+            )
+        }
+    }
+}
+
+/// Compiles and describes every task in `dir`. Failures are returned by
+/// task (or file) name; they never stop the others.
+pub async fn load_tasks(
+    runtime: &Runtime,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Vec<TaskDef>, BTreeMap<String, String>)> {
+    let catalog = Catalog::scan(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "HOUSEKEEPER_TASKS_DIR={}: cannot read it: {e}",
+            dir.display()
+        )
+    })?;
+    let mut errors = BTreeMap::new();
+    for problem in &catalog.problems {
+        let name = problem
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::error!(file = %problem.path.display(), error = %problem.message, "task failed to load");
+        errors.insert(name, problem.message.clone());
+    }
+    let mut defs = Vec::new();
+    for (name, entry) in catalog.tasks {
+        match load_one(runtime, &entry).await {
+            Ok(def) => defs.push(def),
+            Err(e) => {
+                tracing::error!(task = %name, error = %e, "task failed to load");
+                errors.insert(name, e);
+            }
+        }
+    }
+    Ok((defs, errors))
+}
+
+async fn load_one(runtime: &Runtime, entry: &TaskEntry) -> Result<TaskDef, String> {
+    let rt = runtime.clone();
+    let path = entry.component_path.clone();
+    let component = tokio::task::spawn_blocking(move || rt.load_file(&path))
+        .await
+        .map_err(|e| format!("compiling panicked: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let info = runtime
+        .describe(&component)
+        .await
+        .map_err(|(status, message)| format!("{message} ({status})"))?;
+    Ok(TaskDef {
+        manifest: entry.manifest.clone(),
+        component,
+        info,
+    })
+}
+
+/// Runs the service on `listener` until `shutdown` resolves; then stops
+/// scheduling, waits for running tasks up to the grace period, interrupts
+/// the rest, and returns.
+pub async fn run(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = args.db.open().await?;
+    tracing::info!(
+        database = store.backend_name(),
+        replica = store.replica(),
+        "store open"
+    );
+
+    // Guests run on their own workers so that their filesystem calls never
+    // hold up the HTTP server or the scheduler.
+    let guests = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("housekeeper-guest")
+        .worker_threads(args.max_concurrent_runs.clamp(1, 16) as usize)
+        .enable_all()
+        .build()?;
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: (args.max_concurrent_runs + 16).max(64),
+        ..RuntimeOptions::default()
+    })?;
+    let (defs, load_errors) = load_tasks(&runtime, &args.tasks_dir).await?;
+    tracing::info!(tasks = defs.len(), failed = load_errors.len(), dir = %args.tasks_dir.display(), "tasks loaded");
+
+    let scheduler = Scheduler::new(
+        Arc::new(runtime),
+        store.clone(),
+        Arc::new(SystemClock),
+        SchedulerConfig {
+            max_concurrent_runs: args.max_concurrent_runs as usize,
+            enabled: args.enabled,
+            default_timezone: args.timezone,
+            run_handle: Some(guests.handle().clone()),
+            ..SchedulerConfig::default()
+        },
+    );
+    scheduler.register(defs).await?;
+    scheduler.start().await?;
+
+    let state = AppState {
+        store,
+        scheduler: scheduler.clone(),
+        started: Instant::now(),
+        load_errors: Arc::new(load_errors),
+    };
+    let grace = args.shutdown_grace;
+    let drain = async move {
+        shutdown.await;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new runs; waiting for running tasks"
+        );
+        scheduler.shutdown(grace).await;
+        tracing::info!("all runs finished or interrupted");
+    };
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(drain)
+        .await?;
+    guests.shutdown_background();
+    Ok(())
+}
