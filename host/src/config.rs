@@ -48,6 +48,10 @@ pub struct DbArgs {
     #[arg(long, env = "DB_POOL_MAX", value_name = "DB_POOL_MAX", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_max: u32,
+    /// How long to wait for a database connection, in milliseconds.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT", value_name = "DB_CONNECT_TIMEOUT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_connect_timeout: u64,
     /// Directory for the embedded SQLite database (and, later, caches).
     #[arg(
         long,
@@ -106,7 +110,7 @@ impl DbArgs {
         }
         let options = StoreOptions {
             pool_max: self.db_pool_max,
-            ..StoreOptions::default()
+            acquire_timeout: Duration::from_millis(self.db_connect_timeout),
         };
         Store::open(&url, &self.replica(), &options).await
     }
@@ -122,6 +126,14 @@ fn encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 fn parse_tz(text: &str) -> Result<Tz, String> {
@@ -149,7 +161,7 @@ pub struct ServeArgs {
     pub tasks_dir: PathBuf,
     /// `false` registers tasks but fires nothing (manual runs still work).
     #[arg(long, env = "HOUSEKEEPER_ENABLED", value_name = "HOUSEKEEPER_ENABLED", default_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub enabled: bool,
     /// Time zone for schedules whose manifest names none (IANA).
     #[arg(long, env = "TIMEZONE", value_name = "TIMEZONE", default_value = "Etc/UTC", value_parser = parse_tz)]
@@ -177,28 +189,36 @@ mod tests {
         serve: ServeArgs,
     }
 
-    fn db(args: &[&str]) -> DbArgs {
-        let mut argv = vec!["x"];
-        argv.extend_from_slice(args);
-        Wrap::try_parse_from(argv).unwrap().serve.db
+    // Built directly: clap would also read the test process's environment.
+    fn db() -> DbArgs {
+        DbArgs {
+            database_url: None,
+            db_host: None,
+            db_port: 5432,
+            db_name: "postgres".into(),
+            db_user: "postgres".into(),
+            db_password: None,
+            db_pool_max: 10,
+            db_connect_timeout: 10_000,
+            data_dir: "./data".into(),
+            replica: None,
+        }
     }
 
     #[test]
     fn database_url_wins_then_db_host_then_sqlite() {
-        let d = db(&["--database-url", "postgres://a/b", "--db-host", "h"]);
+        let mut d = db();
+        d.database_url = Some("postgres://a/b".into());
+        d.db_host = Some("h".into());
         assert_eq!(d.url(), "postgres://a/b");
-        let d = db(&[
-            "--db-host",
-            "pg",
-            "--db-user",
-            "u@x",
-            "--db-password",
-            "p:ss/w",
-            "--db-name",
-            "iot",
-        ]);
+        let mut d = db();
+        d.db_host = Some("pg".into());
+        d.db_user = "u@x".into();
+        d.db_password = Some("p:ss/w".into());
+        d.db_name = "iot".into();
         assert_eq!(d.url(), "postgres://u%40x:p%3Ass%2Fw@pg:5432/iot");
-        let d = db(&["--data-dir", "/var/lib/hk"]);
+        let mut d = db();
+        d.data_dir = "/var/lib/hk".into();
         assert_eq!(d.url(), "sqlite:/var/lib/hk/housekeeper.db");
     }
 

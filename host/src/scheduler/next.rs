@@ -9,11 +9,13 @@
 //! 03:00 CET, two real hours later.
 
 use crate::schedule::Schedule;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 
 /// The first fire strictly after `after`.
 pub fn next_fire(schedule: &Schedule, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Cron has whole seconds; croner would carry the fraction over.
+    let after = after.with_nanosecond(0).unwrap_or(after);
     let local = after.with_timezone(&tz);
     schedule
         .cron()
@@ -178,6 +180,13 @@ mod tests {
             next_fire(&hourly, New_York, utc(2026, 1, 1, 12, 0, 0)),
             Some(utc(2026, 1, 1, 13, 0, 0))
         );
+    }
+
+    #[test]
+    fn fires_fall_on_whole_seconds() {
+        let s = Schedule::parse("* * * * * *").unwrap();
+        let after = utc(2026, 1, 1, 0, 0, 7) + chrono::Duration::milliseconds(290);
+        assert_eq!(next_fire(&s, Berlin, after), Some(utc(2026, 1, 1, 0, 0, 8)));
     }
 
     #[test]

@@ -1,0 +1,330 @@
+//! `housekeeper serve` as a real process: scheduled runs, SIGTERM with a
+//! grace period, kill -9 and recovery, persisted toggles, bad configuration.
+
+use housekeeper::store::{RunRecord, Store, StoreOptions};
+use housekeeper_tests::{binary, fixture_path};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Service {
+    _tmp: tempfile::TempDir,
+    tasks: PathBuf,
+    data: PathBuf,
+}
+
+impl Service {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let tasks = tmp.path().join("tasks.d");
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&tasks).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        Service {
+            _tmp: tmp,
+            tasks,
+            data,
+        }
+    }
+
+    fn task(&self, name: &str, fixture: &str, manifest: &str) {
+        std::fs::copy(
+            fixture_path(fixture),
+            self.tasks.join(format!("{name}.wasm")),
+        )
+        .unwrap();
+        std::fs::write(self.tasks.join(format!("{name}.toml")), manifest).unwrap();
+    }
+
+    fn command(&self, port: u16) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .env_remove("DATABASE_URL")
+            .env_remove("DB_HOST")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("HOUSEKEEPER_TASKS_DIR", &self.tasks)
+            .env("HOUSEKEEPER_DATA_DIR", &self.data)
+            .env("HOUSEKEEPER_REPLICA", "test-replica")
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts the service and waits until `/health` answers.
+    fn start(&self, extra_env: &[(&str, &str)]) -> (Child, u16) {
+        let port = free_port();
+        let mut cmd = self.command(port);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_for("the service to answer /health", || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("serve exited early with {status}: {}", stderr(&mut child));
+            }
+            get(port, "/health").is_some()
+        });
+        (child, port)
+    }
+
+    async fn store(&self) -> Store {
+        let url = format!("sqlite:{}", self.data.join("housekeeper.db").display());
+        Store::open(&url, "observer", &StoreOptions::default())
+            .await
+            .unwrap()
+    }
+
+    async fn runs(&self, task: &str) -> Vec<RunRecord> {
+        self.store().await.runs(task, 1000).await.unwrap()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `condition` until it holds; fails after a generous deadline.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn wait_for_runs(
+    service: &Service,
+    task: &str,
+    what: &str,
+    check: impl Fn(&[RunRecord]) -> bool,
+) -> Vec<RunRecord> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = service.runs(task).await;
+        if check(&runs) {
+            return runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stderr(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    text
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn scheduled_runs_repeat_and_are_recorded() {
+    let s = Service::new();
+    s.task("tick", "noop", "schedule = \"* * * * * *\"\n");
+    let (mut child, port) = s.start(&[]);
+    let (status, body) = get(port, "/ready").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&get(port, "/health").unwrap().1).unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["service"], "housekeeper");
+
+    let runs = wait_for_runs(&s, "tick", "three scheduled runs", |r| {
+        r.iter().filter(|r| r.status == "success").count() >= 3
+    })
+    .await;
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    for r in runs.iter().filter(|r| r.status == "success") {
+        assert_eq!(r.triggered_by, "schedule");
+        assert_eq!(r.replica, "test-replica");
+        assert_eq!(r.component_hash.as_ref().unwrap().len(), 64);
+        let at = r.scheduled_for.unwrap();
+        assert_eq!(at.timestamp_subsec_nanos(), 0, "fires on whole seconds");
+    }
+    let stats = s.store().await.stats().await.unwrap();
+    assert!(stats["tick"].success_count >= 3);
+}
+
+#[tokio::test]
+async fn sigterm_waits_for_a_running_task_then_records_it() {
+    let s = Service::new();
+    // Spins until its 2 s deadline: the run ends `timeout` on its own.
+    s.task(
+        "long",
+        "hostile",
+        "run_on_startup = true\ntimeout = \"2s\"\n[limits]\nfuel = 1_000_000_000_000_000\n[config]\nmode = \"spin\"\n",
+    );
+    let (mut child, _) = s.start(&[]);
+    wait_for_runs(&s, "long", "the run to start", |r| {
+        r.iter().any(|r| r.status == "running")
+    })
+    .await;
+    signal(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", stderr(&mut child));
+    let runs = s.runs("long").await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "timeout", "{runs:#?}");
+    assert_eq!(runs[0].triggered_by, "startup");
+}
+
+#[tokio::test]
+async fn sigterm_interrupts_what_outlives_the_grace_period() {
+    let s = Service::new();
+    s.task(
+        "endless",
+        "hostile",
+        "run_on_startup = true\ntimeout = \"10m\"\n[limits]\nfuel = 1_000_000_000_000_000\n[config]\nmode = \"spin\"\n",
+    );
+    let (mut child, _) = s.start(&[("HOUSEKEEPER_SHUTDOWN_GRACE", "1s")]);
+    wait_for_runs(&s, "endless", "the run to start", |r| {
+        r.iter().any(|r| r.status == "running")
+    })
+    .await;
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    let runs = s.runs("endless").await;
+    assert_eq!(runs[0].status, "interrupted", "{runs:#?}");
+    assert!(runs[0].error.as_deref().unwrap().contains("shut down"));
+}
+
+#[tokio::test]
+async fn kill_9_leaves_a_row_that_the_next_start_marks_interrupted() {
+    let s = Service::new();
+    s.task(
+        "endless",
+        "hostile",
+        "run_on_startup = true\ntimeout = \"10m\"\n[limits]\nfuel = 1_000_000_000_000_000\n[config]\nmode = \"spin\"\n",
+    );
+    let (mut child, _) = s.start(&[]);
+    let runs = wait_for_runs(&s, "endless", "the run to start", |r| {
+        r.iter().any(|r| r.status == "running")
+    })
+    .await;
+    let id = runs[0].id;
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    assert_eq!(
+        s.store().await.run(id).await.unwrap().unwrap().status,
+        "running"
+    );
+
+    // Next start: no startup run this time, only recovery.
+    s.task("endless", "hostile", "[config]\nmode = \"spin\"\n");
+    let (mut child, _) = s.start(&[]);
+    let row = s.store().await.run(id).await.unwrap().unwrap();
+    assert_eq!(row.status, "interrupted");
+    assert!(row.completed_at.is_some());
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_toggled_off_task_stays_off_across_restarts() {
+    let s = Service::new();
+    s.task("tick", "noop", "schedule = \"* * * * * *\"\n");
+    s.task("other", "noop", "schedule = \"* * * * * *\"\n");
+    // The toggle is what the API persists; set it the same way.
+    s.store().await.set_enabled("tick", false).await.unwrap();
+    let (mut child, _) = s.start(&[]);
+    wait_for_runs(&s, "other", "the other task to run twice", |r| r.len() >= 2).await;
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    assert!(s.runs("tick").await.is_empty());
+}
+
+#[tokio::test]
+async fn globally_disabled_scheduling_fires_nothing() {
+    let s = Service::new();
+    s.task(
+        "tick",
+        "noop",
+        "schedule = \"* * * * * *\"\nrun_on_startup = true\n",
+    );
+    s.task("canary", "noop", "");
+    let (mut child, port) = s.start(&[("HOUSEKEEPER_ENABLED", "false")]);
+    // Let a few seconds of schedule pass.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(port, "/ready").unwrap().0, 200);
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    assert!(s.runs("tick").await.is_empty());
+}
+
+#[test]
+fn bad_configuration_fails_at_start_naming_the_variable() {
+    let s = Service::new();
+    for (name, value) in [
+        ("PORT", "eighty"),
+        ("HOUSEKEEPER_ENABLED", "perhaps"),
+        ("TIMEZONE", "Mars/Base"),
+        ("HOUSEKEEPER_SHUTDOWN_GRACE", "soon"),
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "very=loud=indeed"),
+    ] {
+        let out = s.command(free_port()).env(name, value).output().unwrap();
+        assert!(!out.status.success(), "{name}={value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    // An unreachable database is named too, without its password.
+    let out = s
+        .command(free_port())
+        .env("DATABASE_URL", "postgres://hk:secret@127.0.0.1:1/none")
+        .env("DB_CONNECT_TIMEOUT", "500")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PostgreSQL"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+}
+
+#[tokio::test]
+async fn a_broken_task_does_not_stop_the_others() {
+    let s = Service::new();
+    s.task("tick", "noop", "schedule = \"* * * * * *\"\n");
+    std::fs::write(s.tasks.join("broken.toml"), "schedule = \"every day\"\n").unwrap();
+    std::fs::copy(fixture_path("wrong-world"), s.tasks.join("alien.wasm")).unwrap();
+    let (mut child, _) = s.start(&[]);
+    wait_for_runs(&s, "tick", "a run", |r| !r.is_empty()).await;
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    let log = stderr(&mut child);
+    assert!(log.contains("broken.toml"), "{log}");
+    assert!(log.contains("not a housekeeper task"), "{log}");
+}
