@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything (the wasm32-wasip2 target, the bundled tasks, the
-# housekeeper binary) and runs the bundled cleanup-old-logs task against a
-# demo directory, with the embedded defaults and no other setup.
+# housekeeper binary), prepares a demo tasks directory (cleanup-old-logs on a
+# generated ./data/demo-logs) and starts the service on its embedded default:
+# SQLite at ./data/housekeeper.db, HTTP on $HOST:$PORT (0.0.0.0:3200).
+# Ctrl-C stops it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,6 +17,7 @@ mkdir -p tasks.d data/demo-logs
 cp target/tasks/*.wasm tasks.d/
 [ -f tasks.d/cleanup-old-logs.toml ] || cat > tasks.d/cleanup-old-logs.toml <<TOML
 schedule = "0 3 * * *"
+run_on_startup = true
 
 [[grants.dirs]]
 host = "$root/data/demo-logs"
@@ -34,6 +37,6 @@ done
 
 "$bin" check tasks.d
 echo "--- dry run ---"
-"$bin" run cleanup-old-logs --tasks-dir tasks.d --dry-run
-echo "--- run ---"
-"$bin" run cleanup-old-logs --tasks-dir tasks.d
+"$bin" run cleanup-old-logs --tasks-dir tasks.d --dry-run --no-record
+echo "--- starting the service (Ctrl-C to stop) ---"
+exec "$bin" serve --tasks-dir tasks.d
