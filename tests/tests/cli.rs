@@ -326,3 +326,40 @@ fn help_is_available_everywhere() {
     let o = housekeeper(&["run", "--help"], None);
     assert!(stdout(&o).contains("HOUSEKEEPER_TASKS_DIR"));
 }
+
+#[test]
+fn runs_and_tasks_read_what_run_recorded() {
+    let s = setup();
+    let o = housekeeper(&["run", "app-logs", "--dry-run"], Some(&s.tasks));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = housekeeper(&["runs", "app-logs", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let run = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dry_run"] == true)
+        .expect("the dry run is recorded");
+    assert_eq!(run["status"], "success");
+    assert_eq!(run["triggered_by"], "cli");
+    assert_eq!(run["metrics"]["files_deleted"], 3.0);
+
+    let o = housekeeper(&["runs", "app-logs", "--limit", "1"], None);
+    assert!(stdout(&o).contains("cli"), "{}", stdout(&o));
+
+    let o = housekeeper(&["tasks"], Some(&s.tasks));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("app-logs"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("0 3 * * *"), "{line}");
+    assert!(line.contains("Etc/UTC"), "{line}");
+    assert!(line.contains("yes"), "{line}");
+    assert!(line.ends_with("success"), "{line}");
+
+    let o = housekeeper(&["runs", "app-logs", "--limit", "0"], None);
+    assert_eq!(o.status.code(), Some(2));
+}

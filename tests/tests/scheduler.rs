@@ -636,3 +636,22 @@ async fn shutdown_waits_for_the_grace_period_then_interrupts() {
     assert_eq!(long.status, "interrupted");
     assert!(long.error.as_deref().unwrap().contains("shut down"));
 }
+
+#[tokio::test]
+async fn a_running_row_gets_heartbeats() {
+    let config = SchedulerConfig {
+        heartbeat_interval: Duration::from_secs(1),
+        ..SchedulerConfig::default()
+    };
+    let h = harness_with(config, t0(), None).await;
+    h.fake
+        .plan("slow", Duration::from_secs(10), &[RunStatus::Success]);
+    start(&h, vec![def("slow", None, |_| {})]).await;
+    h.scheduler.trigger("slow", false).unwrap();
+    wait(5.0).await;
+    let row = &rows(&h, "slow").await[0];
+    assert_eq!(row.status, "running");
+    assert!(row.heartbeat_at.unwrap() > row.started_at, "{row:#?}");
+    h.scheduler.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(rows(&h, "slow").await[0].status, "success");
+}
