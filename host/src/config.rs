@@ -174,6 +174,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HOUSEKEEPER_SHUTDOWN_GRACE", value_name = "HOUSEKEEPER_SHUTDOWN_GRACE",
           default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// When set, every `/api/*` request needs `Authorization: Bearer <token>`.
+    #[arg(
+        long,
+        env = "HOUSEKEEPER_API_TOKEN",
+        value_name = "HOUSEKEEPER_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }

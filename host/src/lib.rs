@@ -4,11 +4,13 @@
 //! The binary (`main.rs`) only parses the command line and sets up logging;
 //! everything else lives here so it can be tested without a process.
 
+pub mod api;
 pub mod capabilities;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod schedule;

@@ -1,66 +1,18 @@
 //! `housekeeper serve`: loads the tasks directory, opens the store, runs the
 //! scheduler and serves HTTP until the shutdown future resolves, then drains.
 
+use crate::api::{self, AppState};
 use crate::catalog::{Catalog, TaskEntry};
 use crate::config::ServeArgs;
+use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::scheduler::clock::SystemClock;
 use crate::scheduler::{Scheduler, SchedulerConfig, TaskDef};
-use crate::store::Store;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use chrono::Utc;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
-
-/// Shared by the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub scheduler: Scheduler,
-    pub started: Instant,
-    /// Files in the tasks directory that failed to load, by task name.
-    pub load_errors: Arc<BTreeMap<String, String>>,
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .with_state(state)
-}
-
-async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "healthy",
-        "service": "housekeeper",
-        "uptime": state.started.elapsed().as_secs(),
-        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }))
-}
-
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(serde_json::json!({ "status": "ready", "database": state.store.backend_name() })),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    serde_json::json!({ "status": "not ready", "error": "the store is unreachable" }),
-                ),
-            )
-        }
-    }
-}
 
 /// Compiles and describes every task in `dir`. Failures are returned by
 /// task (or file) name; they never stop the others.
@@ -144,6 +96,7 @@ pub async fn run(
     let (defs, load_errors) = load_tasks(&runtime, &args.tasks_dir).await?;
     tracing::info!(tasks = defs.len(), failed = load_errors.len(), dir = %args.tasks_dir.display(), "tasks loaded");
 
+    let metrics = Metrics::default();
     let scheduler = Scheduler::new(
         Arc::new(runtime),
         store.clone(),
@@ -153,17 +106,27 @@ pub async fn run(
             enabled: args.enabled,
             default_timezone: args.timezone,
             run_handle: Some(guests.handle().clone()),
+            metrics: Some(metrics.clone()),
             ..SchedulerConfig::default()
         },
     );
     scheduler.register(defs).await?;
     scheduler.start().await?;
 
+    let api_token = args.api_token.clone().filter(|t| !t.is_empty());
+    let loopback = listener.local_addr()?.ip().is_loopback();
+    if api_token.is_none() && !loopback {
+        tracing::warn!(
+            "HOUSEKEEPER_API_TOKEN is not set and the API listens beyond loopback: anyone who can reach it can trigger and toggle tasks"
+        );
+    }
     let state = AppState {
         store,
         scheduler: scheduler.clone(),
+        metrics,
         started: Instant::now(),
         load_errors: Arc::new(load_errors),
+        api_token: api_token.map(Arc::from),
     };
     let grace = args.shutdown_grace;
     let drain = async move {
@@ -176,7 +139,7 @@ pub async fn run(
         tracing::info!("all runs finished or interrupted");
     };
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(listener, router(state))
+    axum::serve(listener, api::router(state))
         .with_graceful_shutdown(drain)
         .await?;
     guests.shutdown_background();

@@ -37,6 +37,8 @@ pub struct SchedulerConfig {
     pub heartbeat_interval: Duration,
     /// Where guest runs execute; `None` runs them on the caller's runtime.
     pub run_handle: Option<tokio::runtime::Handle>,
+    /// Updated as runs finish.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +49,7 @@ impl Default for SchedulerConfig {
             default_timezone: chrono_tz::UTC,
             heartbeat_interval: Duration::from_secs(15),
             run_handle: None,
+            metrics: None,
         }
     }
 }
@@ -127,7 +130,7 @@ pub enum SchedulerError {
 }
 
 /// A task as the scheduler sees it right now.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskView {
     pub name: String,
     pub schedule: Option<String>,
@@ -135,6 +138,8 @@ pub struct TaskView {
     pub enabled: bool,
     pub running: usize,
     pub next_fire: Option<DateTime<Utc>>,
+    /// The task as loaded: manifest, component hash, `describe()`.
+    pub def: Arc<TaskDef>,
 }
 
 #[derive(Clone)]
@@ -168,6 +173,10 @@ struct Slot {
 #[derive(Clone)]
 struct Active {
     token: u64,
+    /// The store's id of the current attempt, once recorded.
+    run_id: Arc<Mutex<Option<i64>>>,
+    /// Told the first run id (manual triggers wait for it).
+    notify: Arc<Mutex<Option<tokio::sync::oneshot::Sender<i64>>>>,
     cancel: CancellationToken,
     /// Set by whoever cancels: the status and reason to record.
     why: Arc<OnceLock<(RunStatus, String)>>,
@@ -301,6 +310,58 @@ impl Scheduler {
         ))
     }
 
+    /// Like [`Scheduler::trigger`], and when the run starts within `wait`
+    /// also gives its id in the store (a run waiting for a free slot longer
+    /// than that has none yet).
+    pub async fn trigger_and_wait(
+        &self,
+        name: &str,
+        dry_run: bool,
+        wait: Duration,
+    ) -> Result<(FireOutcome, Option<i64>), SchedulerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let outcome = {
+            if !self.inner.lock().contains_key(name) {
+                return Err(SchedulerError::UnknownTask(name.to_owned()));
+            }
+            self.inner.fire_with(
+                name,
+                Fire {
+                    trigger: Trigger::Manual,
+                    scheduled_for: None,
+                    dry_run,
+                },
+                Some(tx),
+            )
+        };
+        if outcome != FireOutcome::Started {
+            return Ok((outcome, None));
+        }
+        let id = tokio::time::timeout(wait, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        Ok((outcome, id))
+    }
+
+    /// Stops run `run_id` if this process is running it; it is recorded
+    /// `cancelled`. Returns whether it was running here.
+    pub fn cancel(&self, run_id: i64) -> bool {
+        let tasks = self.inner.lock();
+        for slot in tasks.values() {
+            for a in &slot.active {
+                if *a.run_id.lock().unwrap_or_else(|p| p.into_inner()) == Some(run_id) {
+                    let _ = a
+                        .why
+                        .set((RunStatus::Cancelled, "cancelled on request".into()));
+                    a.cancel.cancel();
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Enables or disables `name`'s schedule, persistently, at once.
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> anyhow::Result<()> {
         if !self.inner.lock().contains_key(name) {
@@ -324,6 +385,7 @@ impl Scheduler {
                 enabled: slot.enabled,
                 running: slot.active.len(),
                 next_fire: slot.next_fire,
+                def: slot.def.clone(),
             })
             .collect()
     }
@@ -451,8 +513,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Applies the overlap policy and starts, queues or skips.
     fn fire(self: &Arc<Self>, name: &str, fire: Fire) -> FireOutcome {
+        self.fire_with(name, fire, None)
+    }
+
+    /// Applies the overlap policy and starts, queues or skips.
+    fn fire_with(
+        self: &Arc<Self>,
+        name: &str,
+        fire: Fire,
+        notify: Option<tokio::sync::oneshot::Sender<i64>>,
+    ) -> FireOutcome {
         let mut tasks = self.lock();
         let Some(slot) = tasks.get_mut(name) else {
             return FireOutcome::Skipped(format!("no task named {name:?}"));
@@ -470,6 +541,9 @@ impl Inner {
                     }
                 });
                 tracing::info!(task = name, reason, "fire skipped");
+                if let Some(m) = &self.config.metrics {
+                    m.run_finished(name, RunStatus::Skipped, 0, 0, 0.0);
+                }
                 FireOutcome::Skipped(reason.to_owned())
             };
             match slot.def.manifest.overlap {
@@ -495,13 +569,21 @@ impl Inner {
                 Overlap::Allow => {}
             }
         }
-        self.start_job(name, slot, fire);
+        self.start_job(name, slot, fire, notify);
         FireOutcome::Started
     }
 
-    fn start_job(self: &Arc<Self>, name: &str, slot: &mut Slot, fire: Fire) {
+    fn start_job(
+        self: &Arc<Self>,
+        name: &str,
+        slot: &mut Slot,
+        fire: Fire,
+        notify: Option<tokio::sync::oneshot::Sender<i64>>,
+    ) {
         let active = Active {
             token: NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            run_id: Arc::new(Mutex::new(None)),
+            notify: Arc::new(Mutex::new(notify)),
             cancel: CancellationToken::new(),
             why: Arc::new(OnceLock::new()),
         };
@@ -524,7 +606,7 @@ impl Inner {
         if slot.active.is_empty() {
             if let Some(queued) = slot.queued.take() {
                 if !self.stop.is_cancelled() {
-                    self.start_job(name, slot, queued);
+                    self.start_job(name, slot, queued, None);
                 }
             }
         }
@@ -603,7 +685,18 @@ impl Inner {
             component_hash: Some(def.component.hash()),
         };
         let id = match self.store.begin_run(&new).await {
-            Ok(Some(id)) => id,
+            Ok(Some(id)) => {
+                *active.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                if let Some(tx) = active
+                    .notify
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    let _ = tx.send(id);
+                }
+                id
+            }
             Ok(None) => {
                 tracing::debug!(
                     task = name,
@@ -655,6 +748,10 @@ impl Inner {
                     tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
                 }
                 tracing::info!(task = name, run = id, %status, duration_ms = result.duration_ms, "run finished");
+                if let Some(m) = &self.config.metrics {
+                    let at = result.completed_at.timestamp_millis() as f64 / 1000.0;
+                    m.run_finished(name, status, result.duration_ms, result.fuel_used, at);
+                }
                 Some(status)
             }
             None => {
@@ -667,6 +764,9 @@ impl Inner {
                     tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
                 }
                 tracing::info!(task = name, run = id, %status, reason, "run stopped");
+                if let Some(m) = &self.config.metrics {
+                    m.run_finished(name, status, 0, 0, 0.0);
+                }
                 Some(status)
             }
         }

@@ -437,6 +437,24 @@ impl Store {
         })
     }
 
+    async fn runs_page_now(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> anyhow::Result<(Vec<RunRecord>, i64)> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE task_name = $1 \
+             ORDER BY started_at DESC, id DESC LIMIT $2 OFFSET $3"
+        );
+        let count = "SELECT COUNT(*) FROM housekeeper_runs WHERE task_name = $1";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(&sql).bind(task).bind(limit).bind(offset).fetch_all(pool).await?;
+            let total: i64 = sqlx::query_scalar(count).bind(task).fetch_one(pool).await?;
+            Ok((rows.iter().map(run_record).collect::<anyhow::Result<Vec<_>>>()?, total))
+        })
+    }
+
     async fn run_now(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE id = $1");
         on_pool!(self, pool => {
@@ -630,6 +648,18 @@ impl Store {
     pub async fn runs(&self, task: &str, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
         let task = task.to_owned();
         self.io(|s| async move { s.runs_now(&task, limit).await })
+            .await
+    }
+
+    /// One page of `task`'s runs, newest first, and how many there are.
+    pub async fn runs_page(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> anyhow::Result<(Vec<RunRecord>, i64)> {
+        let task = task.to_owned();
+        self.io(|s| async move { s.runs_page_now(&task, limit, offset).await })
             .await
     }
 
