@@ -92,10 +92,17 @@ fn free_port() -> u16 {
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, None)
+}
+
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
@@ -327,4 +334,37 @@ async fn a_broken_task_does_not_stop_the_others() {
     let log = stderr(&mut child);
     assert!(log.contains("broken.toml"), "{log}");
     assert!(log.contains("not a housekeeper task"), "{log}");
+}
+
+#[tokio::test]
+async fn a_run_triggered_over_http_is_fetched_by_id() {
+    let s = Service::new();
+    s.task("noop", "noop", "");
+    let (mut child, port) = s.start(&[("HOUSEKEEPER_API_TOKEN", "t0ken")]);
+    let (status, _) = http(port, "POST", "/api/housekeeper/tasks/noop/run", None).unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/housekeeper/tasks/noop/run",
+        Some("t0ken"),
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = body["runId"].as_i64().unwrap();
+    let path = format!("/api/housekeeper/tasks/noop/runs/{id}");
+    let mut run = serde_json::Value::Null;
+    wait_for("the run to finish", || {
+        let (_, text) = http(port, "GET", &path, Some("t0ken")).unwrap();
+        run = serde_json::from_str(&text).unwrap();
+        run["status"] != "running"
+    });
+    assert_eq!(run["status"], "success");
+    assert_eq!(run["output"], "nothing to do");
+    let (status, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("housekeeper_runs_total"), "{metrics}");
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", stderr(&mut child));
 }

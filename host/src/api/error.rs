@@ -15,6 +15,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -26,6 +28,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -321,7 +321,13 @@ async fn toggle_task(
     body: Result<Json<ToggleBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     find(&state, &name)?;
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(BODY_LIMIT)
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })?;
     state.scheduler.set_enabled(&name, body.enabled).await?;
     let view = find(&state, &name)?;
     Ok(Json(json!({
