@@ -226,16 +226,24 @@ async fn task_details_show_manifest_grants_and_history() {
     let a = api(None).await;
     let (status, body) = a.get("/api/housekeeper/tasks/noop").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["componentHash"].as_str().unwrap().len(), 64);
+    assert_eq!(body["setup"]["componentHash"].as_str().unwrap().len(), 64);
     assert_eq!(body["description"], "Does nothing");
-    assert_eq!(body["overlap"], "skip");
-    assert_eq!(body["limits"]["memoryBytes"], 128 << 20);
-    assert!(body["grants"]["dirs"].as_array().unwrap().is_empty());
+    assert_eq!(body["schedule"], "0 3 * * *");
+    assert_eq!(body["setup"]["overlap"], "skip");
+    assert_eq!(body["setup"]["limits"]["memoryBytes"], 128 << 20);
+    assert!(
+        body["setup"]["grants"]["dirs"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(body["setup"]["grants"]["database"].is_null());
     assert!(body["recentRuns"].as_array().unwrap().is_empty());
 
     let (status, body) = a.get("/api/housekeeper/tasks/broken").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body["loadError"].is_string());
+    assert!(body["setup"].is_null());
     let (status, body) = a.get("/api/housekeeper/tasks/missing").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "missing");
 }
@@ -474,4 +482,36 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "/nope");
     let (status, body) = a.call(Method::DELETE, "/api/housekeeper/tasks", None).await;
     assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "DELETE");
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let a = api(Some("k")).await;
+    let (status, _) = a
+        .call_with(Method::GET, "/api/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, doc) = a.get("/api/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/api/openapi.json", "get"),
+        ("/api/housekeeper/tasks", "get"),
+        ("/api/housekeeper/tasks/{name}", "get"),
+        ("/api/housekeeper/tasks/{name}/run", "post"),
+        ("/api/housekeeper/tasks/{name}/toggle", "patch"),
+        ("/api/housekeeper/tasks/{name}/runs", "get"),
+        ("/api/housekeeper/tasks/{name}/runs/{run_id}", "get"),
+        ("/api/housekeeper/runs/{run_id}/cancel", "post"),
+        ("/api/housekeeper/status", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(doc["components"]["schemas"]["TaskList"].is_object());
 }

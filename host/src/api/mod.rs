@@ -3,6 +3,7 @@
 //! Prometheus metrics.
 
 mod error;
+pub mod types;
 
 pub use error::ApiError;
 
@@ -19,10 +20,12 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use types::*;
+use utoipa::OpenApi;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -54,6 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/openapi.json",
+            get(openapi).route_layer(middleware::from_fn_with_state(state.clone(), auth)),
+        )
         .nest(
             "/api/housekeeper",
             api.route_layer(middleware::from_fn_with_state(state.clone(), auth)),
@@ -101,31 +108,45 @@ async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Re
     next.run(request).await
 }
 
-async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "healthy",
-        "service": "housekeeper",
-        "uptime": state.started.elapsed().as_secs(),
-        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }))
+/// Liveness.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "healthy".into(),
+        service: "housekeeper".into(),
+        uptime: state.started.elapsed().as_secs(),
+        timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Readiness: 503 when the store is unreachable.
+#[utoipa::path(get, path = "/ready", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "database": state.store.backend_name() })),
+            Json(Ready {
+                status: "ready".into(),
+                database: Some(state.store.backend_name().into()),
+                error: None,
+            }),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "store unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not ready", "error": "the store is unreachable" })),
+                Json(Ready {
+                    status: "not ready".into(),
+                    database: None,
+                    error: Some("the store is unreachable".into()),
+                }),
             )
         }
     }
 }
 
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let tasks = state.scheduler.tasks();
     state
@@ -142,68 +163,98 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-fn stats_json(stats: Option<&TaskStats>) -> Value {
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "OpenAPI 3 document"), (status = 401, body = ErrorBody)))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "housekeeper", description = "Sandboxed maintenance tasks: schedule, trigger, toggle, history."),
+    paths(health, ready, metrics, openapi, list_tasks, task_detail, run_task, toggle_task, task_runs, task_run, cancel_run, status),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn stats_view(stats: Option<&TaskStats>) -> Stats {
     let s = stats.cloned().unwrap_or_default();
-    json!({
-        "total_runs": s.total_runs,
-        "success_count": s.success_count,
-        "error_count": s.error_count,
-        "skipped_count": s.skipped_count,
-        "avg_duration_ms": s.avg_duration_ms.map(|d| d.round() as i64),
-        "last_run_at": s.last_run_at,
-        "last_status": s.last_status,
-    })
+    Stats {
+        total_runs: s.total_runs,
+        success_count: s.success_count,
+        error_count: s.error_count,
+        skipped_count: s.skipped_count,
+        avg_duration_ms: s.avg_duration_ms.map(|d| d.round() as i64),
+        last_run_at: s.last_run_at,
+        last_status: s.last_status,
+    }
 }
 
-fn task_json(t: &TaskView, stats: Option<&TaskStats>) -> Value {
-    json!({
-        "name": t.name,
-        "description": t.def.info.description,
-        "schedule": t.schedule,
-        "timezone": t.timezone.name(),
-        "enabled": t.enabled,
-        "isRunning": t.running > 0,
-        "runningCount": t.running,
-        "nextRunAt": if t.enabled { t.next_fire } else { None },
-        "loadError": Value::Null,
-        "stats": stats_json(stats),
-    })
+fn summary(t: &TaskView, stats: Option<&TaskStats>) -> TaskSummary {
+    TaskSummary {
+        name: t.name.clone(),
+        description: Some(t.def.info.description.clone()),
+        schedule: t.schedule.clone(),
+        timezone: Some(t.timezone.name().to_owned()),
+        enabled: t.enabled,
+        is_running: t.running > 0,
+        running_count: t.running as u64,
+        next_run_at: if t.enabled { t.next_fire } else { None },
+        load_error: None,
+        stats: stats_view(stats),
+    }
 }
 
-fn failed_task_json(name: &str, error: &str, stats: Option<&TaskStats>) -> Value {
-    json!({
-        "name": name,
-        "description": Value::Null,
-        "schedule": Value::Null,
-        "timezone": Value::Null,
-        "enabled": false,
-        "isRunning": false,
-        "runningCount": 0,
-        "nextRunAt": Value::Null,
-        "loadError": error,
-        "stats": stats_json(stats),
-    })
+fn failed_summary(name: &str, error: &str, stats: Option<&TaskStats>) -> TaskSummary {
+    TaskSummary {
+        name: name.to_owned(),
+        description: None,
+        schedule: None,
+        timezone: None,
+        enabled: false,
+        is_running: false,
+        running_count: 0,
+        next_run_at: None,
+        load_error: Some(error.to_owned()),
+        stats: stats_view(stats),
+    }
 }
 
-async fn list_tasks(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every task, loaded or failing to load, with its stats.
+#[utoipa::path(get, path = "/api/housekeeper/tasks", security(("bearer" = [])),
+    responses((status = 200, body = TaskList), (status = 401, body = ErrorBody)))]
+async fn list_tasks(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
     let stats = state.store.stats().await?;
     let views = state.scheduler.tasks();
-    let mut tasks: Vec<Value> = views
+    let mut tasks: Vec<TaskSummary> = views
         .iter()
-        .map(|t| task_json(t, stats.get(&t.name)))
+        .map(|t| summary(t, stats.get(&t.name)))
         .collect();
     for (name, error) in state.load_errors.iter() {
         if !views.iter().any(|t| &t.name == name) {
-            tasks.push(failed_task_json(name, error, stats.get(name)));
+            tasks.push(failed_summary(name, error, stats.get(name)));
         }
     }
-    tasks.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    tasks.sort_by(|a, b| a.name.cmp(&b.name));
     let running = views.iter().filter(|t| t.running > 0).count();
-    Ok(Json(json!({
-        "tasks": tasks,
-        "totalTasks": tasks.len(),
-        "runningTasks": running,
-    })))
+    Ok(Json(TaskList {
+        total_tasks: tasks.len() as u64,
+        running_tasks: running as u64,
+        tasks,
+    }))
 }
 
 fn find(state: &AppState, name: &str) -> Result<TaskView, ApiError> {
@@ -218,67 +269,110 @@ fn find(state: &AppState, name: &str) -> Result<TaskView, ApiError> {
     }
 }
 
+/// A task's manifest, grants, limits, component and recent history.
+#[utoipa::path(get, path = "/api/housekeeper/tasks/{name}", security(("bearer" = [])),
+    params(("name" = String, Path, description = "task name")),
+    responses((status = 200, body = TaskDetail), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_detail(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskDetail>, ApiError> {
     let stats = state.store.stats().await?;
+    let recent: Vec<RunSummary> = state
+        .store
+        .runs(&name, 10)
+        .await?
+        .iter()
+        .map(run_summary)
+        .collect();
     let view = match find(&state, &name) {
         Ok(v) => v,
         Err(ApiError::Conflict(_)) => {
             let error = &state.load_errors[&name];
-            return Ok(Json(failed_task_json(&name, error, stats.get(&name))));
+            return Ok(Json(TaskDetail {
+                summary: failed_summary(&name, error, stats.get(&name)),
+                setup: None,
+                recent_runs: recent,
+            }));
         }
         Err(e) => return Err(e),
     };
-    let recent = state.store.runs(&name, 10).await?;
     let def = &view.def;
     let m = &def.manifest;
-    let mut body = task_json(&view, stats.get(&name));
-    let extra = json!({
-        "version": def.info.version,
-        "componentHash": def.component.hash(),
-        "component": m.component,
-        "capabilities": def.info.capabilities,
-        "runOnStartup": def.run_on_startup(),
-        "startupDelayMs": m.startup_delay.as_millis() as u64,
-        "jitterMs": m.jitter.as_millis() as u64,
-        "overlap": format!("{:?}", m.overlap).to_lowercase(),
-        "misfire": match m.misfire { crate::manifest::Misfire::Skip => "skip", crate::manifest::Misfire::RunOnce => "run-once" },
-        "timeoutMs": m.timeout.as_millis() as u64,
-        "retries": { "max": m.retries.max, "backoffMs": m.retries.backoff.as_millis() as u64 },
-        "history": { "keepDays": m.history.keep_days, "keepLast": m.history.keep_last },
-        "limits": { "fuel": m.limits.fuel, "memoryBytes": m.limits.memory_bytes },
-        "grants": {
-            "dirs": m.dirs.iter().map(|d| json!({
-                "host": d.host.display().to_string(),
-                "guest": d.guest,
-                "mode": match d.mode { DirMode::Ro => "ro", DirMode::Rw => "rw" },
-            })).collect::<Vec<_>>(),
-            "database": m.database.as_ref().map(|db| json!({
-                "connection": db.connection,
-                "tables": db.tables.iter().map(|(t, verbs)| (t.clone(), json!(verbs.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>()))).collect::<serde_json::Map<_, _>>(),
-            })),
+    let setup = TaskSetup {
+        version: def.info.version.clone(),
+        component_hash: def.component.hash().to_owned(),
+        component: m.component.clone(),
+        capabilities: def.info.capabilities.clone(),
+        run_on_startup: def.run_on_startup(),
+        startup_delay_ms: m.startup_delay.as_millis() as u64,
+        jitter_ms: m.jitter.as_millis() as u64,
+        overlap: format!("{:?}", m.overlap).to_lowercase(),
+        misfire: match m.misfire {
+            crate::manifest::Misfire::Skip => "skip".into(),
+            crate::manifest::Misfire::RunOnce => "run-once".into(),
         },
-        "recentRuns": recent.iter().map(run_summary).collect::<Vec<_>>(),
-    });
-    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
-        body.extend(extra);
-    }
-    Ok(Json(body))
+        timeout_ms: m.timeout.as_millis() as u64,
+        retries: RetriesView {
+            max: m.retries.max,
+            backoff_ms: m.retries.backoff.as_millis() as u64,
+        },
+        history: HistoryView {
+            keep_days: m.history.keep_days,
+            keep_last: m.history.keep_last,
+        },
+        limits: LimitsView {
+            fuel: m.limits.fuel,
+            memory_bytes: m.limits.memory_bytes,
+        },
+        grants: Grants {
+            dirs: m
+                .dirs
+                .iter()
+                .map(|d| DirGrantView {
+                    host: d.host.display().to_string(),
+                    guest: d.guest.clone(),
+                    mode: match d.mode {
+                        DirMode::Ro => "ro".into(),
+                        DirMode::Rw => "rw".into(),
+                    },
+                })
+                .collect(),
+            database: m.database.as_ref().map(|db| DatabaseGrantView {
+                connection: db.connection.clone(),
+                tables: db
+                    .tables
+                    .iter()
+                    .map(|(t, verbs)| (t.clone(), verbs.iter().map(|v| format!("{v:?}")).collect()))
+                    .collect(),
+            }),
+        },
+    };
+    Ok(Json(TaskDetail {
+        summary: summary(&view, stats.get(&name)),
+        setup: Some(setup),
+        recent_runs: recent,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RunParams {
+    /// Run with every directory read-only and report what would change.
     dry_run: Option<bool>,
 }
 
+/// Runs the task now (202). The overlap policy applies: 409 when it says skip.
+#[utoipa::path(post, path = "/api/housekeeper/tasks/{name}/run", security(("bearer" = [])),
+    params(("name" = String, Path, description = "task name"), RunParams),
+    responses((status = 202, body = Triggered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn run_task(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<RunParams>, QueryRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     find(&state, &name)?;
     let dry_run = params.dry_run.unwrap_or(false);
@@ -291,35 +385,39 @@ async fn run_task(
     match outcome {
         FireOutcome::Started => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "message": format!("{what} '{name}' triggered successfully"),
-                "status": if run_id.is_some() { "running" } else { "waiting" },
-                "runId": run_id,
-            })),
+            Json(Triggered {
+                message: format!("{what} '{name}' triggered successfully"),
+                status: if run_id.is_some() {
+                    "running"
+                } else {
+                    "waiting"
+                }
+                .into(),
+                run_id,
+            }),
         )),
         FireOutcome::Queued => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "message": format!("{what} '{name}' queued behind the running one"),
-                "status": "queued",
-                "runId": Value::Null,
-            })),
+            Json(Triggered {
+                message: format!("{what} '{name}' queued behind the running one"),
+                status: "queued".into(),
+                run_id: None,
+            }),
         )),
         FireOutcome::Skipped(reason) => Err(ApiError::Conflict(reason)),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ToggleBody {
-    enabled: bool,
-}
-
+/// Enables or disables the task's schedule, persistently and at once.
+#[utoipa::path(patch, path = "/api/housekeeper/tasks/{name}/toggle", security(("bearer" = [])),
+    params(("name" = String, Path, description = "task name")), request_body = Toggle,
+    responses((status = 200, body = Toggled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn toggle_task(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Json<ToggleBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+    body: Result<Json<Toggle>, JsonRejection>,
+) -> Result<Json<Toggled>, ApiError> {
     find(&state, &name)?;
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -330,26 +428,36 @@ async fn toggle_task(
     })?;
     state.scheduler.set_enabled(&name, body.enabled).await?;
     let view = find(&state, &name)?;
-    Ok(Json(json!({
-        "message": format!("task '{name}' {}", if body.enabled { "enabled" } else { "disabled" }),
-        "name": name,
-        "enabled": view.enabled,
-        "nextRunAt": if view.enabled { view.next_fire } else { None },
-    })))
+    Ok(Json(Toggled {
+        message: format!(
+            "task '{name}' {}",
+            if body.enabled { "enabled" } else { "disabled" }
+        ),
+        name,
+        enabled: view.enabled,
+        next_run_at: if view.enabled { view.next_fire } else { None },
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageParams {
+    /// 1 to 1000 (default 50).
     limit: Option<i64>,
+    /// Runs to skip, newest first (default 0).
     offset: Option<i64>,
 }
 
+/// A page of the task's runs, newest first.
+#[utoipa::path(get, path = "/api/housekeeper/tasks/{name}/runs", security(("bearer" = [])),
+    params(("name" = String, Path, description = "task name"), PageParams),
+    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_runs(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<PageParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunPage>, ApiError> {
     let Query(page) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = page.limit.unwrap_or(50);
     let offset = page.offset.unwrap_or(0);
@@ -365,12 +473,12 @@ async fn task_runs(
         return Err(ApiError::NotFound(format!("no task named {name:?}")));
     }
     let (runs, total) = state.store.runs_page(&name, limit, offset).await?;
-    Ok(Json(json!({
-        "runs": runs.iter().map(run_summary).collect::<Vec<_>>(),
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    })))
+    Ok(Json(RunPage {
+        runs: runs.iter().map(run_summary).collect(),
+        total,
+        limit,
+        offset,
+    }))
 }
 
 fn parse_run_id(text: &str) -> Result<i64, ApiError> {
@@ -384,10 +492,14 @@ fn parse_run_id(text: &str) -> Result<i64, ApiError> {
         })
 }
 
+/// One run with its full output, error, metrics and component hash.
+#[utoipa::path(get, path = "/api/housekeeper/tasks/{name}/runs/{run_id}", security(("bearer" = [])),
+    params(("name" = String, Path, description = "task name"), ("run_id" = String, Path, description = "run id")),
+    responses((status = 200, body = RunDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_run(
     State(state): State<AppState>,
     Path((name, run_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let id = parse_run_id(&run_id)?;
     let run = state
         .store
@@ -395,13 +507,18 @@ async fn task_run(
         .await?
         .filter(|r| r.task_name == name)
         .ok_or_else(|| ApiError::NotFound(format!("no run {id} of task {name:?}")))?;
-    Ok(Json(run_full(&run)))
+    Ok(Json(run_detail(&run)))
 }
 
+/// Stops a running run; it is recorded `cancelled`.
+#[utoipa::path(post, path = "/api/housekeeper/runs/{run_id}/cancel", security(("bearer" = [])),
+    params(("run_id" = String, Path, description = "run id")),
+    responses((status = 202, body = Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn cancel_run(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     let id = parse_run_id(&run_id)?;
     let run = state
         .store
@@ -422,60 +539,83 @@ async fn cancel_run(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "message": format!("run {id} is being cancelled"), "runId": id })),
+        Json(Cancelled {
+            message: format!("run {id} is being cancelled"),
+            run_id: id,
+        }),
     ))
 }
 
-async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Overall health and counts.
+#[utoipa::path(get, path = "/api/housekeeper/status", security(("bearer" = [])),
+    responses((status = 200, body = Status), (status = 401, body = ErrorBody)))]
+async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     let stats = state.store.stats().await?;
     let views = state.scheduler.tasks();
-    let failing: Vec<Value> = views
+    let failing: Vec<LastError> = views
         .iter()
         .filter_map(|t| {
             let s = stats.get(&t.name)?;
             let last = s.last_status.as_deref()?;
-            (last != "success")
-                .then(|| json!({ "task": t.name, "status": last, "at": s.last_run_at }))
+            (last != "success").then(|| LastError {
+                task: t.name.clone(),
+                status: last.to_owned(),
+                at: s.last_run_at,
+            })
         })
         .collect();
     let healthy = failing.is_empty() && state.load_errors.is_empty();
-    Ok(Json(json!({
-        "status": if healthy { "healthy" } else { "degraded" },
-        "uptime": state.started.elapsed().as_secs(),
-        "database": state.store.backend_name(),
-        "tasks": views.len() + state.load_errors.keys().filter(|n| !views.iter().any(|t| &t.name == *n)).count(),
-        "enabledTasks": views.iter().filter(|t| t.enabled).count(),
-        "runningTasks": views.iter().filter(|t| t.running > 0).count(),
-        "failingTasks": failing.len(),
-        "lastErrors": failing,
-        "loadErrors": state.load_errors.iter().map(|(task, error)| json!({ "task": task, "error": error })).collect::<Vec<_>>(),
-    })))
+    let failed_only = state
+        .load_errors
+        .keys()
+        .filter(|n| !views.iter().any(|t| &t.name == *n))
+        .count();
+    Ok(Json(Status {
+        status: if healthy { "healthy" } else { "degraded" }.into(),
+        uptime: state.started.elapsed().as_secs(),
+        database: state.store.backend_name().into(),
+        tasks: (views.len() + failed_only) as u64,
+        enabled_tasks: views.iter().filter(|t| t.enabled).count() as u64,
+        running_tasks: views.iter().filter(|t| t.running > 0).count() as u64,
+        failing_tasks: failing.len() as u64,
+        last_errors: failing,
+        load_errors: state
+            .load_errors
+            .iter()
+            .map(|(task, error)| LoadErrorView {
+                task: task.clone(),
+                error: error.clone(),
+            })
+            .collect(),
+    }))
 }
 
-fn run_summary(r: &RunRecord) -> Value {
-    json!({
-        "id": r.id,
-        "task_name": r.task_name,
-        "status": r.status,
-        "started_at": r.started_at,
-        "completed_at": r.completed_at,
-        "duration_ms": r.duration_ms,
-        "triggered_by": r.triggered_by,
-        "scheduled_for": r.scheduled_for,
-        "dry_run": r.dry_run,
-        "error": r.error,
-    })
-}
-
-fn run_full(r: &RunRecord) -> Value {
-    let mut v = run_summary(r);
-    if let Value::Object(map) = &mut v {
-        map.insert("output".into(), json!(r.output));
-        map.insert("metrics".into(), json!(r.metrics));
-        map.insert("fuel_used".into(), json!(r.fuel_used));
-        map.insert("component_hash".into(), json!(r.component_hash));
-        map.insert("replica".into(), json!(r.replica));
-        map.insert("heartbeat_at".into(), json!(r.heartbeat_at));
+fn run_summary(r: &RunRecord) -> RunSummary {
+    RunSummary {
+        id: r.id,
+        task_name: r.task_name.clone(),
+        status: r.status.clone(),
+        started_at: r.started_at,
+        completed_at: r.completed_at,
+        duration_ms: r.duration_ms,
+        triggered_by: r.triggered_by.clone(),
+        scheduled_for: r.scheduled_for,
+        dry_run: r.dry_run,
+        error: r.error.clone(),
     }
-    v
+}
+
+fn run_detail(r: &RunRecord) -> RunDetail {
+    RunDetail {
+        summary: run_summary(r),
+        output: r.output.clone(),
+        metrics: r
+            .metrics
+            .as_ref()
+            .and_then(|m| serde_json::from_value(m.clone()).ok()),
+        fuel_used: r.fuel_used,
+        component_hash: r.component_hash.clone(),
+        replica: r.replica.clone(),
+        heartbeat_at: r.heartbeat_at,
+    }
 }

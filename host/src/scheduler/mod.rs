@@ -223,19 +223,25 @@ impl Scheduler {
                 .get(&name)
                 .map(|s| s.enabled)
                 .unwrap_or(def.manifest.enabled);
+            let schedule = def.schedule();
+            let timezone = def
+                .manifest
+                .timezone
+                .unwrap_or(self.inner.config.default_timezone);
+            // Known before the schedule loop runs, so listings show it at once.
+            let next_fire = schedule
+                .as_ref()
+                .and_then(|s| next::next_fire(s, timezone, self.inner.clock.now()));
             tasks.insert(
                 name,
                 Slot {
-                    schedule: def.schedule(),
-                    timezone: def
-                        .manifest
-                        .timezone
-                        .unwrap_or(self.inner.config.default_timezone),
+                    schedule,
+                    timezone,
                     def: Arc::new(def),
                     enabled,
                     active: Vec::new(),
                     queued: None,
-                    next_fire: None,
+                    next_fire,
                 },
             );
         }

@@ -1,0 +1,249 @@
+//! Request and response bodies. Field names follow the reference service
+//! (`isRunning`, `nextRunAt`, `stats.total_runs`, …) so existing scripts keep
+//! working; the OpenAPI document is generated from these types.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `healthy` when the process answers.
+    pub status: String,
+    pub service: String,
+    /// Seconds since start.
+    pub uptime: u64,
+    pub timestamp: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    pub status: String,
+    pub database: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Lifetime totals of a task.
+#[derive(Serialize, ToSchema, Default)]
+pub struct Stats {
+    pub total_runs: i64,
+    pub success_count: i64,
+    pub error_count: i64,
+    pub skipped_count: i64,
+    pub avg_duration_ms: Option<i64>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub last_status: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskSummary {
+    pub name: String,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub enabled: bool,
+    #[serde(rename = "isRunning")]
+    pub is_running: bool,
+    #[serde(rename = "runningCount")]
+    pub running_count: u64,
+    #[serde(rename = "nextRunAt")]
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// Why the task's files failed to load; the task is not scheduled.
+    #[serde(rename = "loadError")]
+    pub load_error: Option<String>,
+    pub stats: Stats,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+    #[serde(rename = "totalTasks")]
+    pub total_tasks: u64,
+    #[serde(rename = "runningTasks")]
+    pub running_tasks: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DirGrantView {
+    pub host: String,
+    pub guest: String,
+    /// `ro` or `rw`.
+    pub mode: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseGrantView {
+    pub connection: String,
+    pub tables: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Grants {
+    pub dirs: Vec<DirGrantView>,
+    pub database: Option<DatabaseGrantView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LimitsView {
+    pub fuel: u64,
+    #[serde(rename = "memoryBytes")]
+    pub memory_bytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RetriesView {
+    pub max: u32,
+    #[serde(rename = "backoffMs")]
+    pub backoff_ms: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryView {
+    #[serde(rename = "keepDays")]
+    pub keep_days: u32,
+    #[serde(rename = "keepLast")]
+    pub keep_last: u32,
+}
+
+/// What the manifest and the component say; absent for a task that failed
+/// to load.
+#[derive(Serialize, ToSchema)]
+pub struct TaskSetup {
+    pub version: String,
+    #[serde(rename = "componentHash")]
+    pub component_hash: String,
+    pub component: String,
+    pub capabilities: Vec<String>,
+    #[serde(rename = "runOnStartup")]
+    pub run_on_startup: bool,
+    #[serde(rename = "startupDelayMs")]
+    pub startup_delay_ms: u64,
+    #[serde(rename = "jitterMs")]
+    pub jitter_ms: u64,
+    pub overlap: String,
+    pub misfire: String,
+    #[serde(rename = "timeoutMs")]
+    pub timeout_ms: u64,
+    pub retries: RetriesView,
+    pub history: HistoryView,
+    pub limits: LimitsView,
+    pub grants: Grants,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub summary: TaskSummary,
+    pub setup: Option<TaskSetup>,
+    #[serde(rename = "recentRuns")]
+    pub recent_runs: Vec<RunSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunSummary {
+    pub id: i64,
+    pub task_name: String,
+    /// running, success, error, trapped, timeout, out_of_fuel,
+    /// out_of_memory, skipped, cancelled or interrupted.
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    /// schedule, startup, manual, retry or cli.
+    pub triggered_by: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub dry_run: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    pub output: Option<String>,
+    /// Named numbers the task reported, e.g. `{"files_deleted": 3}`.
+    pub metrics: Option<BTreeMap<String, f64>>,
+    pub fuel_used: Option<i64>,
+    pub component_hash: Option<String>,
+    pub replica: String,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Triggered {
+    pub message: String,
+    /// `running` (with `runId`), `waiting` for a free slot, or `queued`
+    /// behind the running one.
+    pub status: String,
+    #[serde(rename = "runId")]
+    pub run_id: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Toggle {
+    pub enabled: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Toggled {
+    pub message: String,
+    pub name: String,
+    pub enabled: bool,
+    #[serde(rename = "nextRunAt")]
+    pub next_run_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Cancelled {
+    pub message: String,
+    #[serde(rename = "runId")]
+    pub run_id: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LastError {
+    pub task: String,
+    pub status: String,
+    pub at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoadErrorView {
+    pub task: String,
+    pub error: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `healthy`, or `degraded` when a task failed to load or its last run
+    /// did not succeed.
+    pub status: String,
+    pub uptime: u64,
+    pub database: String,
+    pub tasks: u64,
+    #[serde(rename = "enabledTasks")]
+    pub enabled_tasks: u64,
+    #[serde(rename = "runningTasks")]
+    pub running_tasks: u64,
+    #[serde(rename = "failingTasks")]
+    pub failing_tasks: u64,
+    #[serde(rename = "lastErrors")]
+    pub last_errors: Vec<LastError>,
+    #[serde(rename = "loadErrors")]
+    pub load_errors: Vec<LoadErrorView>,
+}
