@@ -28,3 +28,6 @@ cargo test --quiet --manifest-path tasks/Cargo.toml -p housekeeper-sdk --target 
 
 cargo build --workspace --all-targets
 cargo test --workspace
+
+# The API against its own OpenAPI document (no 5xx, no schema violations).
+scripts/schemathesis.sh

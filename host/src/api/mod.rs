@@ -444,8 +444,10 @@ async fn toggle_task(
 #[into_params(parameter_in = Query)]
 struct PageParams {
     /// 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Runs to skip, newest first (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
@@ -494,7 +496,7 @@ fn parse_run_id(text: &str) -> Result<i64, ApiError> {
 
 /// One run with its full output, error, metrics and component hash.
 #[utoipa::path(get, path = "/api/housekeeper/tasks/{name}/runs/{run_id}", security(("bearer" = [])),
-    params(("name" = String, Path, description = "task name"), ("run_id" = String, Path, description = "run id")),
+    params(("name" = String, Path, description = "task name"), ("run_id" = i64, Path, description = "run id (a positive integer)")),
     responses((status = 200, body = RunDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_run(
     State(state): State<AppState>,
@@ -512,7 +514,7 @@ async fn task_run(
 
 /// Stops a running run; it is recorded `cancelled`.
 #[utoipa::path(post, path = "/api/housekeeper/runs/{run_id}/cancel", security(("bearer" = [])),
-    params(("run_id" = String, Path, description = "run id")),
+    params(("run_id" = i64, Path, description = "run id (a positive integer)")),
     responses((status = 202, body = Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn cancel_run(
