@@ -127,6 +127,7 @@ pub async fn run(
         started: Instant::now(),
         load_errors: Arc::new(load_errors),
         api_token: api_token.map(Arc::from),
+        stats_cache: Default::default(),
     };
     let grace = args.shutdown_grace;
     let drain = async move {

@@ -79,6 +79,7 @@ async fn api(token: Option<&'static str>) -> Api {
         started: Instant::now(),
         load_errors: Arc::new(load_errors),
         api_token: token.map(Arc::from),
+        stats_cache: Default::default(),
     };
     Api {
         _dir: dir,
@@ -278,16 +279,37 @@ async fn a_triggered_run_can_be_fetched_by_id_with_its_output() {
         .await;
     assert_eq!(run["dry_run"], true);
 
+    // Read the listing once so its stats are cached, then run again: the
+    // listing must show the new run.
+    let (_, list) = a.get("/api/housekeeper/tasks").await;
+    assert_eq!(list["tasks"][1]["stats"]["total_runs"], 2);
+    let (status, body) = a
+        .call(Method::POST, "/api/housekeeper/tasks/noop/run", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    a.finished_run("noop", body["runId"].as_i64().unwrap())
+        .await;
+    // The row is final before the scheduler's bookkeeping; allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = a.get("/api/housekeeper/tasks").await;
+        if list["tasks"][1]["stats"]["total_runs"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     let (_, detail) = a.get("/api/housekeeper/tasks/noop").await;
-    assert_eq!(detail["recentRuns"].as_array().unwrap().len(), 2);
-    assert_eq!(detail["stats"]["total_runs"], 2);
+    assert_eq!(detail["recentRuns"].as_array().unwrap().len(), 3);
+    assert_eq!(detail["stats"]["total_runs"], 3);
 
     let (_, metrics) = a.get("/metrics").await;
     assert!(
         metrics
             .as_str()
             .unwrap()
-            .contains(r#"housekeeper_runs_total{task="noop",status="success"} 2"#)
+            .contains(r#"housekeeper_runs_total{task="noop",status="success"} 3"#)
     );
 }
 

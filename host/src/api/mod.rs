@@ -41,6 +41,41 @@ pub struct AppState {
     pub load_errors: Arc<BTreeMap<String, String>>,
     /// When set, `/api/*` needs `Authorization: Bearer <token>`.
     pub api_token: Option<Arc<str>>,
+    pub stats_cache: Arc<StatsCache>,
+}
+
+/// Per-task stats as last read, reused while this process has recorded
+/// nothing new and for at most [`StatsCache::MAX_AGE`] (other processes may
+/// write to a shared PostgreSQL store).
+#[derive(Default)]
+pub struct StatsCache {
+    entry: std::sync::Mutex<
+        Option<(
+            u64,
+            Instant,
+            Arc<std::collections::HashMap<String, TaskStats>>,
+        )>,
+    >,
+}
+
+impl StatsCache {
+    pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+    async fn get(
+        &self,
+        state: &AppState,
+    ) -> Result<Arc<std::collections::HashMap<String, TaskStats>>, ApiError> {
+        let generation = state.scheduler.changes();
+        if let Some((g, at, stats)) = &*self.entry.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *g == generation && at.elapsed() < Self::MAX_AGE {
+                return Ok(stats.clone());
+            }
+        }
+        let stats = Arc::new(state.store.stats().await?);
+        *self.entry.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((generation, Instant::now(), stats.clone()));
+        Ok(stats)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -237,7 +272,7 @@ fn failed_summary(name: &str, error: &str, stats: Option<&TaskStats>) -> TaskSum
 #[utoipa::path(get, path = "/api/housekeeper/tasks", security(("bearer" = [])),
     responses((status = 200, body = TaskList), (status = 401, body = ErrorBody)))]
 async fn list_tasks(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
-    let stats = state.store.stats().await?;
+    let stats = state.stats_cache.get(&state).await?;
     let views = state.scheduler.tasks();
     let mut tasks: Vec<TaskSummary> = views
         .iter()

@@ -158,6 +158,9 @@ struct Inner {
     stop: CancellationToken,
     loops: TaskTracker,
     jobs: TaskTracker,
+    /// Bumped after every change this process writes to run history or
+    /// settings, so readers can cache what they derive from the store.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 struct Slot {
@@ -209,6 +212,7 @@ impl Scheduler {
                 stop: CancellationToken::new(),
                 loops: TaskTracker::new(),
                 jobs: TaskTracker::new(),
+                changes: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -252,6 +256,7 @@ impl Scheduler {
     /// startup runs and the schedule loops.
     pub async fn start(&self) -> anyhow::Result<()> {
         let orphans = self.inner.store.interrupt_orphans().await?;
+        self.inner.changed();
         if !orphans.is_empty() {
             tracing::warn!(runs = ?orphans, "marked runs left by a previous process as interrupted");
         }
@@ -374,6 +379,7 @@ impl Scheduler {
             return Err(SchedulerError::UnknownTask(name.to_owned()).into());
         }
         self.inner.store.set_enabled(name, enabled).await?;
+        self.inner.changed();
         if let Some(slot) = self.inner.lock().get_mut(name) {
             slot.enabled = enabled;
         }
@@ -394,6 +400,13 @@ impl Scheduler {
                 def: slot.def.clone(),
             })
             .collect()
+    }
+
+    /// Grows whenever this process records a run or a setting.
+    pub fn changes(&self) -> u64 {
+        self.inner
+            .changes
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn store(&self) -> &Store {
@@ -437,6 +450,11 @@ impl Scheduler {
 }
 
 impl Inner {
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -514,6 +532,7 @@ impl Inner {
                         "missed while the service was down (misfire = skip)",
                     )
                     .await?;
+                self.changed();
             }
         }
         Ok(())
@@ -538,6 +557,7 @@ impl Inner {
             let skip = |reason: &str| {
                 let store = self.store.clone();
                 let (task, why) = (name.to_owned(), reason.to_owned());
+                let inner = self.clone();
                 self.jobs.spawn(async move {
                     if let Err(e) = store
                         .record_skipped(&task, fire.trigger, fire.scheduled_for, &why)
@@ -545,6 +565,7 @@ impl Inner {
                     {
                         tracing::error!(task, error = %e, "cannot record a skipped fire");
                     }
+                    inner.changed();
                 });
                 tracing::info!(task = name, reason, "fire skipped");
                 if let Some(m) = &self.config.metrics {
@@ -604,6 +625,7 @@ impl Inner {
     }
 
     fn job_done(self: &Arc<Self>, name: &str, token: u64) {
+        self.changed();
         let mut tasks = self.lock();
         let Some(slot) = tasks.get_mut(name) else {
             return;
