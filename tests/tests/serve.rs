@@ -368,3 +368,24 @@ async fn a_run_triggered_over_http_is_fetched_by_id() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "{}", stderr(&mut child));
 }
+
+#[test]
+fn an_open_api_on_a_public_address_is_warned_about() {
+    let s = Service::new();
+    s.task("noop", "noop", "");
+    let port = free_port();
+    let mut child = s.command(port).env("HOST", "0.0.0.0").spawn().unwrap();
+    wait_for("the service to answer /health", || {
+        get(port, "/health").is_some()
+    });
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    let log = stderr(&mut child);
+    assert!(log.contains("HOUSEKEEPER_API_TOKEN is not set"), "{log}");
+
+    // With a token, or on loopback, there is nothing to warn about.
+    let (mut child, _) = s.start(&[]);
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    assert!(!stderr(&mut child).contains("HOUSEKEEPER_API_TOKEN is not set"));
+}
