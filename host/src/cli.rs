@@ -193,9 +193,21 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(task) => task,
         Err(e) => return fail(e),
     };
-    let runtime = match runtime() {
+    // Compiled code is cached beside the run history; without a usable data
+    // directory the task is compiled afresh.
+    let cached = Runtime::new(RuntimeOptions {
+        cache_dir: Some(args.db.data_dir.join("cache")),
+        ..RuntimeOptions::default()
+    });
+    let runtime = match cached {
         Ok(r) => r,
-        Err(code) => return code,
+        Err(e) => {
+            tracing::warn!(error = %e, "no compile cache");
+            match runtime() {
+                Ok(r) => r,
+                Err(code) => return code,
+            }
+        }
     };
     let component = match load(&runtime, &task.component_path).await {
         Ok(c) => c,

@@ -91,6 +91,7 @@ pub async fn run(
         .build()?;
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: (args.max_concurrent_runs + 16).max(64),
+        cache_dir: Some(args.db.data_dir.join("cache")),
         ..RuntimeOptions::default()
     })?;
     let (defs, load_errors) = load_tasks(&runtime, &args.tasks_dir).await?;

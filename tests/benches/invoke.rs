@@ -67,6 +67,43 @@ fn main() {
         }
     }
 
+    // Compile cache: a cold compile against a load from a warm cache, each
+    // in a fresh runtime (so nothing is shared in memory).
+    let cleanup = std::fs::read(housekeeper_tests::task_path("cleanup-old-logs")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let fresh = |cache_dir: Option<&std::path::Path>| {
+        Runtime::new(RuntimeOptions {
+            cache_dir: cache_dir.map(|d| d.to_owned()),
+            ..RuntimeOptions::default()
+        })
+        .unwrap()
+    };
+    fresh(Some(cache.path()))
+        .load("cleanup-old-logs.wasm", &cleanup)
+        .unwrap();
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..20 {
+        let rt = fresh(None);
+        let start = Instant::now();
+        rt.load("cleanup-old-logs.wasm", &cleanup).unwrap();
+        cold.push(start.elapsed());
+        let rt = fresh(Some(cache.path()));
+        let start = Instant::now();
+        assert!(
+            rt.load("cleanup-old-logs.wasm", &cleanup)
+                .unwrap()
+                .from_disk_cache()
+        );
+        warm.push(start.elapsed());
+    }
+    let cold_p50 = report("compile cleanup-old-logs, cold", cold);
+    let warm_p50 = report("compile cleanup-old-logs, cache hit", warm);
+    println!(
+        "ratio (cold / cache hit, p50): {:.1}",
+        cold_p50.as_secs_f64() / warm_p50.as_secs_f64()
+    );
+
     let mut native = Vec::with_capacity(SAMPLES / 5);
     for i in 0..WARMUP + SAMPLES / 5 {
         let start = Instant::now();

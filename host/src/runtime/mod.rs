@@ -6,6 +6,7 @@
 //! is opaque, [`RunResult`] and [`TaskInfo`] are data.
 
 pub(crate) mod bindings;
+mod cache;
 mod limits;
 
 use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
@@ -44,6 +45,9 @@ pub struct RuntimeOptions {
     pub max_instances: u32,
     /// Cap on each run's captured output, in bytes.
     pub output_cap: usize,
+    /// Where compiled components are cached across restarts (`None`: no
+    /// disk cache).
+    pub cache_dir: Option<std::path::PathBuf>,
     /// Perform a guest's filesystem calls on the thread that runs it rather
     /// than on tokio's blocking pool. Each call then blocks that worker for
     /// one syscall; a service should run guests on workers that do not also
@@ -58,6 +62,7 @@ impl Default for RuntimeOptions {
             max_instances: 64,
             output_cap: DEFAULT_OUTPUT_CAP,
             fs_on_guest_thread: true,
+            cache_dir: None,
         }
     }
 }
@@ -83,16 +88,28 @@ pub enum LoadError {
 }
 
 /// A compiled, pre-linked component, ready to instantiate for each run.
+/// Clones share one compiled copy.
 #[derive(Clone)]
 pub struct TaskComponent {
     hash: String,
-    pre: bindings::TaskPre<StoreData>,
+    pre: Arc<bindings::TaskPre<StoreData>>,
+    cached: bool,
 }
 
 impl TaskComponent {
     /// SHA-256 of the component's bytes, hex.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Whether both use the same compiled copy.
+    pub fn shares_code_with(&self, other: &TaskComponent) -> bool {
+        Arc::ptr_eq(&self.pre, &other.pre)
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn from_disk_cache(&self) -> bool {
+        self.cached
     }
 }
 
@@ -160,6 +177,10 @@ struct Inner {
     linker: Linker<StoreData>,
     options: RuntimeOptions,
     pooling: bool,
+    cache: Option<cache::CompileCache>,
+    /// Components loaded and still in use, by content hash: the same bytes
+    /// share one compiled copy.
+    loaded: std::sync::Mutex<std::collections::HashMap<String, Weak<bindings::TaskPre<StoreData>>>>,
 }
 
 impl Runtime {
@@ -179,11 +200,19 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         capabilities::add_to_linker(&mut linker)?;
 
+        let cache = match &options.cache_dir {
+            Some(dir) => Some(cache::CompileCache::new(dir, &engine).map_err(|e| {
+                anyhow::anyhow!("cannot create the compile cache {}: {e}", dir.display())
+            })?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             engine,
             linker,
             options,
             pooling,
+            cache,
+            loaded: Default::default(),
         });
         start_epoch_ticker(Arc::downgrade(&inner));
         Ok(Runtime { inner })
@@ -200,11 +229,31 @@ impl Runtime {
     pub fn load(&self, what: &str, bytes: &[u8]) -> Result<TaskComponent, LoadError> {
         let what = what.to_owned();
         check_header(&what, bytes)?;
-        let component =
-            Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
-                what: what.clone(),
-                message: one_line(&e),
-            })?;
+        let hash = hex::encode(Sha256::digest(bytes));
+        let shared = self
+            .inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            .and_then(Weak::upgrade);
+        if let Some(pre) = shared {
+            return Ok(TaskComponent {
+                hash,
+                pre,
+                cached: false,
+            });
+        }
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache
+                .load(&self.inner.engine, &hash, bytes)
+                .map(|(c, source)| (c, source == cache::Source::Cached)),
+            None => Component::new(&self.inner.engine, bytes).map(|c| (c, false)),
+        };
+        let (component, cached) = compiled.map_err(|e| LoadError::Invalid {
+            what: what.clone(),
+            message: one_line(&e),
+        })?;
         let pre = self
             .inner
             .linker
@@ -214,10 +263,11 @@ impl Runtime {
                 what,
                 message: one_line(&e),
             })?;
-        Ok(TaskComponent {
-            hash: hex::encode(Sha256::digest(bytes)),
-            pre,
-        })
+        let pre = Arc::new(pre);
+        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.retain(|_, weak| weak.strong_count() > 0);
+        loaded.insert(hash.clone(), Arc::downgrade(&pre));
+        Ok(TaskComponent { hash, pre, cached })
     }
 
     pub fn load_file(&self, path: &Path) -> Result<TaskComponent, LoadError> {

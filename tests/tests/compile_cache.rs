@@ -1,0 +1,134 @@
+//! The on-disk compile cache and the sharing of compiled code.
+
+use housekeeper::manifest::Manifest;
+use housekeeper::model::{RunStatus, Trigger};
+use housekeeper::runtime::{RunRequest, Runtime, RuntimeOptions};
+use housekeeper_tests::fixture_path;
+use std::path::Path;
+
+fn runtime_with_cache(dir: &Path) -> Runtime {
+    Runtime::new(RuntimeOptions {
+        cache_dir: Some(dir.to_owned()),
+        ..RuntimeOptions::default()
+    })
+    .unwrap()
+}
+
+fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn runs(rt: &Runtime, c: &housekeeper::runtime::TaskComponent) {
+    let req = RunRequest::from_manifest(
+        &Manifest::implicit("noop", "noop.wasm"),
+        "1".into(),
+        Trigger::Manual,
+    );
+    assert_eq!(rt.run(c, req).await.status, RunStatus::Success);
+}
+
+#[tokio::test]
+async fn a_restart_loads_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture_path("noop")).unwrap();
+    let first = runtime_with_cache(dir.path())
+        .load("noop.wasm", &bytes)
+        .unwrap();
+    assert!(!first.from_disk_cache());
+    let files = entries(dir.path());
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(first.hash())
+    );
+
+    let rt = runtime_with_cache(dir.path());
+    let second = rt.load("noop.wasm", &bytes).unwrap();
+    assert!(second.from_disk_cache());
+    assert_eq!(second.hash(), first.hash());
+    runs(&rt, &second).await;
+}
+
+#[tokio::test]
+async fn corrupt_or_truncated_entries_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture_path("noop")).unwrap();
+    runtime_with_cache(dir.path())
+        .load("noop.wasm", &bytes)
+        .unwrap();
+    let entry = entries(dir.path()).remove(0);
+    let good = std::fs::read(&entry).unwrap();
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    for broken in [
+        flipped,
+        good[..good.len() / 3].to_vec(),
+        vec![],
+        b"not a cache entry".to_vec(),
+    ] {
+        std::fs::write(&entry, &broken).unwrap();
+        let rt = runtime_with_cache(dir.path());
+        let c = rt.load("noop.wasm", &bytes).unwrap();
+        assert!(!c.from_disk_cache(), "a broken entry must not be used");
+        runs(&rt, &c).await;
+        // Rebuilt: the next start uses it again.
+        assert_eq!(std::fs::read(&entry).unwrap(), good);
+        assert!(
+            runtime_with_cache(dir.path())
+                .load("noop.wasm", &bytes)
+                .unwrap()
+                .from_disk_cache()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_well_framed_entry_that_is_not_compiled_code_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture_path("noop")).unwrap();
+    let c = runtime_with_cache(dir.path())
+        .load("noop.wasm", &bytes)
+        .unwrap();
+    // Its digest is right, but wasmtime refuses the payload.
+    let entry = entries(dir.path()).remove(0);
+    let payload = b"\x7fELF-but-not-really".to_vec();
+    let mut framed = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&payload).to_vec()
+    };
+    framed.extend_from_slice(&payload);
+    std::fs::write(&entry, framed).unwrap();
+    let again = runtime_with_cache(dir.path())
+        .load("noop.wasm", &bytes)
+        .unwrap();
+    assert!(!again.from_disk_cache());
+    assert_eq!(again.hash(), c.hash());
+}
+
+#[test]
+fn the_same_bytes_share_one_compiled_copy() {
+    let rt = Runtime::new(RuntimeOptions::default()).unwrap();
+    let bytes = std::fs::read(fixture_path("noop")).unwrap();
+    let a = rt.load("a.wasm", &bytes).unwrap();
+    let b = rt.load("b.wasm", &bytes).unwrap();
+    assert!(a.shares_code_with(&b));
+    let other = rt
+        .load(
+            "hostile.wasm",
+            &std::fs::read(fixture_path("hostile")).unwrap(),
+        )
+        .unwrap();
+    assert!(!a.shares_code_with(&other));
+}
