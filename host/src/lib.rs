@@ -12,6 +12,7 @@ pub mod config;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod runtime;
 pub mod schedule;
 pub mod scheduler;

@@ -98,6 +98,7 @@ pub async fn run(
     tracing::info!(tasks = defs.len(), failed = load_errors.len(), dir = %args.tasks_dir.display(), "tasks loaded");
 
     let metrics = Metrics::default();
+    let runtime_for_reload = runtime.clone();
     let scheduler = Scheduler::new(
         Arc::new(runtime),
         store.clone(),
@@ -114,6 +115,42 @@ pub async fn run(
     scheduler.register(defs).await?;
     scheduler.start().await?;
 
+    let load_errors: crate::reload::LoadErrors = Arc::new(std::sync::RwLock::new(load_errors));
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        runtime_for_reload,
+        args.tasks_dir.clone(),
+        scheduler.clone(),
+        load_errors.clone(),
+    ));
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    {
+        let reloader = reloader.clone();
+        let stop = stop_watching.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reloader.watch(stop).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot watch the tasks directory; use SIGHUP or POST /api/housekeeper/reload");
+            }
+        });
+    }
+    {
+        let reloader = reloader.clone();
+        let stop = stop_watching.clone();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: rescanning the tasks directory");
+                        if let Err(e) = reloader.reload().await {
+                            tracing::error!(error = %format!("{e:#}"), "reload failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     let api_token = args.api_token.clone().filter(|t| !t.is_empty());
     let loopback = listener.local_addr()?.ip().is_loopback();
     if api_token.is_none() && !loopback {
@@ -126,13 +163,15 @@ pub async fn run(
         scheduler: scheduler.clone(),
         metrics,
         started: Instant::now(),
-        load_errors: Arc::new(load_errors),
+        load_errors,
+        reloader: Some(reloader),
         api_token: api_token.map(Arc::from),
         stats_cache: Default::default(),
     };
     let grace = args.shutdown_grace;
     let drain = async move {
         shutdown.await;
+        stop_watching.cancel();
         tracing::info!(
             ?grace,
             "shutting down: no new runs; waiting for running tasks"

@@ -77,7 +77,8 @@ async fn api(token: Option<&'static str>) -> Api {
         scheduler,
         metrics,
         started: Instant::now(),
-        load_errors: Arc::new(load_errors),
+        load_errors: Arc::new(std::sync::RwLock::new(load_errors)),
+        reloader: None,
         api_token: token.map(Arc::from),
         stats_cache: Default::default(),
     };

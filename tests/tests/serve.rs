@@ -50,8 +50,23 @@ impl Service {
             .env("HOUSEKEEPER_REPLICA", "test-replica")
             .env("LOG_LEVEL", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            // A file, not a pipe: nobody drains a pipe while the test runs,
+            // and a service blocked on a full pipe would hang the test.
+            .stderr(self.log_file());
         cmd
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._tmp.path().join("serve.log"))
+            .unwrap()
+    }
+
+    /// Everything the service processes of this test logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("serve.log")).unwrap_or_default()
     }
 
     /// Starts the service and waits until `/health` answers.
@@ -64,7 +79,7 @@ impl Service {
         let mut child = cmd.spawn().unwrap();
         wait_for("the service to answer /health", || {
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("serve exited early with {status}: {}", stderr(&mut child));
+                panic!("serve exited early with {status}: {}", self.log());
             }
             get(port, "/health").is_some()
         });
@@ -97,6 +112,9 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -141,12 +159,8 @@ async fn wait_for_runs(
     }
 }
 
-fn stderr(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut text);
-    }
-    text
+fn command_output(cmd: &mut Command) -> std::process::Output {
+    cmd.stderr(Stdio::piped()).output().unwrap()
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -202,7 +216,7 @@ async fn sigterm_waits_for_a_running_task_then_records_it() {
     .await;
     signal(&child, "-TERM");
     let status = child.wait().unwrap();
-    assert!(status.success(), "{}", stderr(&mut child));
+    assert!(status.success(), "{}", s.log());
     let runs = s.runs("long").await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, "timeout", "{runs:#?}");
@@ -303,18 +317,17 @@ fn bad_configuration_fails_at_start_naming_the_variable() {
         ("LOG_FORMAT", "xml"),
         ("LOG_LEVEL", "very=loud=indeed"),
     ] {
-        let out = s.command(free_port()).env(name, value).output().unwrap();
+        let out = command_output(s.command(free_port()).env(name, value));
         assert!(!out.status.success(), "{name}={value} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(name), "{name}: {err}");
     }
     // An unreachable database is named too, without its password.
-    let out = s
-        .command(free_port())
-        .env("DATABASE_URL", "postgres://hk:secret@127.0.0.1:1/none")
-        .env("DB_CONNECT_TIMEOUT", "500")
-        .output()
-        .unwrap();
+    let out = command_output(
+        s.command(free_port())
+            .env("DATABASE_URL", "postgres://hk:secret@127.0.0.1:1/none")
+            .env("DB_CONNECT_TIMEOUT", "500"),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PostgreSQL"), "{err}");
@@ -331,7 +344,7 @@ async fn a_broken_task_does_not_stop_the_others() {
     wait_for_runs(&s, "tick", "a run", |r| !r.is_empty()).await;
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
-    let log = stderr(&mut child);
+    let log = s.log();
     assert!(log.contains("broken.toml"), "{log}");
     assert!(log.contains("not a housekeeper task"), "{log}");
 }
@@ -366,7 +379,7 @@ async fn a_run_triggered_over_http_is_fetched_by_id() {
     assert_eq!(status, 200);
     assert!(metrics.contains("housekeeper_runs_total"), "{metrics}");
     signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success(), "{}", stderr(&mut child));
+    assert!(child.wait().unwrap().success(), "{}", s.log());
 }
 
 #[test]
@@ -380,12 +393,192 @@ fn an_open_api_on_a_public_address_is_warned_about() {
     });
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
-    let log = stderr(&mut child);
+    let log = s.log();
     assert!(log.contains("HOUSEKEEPER_API_TOKEN is not set"), "{log}");
 
-    // With a token, or on loopback, there is nothing to warn about.
+    // On loopback there is nothing to warn about.
+    let s = Service::new();
+    s.task("noop", "noop", "");
     let (mut child, _) = s.start(&[]);
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
-    assert!(!stderr(&mut child).contains("HOUSEKEEPER_API_TOKEN is not set"));
+    assert!(!s.log().contains("HOUSEKEEPER_API_TOKEN is not set"));
+}
+
+/// Writes `bytes` to `dir/name` the recommended way: a temporary name in the
+/// same directory, then a rename.
+fn drop_file(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.partial"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn api_task(port: u16, name: &str) -> serde_json::Value {
+    let (_, body) = get(port, "/api/housekeeper/tasks").unwrap();
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test]
+async fn hot_reload_adds_changes_and_removes_tasks() {
+    let s = Service::new();
+    s.task("canary", "noop", "");
+    let (mut child, port) = s.start(&[]);
+
+    // Drop in a new task: it runs on schedule without a restart.
+    drop_file(
+        &s.tasks,
+        "tick.wasm",
+        &std::fs::read(fixture_path("noop")).unwrap(),
+    );
+    drop_file(&s.tasks, "tick.toml", b"schedule = \"0 0 1 1 *\"\n");
+    wait_for("tick to be registered", || {
+        api_task(port, "tick")["schedule"] == "0 0 1 1 *"
+    });
+    assert!(s.runs("tick").await.is_empty());
+
+    // A manifest-only change takes effect: now every second.
+    drop_file(&s.tasks, "tick.toml", b"schedule = \"* * * * * *\"\n");
+    wait_for_runs(&s, "tick", "runs on the new schedule", |r| r.len() >= 2).await;
+    let hash = s.runs("tick").await[0].component_hash.clone().unwrap();
+
+    // Broken files never replace the working version; the error shows.
+    for (file, bytes) in [
+        ("tick.wasm", b"\0asm\x01\0\0\0".to_vec()),
+        ("tick.wasm", vec![0x42; 2048]),
+        (
+            "tick.toml",
+            b"schedule = \"* * * * * *\"\nretention = 3\n".to_vec(),
+        ),
+        ("tick.toml", b"schedule = \"every second\"\n".to_vec()),
+    ] {
+        let good = std::fs::read(s.tasks.join(file)).unwrap();
+        drop_file(&s.tasks, file, &bytes);
+        wait_for("the load error to show", || {
+            api_task(port, "tick")["loadError"].is_string()
+        });
+        let before = s.runs("tick").await.len();
+        wait_for_runs(&s, "tick", "the old version to keep running", |r| {
+            r.len() >= before + 2
+        })
+        .await;
+        assert!(
+            s.runs("tick")
+                .await
+                .iter()
+                .all(|r| r.component_hash.as_ref() == Some(&hash))
+        );
+        drop_file(&s.tasks, file, &good);
+        wait_for("the error to clear", || {
+            api_task(port, "tick")["loadError"].is_null()
+        });
+    }
+    // The other task was never disturbed.
+    assert!(api_task(port, "canary")["loadError"].is_null());
+
+    // Removed: unregistered, no more runs.
+    std::fs::remove_file(s.tasks.join("tick.toml")).unwrap();
+    std::fs::remove_file(s.tasks.join("tick.wasm")).unwrap();
+    wait_for("tick to be gone", || api_task(port, "tick").is_null());
+    let settled = s.runs("tick").await.len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        s.runs("tick").await.len() <= settled + 1,
+        "at most one run was already under way"
+    );
+
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}
+
+#[tokio::test]
+async fn a_replaced_component_applies_to_new_runs_while_a_running_one_finishes() {
+    let s = Service::new();
+    // Old version: spins until its 3 s deadline.
+    s.task(
+        "flip",
+        "hostile",
+        "run_on_startup = true\ntimeout = \"3s\"\n[limits]\nfuel = 1_000_000_000_000_000\n[config]\nmode = \"spin\"\n",
+    );
+    let (mut child, port) = s.start(&[]);
+    let runs = wait_for_runs(&s, "flip", "the old version to start", |r| {
+        r.iter().any(|r| r.status == "running")
+    })
+    .await;
+    let old_hash = runs[0].component_hash.clone().unwrap();
+
+    // New version: the no-op component, every second.
+    drop_file(
+        &s.tasks,
+        "flip.wasm",
+        &std::fs::read(fixture_path("noop")).unwrap(),
+    );
+    drop_file(&s.tasks, "flip.toml", b"schedule = \"* * * * * *\"\n");
+    let runs = wait_for_runs(&s, "flip", "a run of the new version", |r| {
+        r.iter().any(|r| r.status == "success")
+    })
+    .await;
+    let first = runs
+        .iter()
+        .find(|r| r.id == runs.iter().map(|r| r.id).min().unwrap())
+        .unwrap();
+    assert_eq!(
+        first.status, "timeout",
+        "the old run finished on the old version"
+    );
+    assert_eq!(first.component_hash.as_ref(), Some(&old_hash));
+    let new = runs.iter().find(|r| r.status == "success").unwrap();
+    assert_ne!(new.component_hash.as_ref(), Some(&old_hash));
+
+    // POST /reload answers with what it did (nothing changed now).
+    let (status, body) = http(port, "POST", "/api/housekeeper/reload", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["replaced"], serde_json::json!([]));
+
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}
+
+#[tokio::test]
+async fn a_slowly_copied_component_is_loaded_once_complete() {
+    let s = Service::new();
+    s.task("canary", "noop", "");
+    let (mut child, port) = s.start(&[]);
+    std::fs::write(s.tasks.join("slow.toml"), "schedule = \"* * * * * *\"\n").unwrap();
+    let bytes = std::fs::read(housekeeper_tests::task_path("cleanup-old-logs")).unwrap();
+    // Copied in place, in pieces, with pauses longer than the debounce.
+    let mut file = std::fs::File::create(s.tasks.join("slow.wasm")).unwrap();
+    for chunk in bytes.chunks(bytes.len() / 4 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(file);
+    wait_for("the complete component to load", || {
+        let t = api_task(port, "slow");
+        t["loadError"].is_null() && t["schedule"] == "* * * * * *"
+    });
+    let runs = wait_for_runs(&s, "slow", "a run", |r| {
+        r.iter().any(|r| r.status != "running")
+    })
+    .await;
+    use sha2::Digest;
+    let expected = hex_digest(&sha2::Sha256::digest(&bytes));
+    assert!(
+        runs.iter()
+            .all(|r| r.component_hash.as_deref() == Some(expected.as_str()))
+    );
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

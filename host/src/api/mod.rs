@@ -27,6 +27,14 @@ use std::time::{Duration, Instant};
 use types::*;
 use utoipa::OpenApi;
 
+fn load_errors(state: &AppState) -> BTreeMap<String, String> {
+    state
+        .load_errors
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -38,7 +46,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub started: Instant,
     /// Task files that failed to load, by task name.
-    pub load_errors: Arc<BTreeMap<String, String>>,
+    pub load_errors: crate::reload::LoadErrors,
+    /// Rescans the tasks directory (`POST /api/housekeeper/reload`).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// When set, `/api/*` needs `Authorization: Bearer <token>`.
     pub api_token: Option<Arc<str>>,
     pub stats_cache: Arc<StatsCache>,
@@ -87,7 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{name}/runs", get(task_runs))
         .route("/tasks/{name}/runs/{run_id}", get(task_run))
         .route("/runs/{run_id}/cancel", post(cancel_run))
-        .route("/status", get(status));
+        .route("/status", get(status))
+        .route("/reload", post(reload));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -187,7 +198,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
         .set_running(tasks.iter().map(|t| (t.name.as_str(), t.running)));
-    state.metrics.set_load_errors(state.load_errors.len());
+    state.metrics.set_load_errors(load_errors(&state).len());
     (
         [(
             header::CONTENT_TYPE,
@@ -207,7 +218,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "housekeeper", description = "Sandboxed maintenance tasks: schedule, trigger, toggle, history."),
-    paths(health, ready, metrics, openapi, list_tasks, task_detail, run_task, toggle_task, task_runs, task_run, cancel_run, status),
+    paths(health, ready, metrics, openapi, list_tasks, task_detail, run_task, toggle_task, task_runs, task_run, cancel_run, status, reload),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -274,11 +285,16 @@ fn failed_summary(name: &str, error: &str, stats: Option<&TaskStats>) -> TaskSum
 async fn list_tasks(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
     let stats = state.stats_cache.get(&state).await?;
     let views = state.scheduler.tasks();
+    let errors = load_errors(&state);
     let mut tasks: Vec<TaskSummary> = views
         .iter()
-        .map(|t| summary(t, stats.get(&t.name)))
+        .map(|t| TaskSummary {
+            // A task can run its previous version while a new one fails.
+            load_error: errors.get(&t.name).cloned(),
+            ..summary(t, stats.get(&t.name))
+        })
         .collect();
-    for (name, error) in state.load_errors.iter() {
+    for (name, error) in errors.iter() {
         if !views.iter().any(|t| &t.name == name) {
             tasks.push(failed_summary(name, error, stats.get(name)));
         }
@@ -296,7 +312,7 @@ fn find(state: &AppState, name: &str) -> Result<TaskView, ApiError> {
     if let Some(t) = state.scheduler.tasks().into_iter().find(|t| t.name == name) {
         return Ok(t);
     }
-    match state.load_errors.get(name) {
+    match load_errors(state).get(name) {
         Some(e) => Err(ApiError::Conflict(format!(
             "task {name:?} failed to load: {e}"
         ))),
@@ -323,9 +339,9 @@ async fn task_detail(
     let view = match find(&state, &name) {
         Ok(v) => v,
         Err(ApiError::Conflict(_)) => {
-            let error = &state.load_errors[&name];
+            let error = load_errors(&state).get(&name).cloned().unwrap_or_default();
             return Ok(Json(TaskDetail {
-                summary: failed_summary(&name, error, stats.get(&name)),
+                summary: failed_summary(&name, &error, stats.get(&name)),
                 setup: None,
                 recent_runs: recent,
             }));
@@ -384,7 +400,10 @@ async fn task_detail(
         },
     };
     Ok(Json(TaskDetail {
-        summary: summary(&view, stats.get(&name)),
+        summary: TaskSummary {
+            load_error: load_errors(&state).get(&name).cloned(),
+            ..summary(&view, stats.get(&name))
+        },
         setup: Some(setup),
         recent_runs: recent,
     }))
@@ -506,7 +525,7 @@ async fn task_runs(
     if offset < 0 {
         return Err(ApiError::BadRequest("offset must not be negative".into()));
     }
-    if find(&state, &name).is_err() && !state.load_errors.contains_key(&name) {
+    if find(&state, &name).is_err() && !load_errors(&state).contains_key(&name) {
         return Err(ApiError::NotFound(format!("no task named {name:?}")));
     }
     let (runs, total) = state.store.runs_page(&name, limit, offset).await?;
@@ -601,9 +620,9 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
             })
         })
         .collect();
-    let healthy = failing.is_empty() && state.load_errors.is_empty();
-    let failed_only = state
-        .load_errors
+    let errors = load_errors(&state);
+    let healthy = failing.is_empty() && errors.is_empty();
+    let failed_only = errors
         .keys()
         .filter(|n| !views.iter().any(|t| &t.name == *n))
         .count();
@@ -616,8 +635,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
         running_tasks: views.iter().filter(|t| t.running > 0).count() as u64,
         failing_tasks: failing.len() as u64,
         last_errors: failing,
-        load_errors: state
-            .load_errors
+        load_errors: errors
             .iter()
             .map(|(task, error)| LoadErrorView {
                 task: task.clone(),
@@ -655,4 +673,18 @@ fn run_detail(r: &RunRecord) -> RunDetail {
         replica: r.replica.clone(),
         heartbeat_at: r.heartbeat_at,
     }
+}
+
+/// Rescans the tasks directory now (as a file change or SIGHUP would).
+#[utoipa::path(post, path = "/api/housekeeper/reload", security(("bearer" = [])),
+    responses((status = 200, body = crate::reload::ReloadSummary), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn reload(
+    State(state): State<AppState>,
+) -> Result<Json<crate::reload::ReloadSummary>, ApiError> {
+    let Some(reloader) = &state.reloader else {
+        return Err(ApiError::Conflict(
+            "this service has no tasks directory to reload".into(),
+        ));
+    };
+    Ok(Json(reloader.reload().await?))
 }

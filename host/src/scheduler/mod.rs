@@ -156,6 +156,8 @@ struct Inner {
     tasks: Mutex<BTreeMap<String, Slot>>,
     /// Stops the schedule loops.
     stop: CancellationToken,
+    /// Set once `start` has run: later registrations start their loops.
+    started: std::sync::atomic::AtomicBool,
     loops: TaskTracker,
     jobs: TaskTracker,
     /// Bumped after every change this process writes to run history or
@@ -164,6 +166,8 @@ struct Inner {
 }
 
 struct Slot {
+    /// Stops this task's schedule loop (a child of the scheduler's `stop`).
+    loop_stop: CancellationToken,
     def: Arc<TaskDef>,
     schedule: Option<Schedule>,
     timezone: Tz,
@@ -213,6 +217,7 @@ impl Scheduler {
                 loops: TaskTracker::new(),
                 jobs: TaskTracker::new(),
                 changes: std::sync::atomic::AtomicU64::new(0),
+                started: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -239,6 +244,7 @@ impl Scheduler {
             tasks.insert(
                 name,
                 Slot {
+                    loop_stop: self.inner.stop.child_token(),
                     schedule,
                     timezone,
                     def: Arc::new(def),
@@ -296,13 +302,110 @@ impl Scheduler {
                 });
             }
             if schedule.is_some() {
-                let inner = self.inner.clone();
-                self.inner
-                    .loops
-                    .spawn(async move { inner.schedule_loop(name, now).await });
+                self.inner.spawn_loop(&name, now);
             }
         }
+        self.inner
+            .started
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Brings the registered tasks in line with `defs`: new ones are added,
+    /// changed ones replaced (a run in progress finishes on the version it
+    /// started with), and ones neither in `defs` nor in `keep` removed.
+    /// `keep` names tasks whose files failed to load this time: their
+    /// working version stays. Returns the names added, replaced, removed.
+    pub async fn apply(
+        &self,
+        defs: Vec<TaskDef>,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>, Vec<String>)> {
+        let settings = self.inner.store.settings().await?;
+        let now = self.inner.clock.now();
+        let started = self
+            .inner
+            .started
+            .load(std::sync::atomic::Ordering::Acquire);
+        let (mut added, mut replaced, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let wanted: std::collections::BTreeSet<String> =
+            defs.iter().map(|d| d.manifest.name.clone()).collect();
+        let mut respawn = Vec::new();
+        {
+            let mut tasks = self.inner.lock();
+            let gone: Vec<String> = tasks
+                .keys()
+                .filter(|n| !wanted.contains(*n) && !keep.contains(*n))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(slot) = tasks.remove(&name) {
+                    slot.loop_stop.cancel();
+                    removed.push(name);
+                }
+            }
+            for def in defs {
+                let name = def.manifest.name.clone();
+                if let Some(old) = tasks.get(&name) {
+                    let same = old.def.manifest == def.manifest
+                        && old.def.component.hash() == def.component.hash()
+                        && old.def.info == def.info;
+                    if same {
+                        continue;
+                    }
+                }
+                let schedule = def.schedule();
+                let timezone = def
+                    .manifest
+                    .timezone
+                    .unwrap_or(self.inner.config.default_timezone);
+                let next_fire = schedule
+                    .as_ref()
+                    .and_then(|s| next::next_fire(s, timezone, now));
+                let enabled = settings
+                    .get(&name)
+                    .map(|s| s.enabled)
+                    .unwrap_or(def.manifest.enabled);
+                let has_schedule = schedule.is_some();
+                let fresh = Slot {
+                    loop_stop: self.inner.stop.child_token(),
+                    def: Arc::new(def),
+                    schedule,
+                    timezone,
+                    enabled,
+                    active: Vec::new(),
+                    queued: None,
+                    next_fire,
+                };
+                match tasks.get_mut(&name) {
+                    Some(slot) => {
+                        slot.loop_stop.cancel();
+                        let active = std::mem::take(&mut slot.active);
+                        let queued = slot.queued.take();
+                        *slot = Slot {
+                            active,
+                            queued,
+                            ..fresh
+                        };
+                        replaced.push(name.clone());
+                    }
+                    None => {
+                        tasks.insert(name.clone(), fresh);
+                        added.push(name.clone());
+                    }
+                }
+                if has_schedule {
+                    respawn.push(name);
+                }
+            }
+        }
+        if started && self.inner.config.enabled {
+            for name in respawn {
+                self.inner.spawn_loop(&name, now);
+            }
+        }
+        self.inner.changed();
+        Ok((added, replaced, removed))
     }
 
     /// Runs `name` now, outside its schedule (which it does not move). The
@@ -459,7 +562,22 @@ impl Inner {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn schedule_loop(self: Arc<Self>, name: String, start: DateTime<Utc>) {
+    fn spawn_loop(self: &Arc<Self>, name: &str, start: DateTime<Utc>) {
+        let Some(stop) = self.lock().get(name).map(|s| s.loop_stop.clone()) else {
+            return;
+        };
+        let inner = self.clone();
+        let name = name.to_owned();
+        self.loops
+            .spawn(async move { inner.schedule_loop(name, start, stop).await });
+    }
+
+    async fn schedule_loop(
+        self: Arc<Self>,
+        name: String,
+        start: DateTime<Utc>,
+        stop: CancellationToken,
+    ) {
         let mut after = start;
         loop {
             let (schedule, tz, jitter) = {
@@ -480,7 +598,7 @@ impl Inner {
                 .unwrap_or_default();
             tokio::select! {
                 _ = clock::sleep_until(&*self.clock, next + delay) => {}
-                _ = self.stop.cancelled() => return,
+                _ = stop.cancelled() => return,
             }
             after = next;
             let enabled = self.lock().get(&name).is_some_and(|s| s.enabled);
