@@ -6,10 +6,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn housekeeper(args: &[&str], tasks_dir: Option<&Path>) -> Output {
+    // Runs are recorded in a store of this test process's own, never in a
+    // database the environment points at.
+    static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let data = DATA.get_or_init(|| tempfile::tempdir().unwrap());
     let mut cmd = Command::new(binary());
     cmd.args(args)
         .env_remove("HOUSEKEEPER_TASKS_DIR")
-        .env_remove("LOG_LEVEL");
+        .env_remove("LOG_LEVEL")
+        .env_remove("DATABASE_URL")
+        .env_remove("DB_HOST")
+        .env("HOUSEKEEPER_DATA_DIR", data.path());
     if let Some(dir) = tasks_dir {
         cmd.env("HOUSEKEEPER_TASKS_DIR", dir);
     }
