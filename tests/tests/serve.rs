@@ -582,3 +582,17 @@ async fn a_slowly_copied_component_is_loaded_once_complete() {
 fn hex_digest(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn sighup_rescans_the_tasks_directory() {
+    let s = Service::new();
+    s.task("canary", "noop", "");
+    let (mut child, _) = s.start(&[]);
+    signal(&child, "-HUP");
+    wait_for("the rescan", || {
+        s.log().contains("SIGHUP: rescanning the tasks directory")
+    });
+    // Still serving after the rescan.
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}
