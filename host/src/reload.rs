@@ -85,34 +85,41 @@ impl Reloader {
         })
     }
 
-    /// Rescans whenever the directory changes, until `stop` resolves.
-    pub async fn watch(
+    /// Starts watching the directory (before returning, so no change made
+    /// after this call is missed) and rescans on every change until `stop`.
+    /// One rescan runs at once to catch changes made since the last scan.
+    pub fn watch(
         self: Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let notify = tx.clone();
         let mut debouncer = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |result| {
             if let Ok(events) = result {
                 let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
                 if !events.is_empty() {
                     // A full channel already holds a pending rescan.
-                    let _ = tx.try_send(());
+                    let _ = notify.try_send(());
                 }
             }
         })?;
         debouncer.watch(&self.dir, RecursiveMode::NonRecursive)?;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                got = rx.recv() => {
-                    if got.is_none() {
-                        return Ok(());
-                    }
-                    if let Err(e) = self.reload().await {
-                        tracing::error!(error = %format!("{e:#}"), "reload failed");
+        let _ = tx.try_send(());
+        Ok(tokio::spawn(async move {
+            let _debouncer = debouncer;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    got = rx.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        if let Err(e) = self.reload().await {
+                            tracing::error!(error = %format!("{e:#}"), "reload failed");
+                        }
                     }
                 }
             }
-        }
+        }))
     }
 }

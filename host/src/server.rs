@@ -123,14 +123,8 @@ pub async fn run(
         load_errors.clone(),
     ));
     let stop_watching = tokio_util::sync::CancellationToken::new();
-    {
-        let reloader = reloader.clone();
-        let stop = stop_watching.clone();
-        tokio::spawn(async move {
-            if let Err(e) = reloader.watch(stop).await {
-                tracing::error!(error = %format!("{e:#}"), "cannot watch the tasks directory; use SIGHUP or POST /api/housekeeper/reload");
-            }
-        });
+    if let Err(e) = reloader.clone().watch(stop_watching.clone()) {
+        tracing::error!(error = %format!("{e:#}"), "cannot watch the tasks directory; use SIGHUP or POST /api/housekeeper/reload");
     }
     {
         let reloader = reloader.clone();

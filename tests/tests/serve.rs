@@ -457,6 +457,10 @@ async fn hot_reload_adds_changes_and_removes_tasks() {
             b"schedule = \"* * * * * *\"\nretention = 3\n".to_vec(),
         ),
         ("tick.toml", b"schedule = \"every second\"\n".to_vec()),
+        (
+            "tick.toml",
+            b"component = \"nope.wasm\"\nschedule = \"* * * * * *\"\n".to_vec(),
+        ),
     ] {
         let good = std::fs::read(s.tasks.join(file)).unwrap();
         drop_file(&s.tasks, file, &bytes);
