@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// How long the directory must be quiet before a rescan.
-pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// How long the directory must be quiet before a rescan. Short: a file
+/// caught half-written fails to load harmlessly and its next write event
+/// brings another rescan.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Load errors by task name, shared with the API.
 pub type LoadErrors = Arc<RwLock<BTreeMap<String, String>>>;
