@@ -226,34 +226,10 @@ impl Scheduler {
     pub async fn register(&self, defs: Vec<TaskDef>) -> anyhow::Result<()> {
         let settings = self.inner.store.settings().await?;
         let mut tasks = self.inner.lock();
+        let now = self.inner.clock.now();
         for def in defs {
             let name = def.manifest.name.clone();
-            let enabled = settings
-                .get(&name)
-                .map(|s| s.enabled)
-                .unwrap_or(def.manifest.enabled);
-            let schedule = def.schedule();
-            let timezone = def
-                .manifest
-                .timezone
-                .unwrap_or(self.inner.config.default_timezone);
-            // Known before the schedule loop runs, so listings show it at once.
-            let next_fire = schedule
-                .as_ref()
-                .and_then(|s| next::next_fire(s, timezone, self.inner.clock.now()));
-            tasks.insert(
-                name,
-                Slot {
-                    loop_stop: self.inner.stop.child_token(),
-                    schedule,
-                    timezone,
-                    def: Arc::new(def),
-                    enabled,
-                    active: Vec::new(),
-                    queued: None,
-                    next_fire,
-                },
-            );
+            tasks.insert(name, self.inner.new_slot(def, &settings, now));
         }
         Ok(())
     }
@@ -354,29 +330,8 @@ impl Scheduler {
                         continue;
                     }
                 }
-                let schedule = def.schedule();
-                let timezone = def
-                    .manifest
-                    .timezone
-                    .unwrap_or(self.inner.config.default_timezone);
-                let next_fire = schedule
-                    .as_ref()
-                    .and_then(|s| next::next_fire(s, timezone, now));
-                let enabled = settings
-                    .get(&name)
-                    .map(|s| s.enabled)
-                    .unwrap_or(def.manifest.enabled);
-                let has_schedule = schedule.is_some();
-                let fresh = Slot {
-                    loop_stop: self.inner.stop.child_token(),
-                    def: Arc::new(def),
-                    schedule,
-                    timezone,
-                    enabled,
-                    active: Vec::new(),
-                    queued: None,
-                    next_fire,
-                };
+                let fresh = self.inner.new_slot(def, &settings, now);
+                let has_schedule = fresh.schedule.is_some();
                 match tasks.get_mut(&name) {
                     Some(slot) => {
                         slot.loop_stop.cancel();
@@ -553,6 +508,38 @@ impl Scheduler {
 }
 
 impl Inner {
+    /// A task's slot; persisted toggles override the manifest's `enabled`,
+    /// and the next fire is known before its schedule loop runs.
+    fn new_slot(
+        &self,
+        def: TaskDef,
+        settings: &std::collections::HashMap<String, crate::store::TaskSettings>,
+        now: DateTime<Utc>,
+    ) -> Slot {
+        let schedule = def.schedule();
+        let timezone = def
+            .manifest
+            .timezone
+            .unwrap_or(self.config.default_timezone);
+        let next_fire = schedule
+            .as_ref()
+            .and_then(|s| next::next_fire(s, timezone, now));
+        let enabled = settings
+            .get(&def.manifest.name)
+            .map(|s| s.enabled)
+            .unwrap_or(def.manifest.enabled);
+        Slot {
+            loop_stop: self.stop.child_token(),
+            def: Arc::new(def),
+            schedule,
+            timezone,
+            enabled,
+            active: Vec::new(),
+            queued: None,
+            next_fire,
+        }
+    }
+
     fn changed(&self) {
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

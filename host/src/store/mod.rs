@@ -262,10 +262,7 @@ impl Store {
             .map(|m| (m.name.clone(), serde_json::json!(m.value)))
             .collect();
         let metrics = serde_json::Value::Object(metrics).to_string();
-        let error = match (&result.error, &result.summary) {
-            (Some(e), _) => Some(e.clone()),
-            (None, _) => None,
-        };
+        let error = result.error.clone();
         let output = match &result.summary {
             Some(summary) if result.output.is_empty() => summary.clone(),
             Some(summary) => format!("{summary}\n{}", result.output),
