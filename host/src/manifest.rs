@@ -75,6 +75,23 @@ pub enum SqlVerb {
     Ddl,
 }
 
+impl SqlVerb {
+    /// The verb as written in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlVerb::Select => "select",
+            SqlVerb::Insert => "insert",
+            SqlVerb::Update => "update",
+            SqlVerb::Delete => "delete",
+            SqlVerb::CreatePartition => "create_partition",
+            SqlVerb::DropPartition => "drop_partition",
+            SqlVerb::Vacuum => "vacuum",
+            SqlVerb::Analyze => "analyze",
+            SqlVerb::Ddl => "ddl",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseGrant {
     pub connection: String,

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod log;
 pub mod output;
+pub mod sql;
 pub mod wasi;
 
 use crate::manifest::DirGrant;
@@ -17,6 +18,7 @@ pub struct RunCapabilities {
     pub wasi: wasi::WasiCapability,
     pub log: log::LogCapability,
     pub config: config::ConfigCapability,
+    pub sql: sql::SqlCapability,
 }
 
 impl RunCapabilities {
@@ -26,11 +28,13 @@ impl RunCapabilities {
         fs_on_guest_thread: bool,
         config: ConfigMap,
         output: &Output,
+        sql: sql::SqlCapability,
     ) -> anyhow::Result<Self> {
         Ok(RunCapabilities {
             wasi: wasi::WasiCapability::new(dirs, dry_run, fs_on_guest_thread, output)?,
             log: log::LogCapability::new(output.clone()),
             config: config::ConfigCapability::new(config),
+            sql,
         })
     }
 }
@@ -45,5 +49,6 @@ pub trait HasCapabilities: Send + 'static {
 pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     log::add_to_linker(linker, |t: &mut T| &mut t.capabilities().log)?;
     config::add_to_linker(linker, |t: &mut T| &mut t.capabilities().config)?;
+    sql::add_to_linker(linker, |t: &mut T| &mut t.capabilities().sql)?;
     Ok(())
 }

@@ -4,7 +4,10 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "task",
-    imports: { default: trappable },
+    imports: {
+        "housekeeper:task/sql": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     with: {
         "wasi": wasmtime_wasi::p2::bindings,

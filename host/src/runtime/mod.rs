@@ -7,11 +7,12 @@
 
 pub(crate) mod bindings;
 mod cache;
-mod limits;
+pub(crate) mod limits;
 
 use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
+use crate::capabilities::sql::{Connections, SqlCapability, SqlLimits};
 use crate::capabilities::{self, HasCapabilities, RunCapabilities};
-use crate::manifest::{DirGrant, MAX_MEMORY_BYTES, Manifest};
+use crate::manifest::{DatabaseGrant, DirGrant, MAX_MEMORY_BYTES, Manifest};
 use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
 use bindings::housekeeper::task::types;
 use chrono::{DateTime, Utc};
@@ -53,6 +54,10 @@ pub struct RuntimeOptions {
     /// one syscall; a service should run guests on workers that do not also
     /// serve its API.
     pub fs_on_guest_thread: bool,
+    /// Database connections that manifests may grant, by name.
+    pub connections: Connections,
+    /// Caps on each SQL call.
+    pub sql: SqlLimits,
 }
 
 impl Default for RuntimeOptions {
@@ -63,6 +68,8 @@ impl Default for RuntimeOptions {
             output_cap: DEFAULT_OUTPUT_CAP,
             fs_on_guest_thread: true,
             cache_dir: None,
+            connections: Connections::default(),
+            sql: SqlLimits::default(),
         }
     }
 }
@@ -126,6 +133,7 @@ pub struct RunRequest {
     pub fuel: u64,
     pub memory_bytes: u64,
     pub dirs: Vec<DirGrant>,
+    pub database: Option<DatabaseGrant>,
     pub config: ConfigMap,
 }
 
@@ -143,6 +151,7 @@ impl RunRequest {
             fuel: manifest.limits.fuel,
             memory_bytes: manifest.limits.memory_bytes,
             dirs: manifest.dirs.clone(),
+            database: manifest.database.clone(),
             config: manifest.config.clone(),
         }
     }
@@ -285,7 +294,15 @@ impl Runtime {
         component: &TaskComponent,
     ) -> Result<TaskInfo, (RunStatus, String)> {
         let output = Output::new("describe", "describe", self.inner.options.output_cap);
-        let capabilities = RunCapabilities::new(&[], true, false, ConfigMap::new(), &output)
+        let sql = SqlCapability::new(
+            None,
+            &Connections::default(),
+            true,
+            Instant::now() + DESCRIBE_TIMEOUT,
+            output.clone(),
+            SqlLimits::default(),
+        );
+        let capabilities = RunCapabilities::new(&[], true, false, ConfigMap::new(), &output, sql)
             .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
         let mut store = self.store(capabilities, 64 << 20, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
         let call = async {
@@ -337,12 +354,21 @@ impl Runtime {
             dry_run: request.dry_run,
         };
 
+        let sql = SqlCapability::new(
+            request.database.as_ref(),
+            &self.inner.options.connections,
+            request.dry_run,
+            clock + request.timeout,
+            output.clone(),
+            self.inner.options.sql.clone(),
+        );
         let outcome = match RunCapabilities::new(
             &request.dirs,
             request.dry_run,
             self.inner.options.fs_on_guest_thread,
             request.config.clone(),
             &output,
+            sql,
         ) {
             Err(e) => Err((RunStatus::Error, format!("{e:#}"), 0)),
             Ok(capabilities) => self.call_run(component, &request, capabilities).await,

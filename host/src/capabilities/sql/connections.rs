@@ -1,0 +1,191 @@
+//! Named database connections that tasks reach through `grants.database`.
+//!
+//! `main` is the database `DATABASE_URL` (or `DB_HOST`…) names when one is
+//! set; every `HOUSEKEEPER_DB_<NAME>_URL` adds connection `<name>` (lower
+//! case). Each connection has its own pool, opened lazily: a database that
+//! is down fails the runs that use it, not the service's start.
+
+use super::guard::Dialect;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Prefix and suffix of the environment variables that name connections.
+const ENV_PREFIX: &str = "HOUSEKEEPER_DB_";
+const ENV_SUFFIX: &str = "_URL";
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// One named connection's pool.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) pool: Pool,
+}
+
+impl Connection {
+    /// Opens a lazy pool for `url`; only the URL is checked here.
+    pub fn open(url: &str, options: &ConnectionOptions) -> anyhow::Result<Self> {
+        let pool = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let connect = PgConnectOptions::from_str(url)?.application_name("housekeeper-task");
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(options.pool_max)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_lazy_with(connect),
+            )
+        } else if url.starts_with("sqlite:") {
+            let connect =
+                SqliteConnectOptions::from_str(url)?.busy_timeout(options.acquire_timeout);
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(options.pool_max)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_lazy_with(connect),
+            )
+        } else {
+            anyhow::bail!("expected a postgres:// or sqlite: URL");
+        };
+        Ok(Connection { pool })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.pool {
+            Pool::Postgres(_) => Dialect::Postgres,
+            Pool::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    pub pool_max: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            pool_max: 4,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The connections tasks may be granted, by name. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Connections {
+    by_name: Arc<BTreeMap<String, Connection>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Connections {
+    /// `main` from `main_url` (when given) plus `HOUSEKEEPER_DB_<NAME>_URL`
+    /// variables from `env`. A bad URL fails, naming its variable.
+    pub fn from_env(
+        main_url: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        options: &ConnectionOptions,
+    ) -> anyhow::Result<Self> {
+        let mut by_name = BTreeMap::new();
+        if let Some(url) = main_url {
+            let connection =
+                Connection::open(url, options).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+            by_name.insert("main".to_owned(), connection);
+        }
+        for (key, url) in env {
+            let Some(name) = key
+                .strip_prefix(ENV_PREFIX)
+                .and_then(|k| k.strip_suffix(ENV_SUFFIX))
+            else {
+                continue;
+            };
+            if name.is_empty() {
+                anyhow::bail!(
+                    "{key}: the connection needs a name, e.g. HOUSEKEEPER_DB_REPORTING_URL"
+                );
+            }
+            let connection =
+                Connection::open(&url, options).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            by_name.insert(name.to_lowercase(), connection);
+        }
+        Ok(Connections {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    /// Connections from `(name, url)` pairs.
+    pub fn from_urls<'a>(
+        urls: impl IntoIterator<Item = (&'a str, &'a str)>,
+        options: &ConnectionOptions,
+    ) -> anyhow::Result<Self> {
+        let mut by_name = BTreeMap::new();
+        for (name, url) in urls {
+            let connection = Connection::open(url, options)
+                .map_err(|e| anyhow::anyhow!("connection `{name}`: {e}"))?;
+            by_name.insert(name.to_lowercase(), connection);
+        }
+        Ok(Connections {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Connection> {
+        self.by_name.get(&name.to_lowercase())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_come_from_database_url_and_prefixed_variables() {
+        let env = [
+            ("HOUSEKEEPER_DB_REPORTING_URL", "postgres://u@db/reporting"),
+            ("HOUSEKEEPER_DB_LOCAL_URL", "sqlite::memory:"),
+            ("HOUSEKEEPER_DATA_DIR", "/x"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c =
+            Connections::from_env(Some("postgres://u@db/app"), env, &Default::default()).unwrap();
+        assert_eq!(
+            c.names().collect::<Vec<_>>(),
+            ["local", "main", "reporting"]
+        );
+        assert_eq!(c.get("MAIN").unwrap().dialect(), Dialect::Postgres);
+        assert_eq!(c.get("local").unwrap().dialect(), Dialect::Sqlite);
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_names_its_variable() {
+        let env = [("HOUSEKEEPER_DB_X_URL".to_owned(), "mysql://db".to_owned())];
+        let err = Connections::from_env(None, env, &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("HOUSEKEEPER_DB_X_URL"), "{err}");
+        let env = [(
+            "HOUSEKEEPER_DB__URL".to_owned(),
+            "sqlite::memory:".to_owned(),
+        )];
+        assert!(Connections::from_env(None, env, &Default::default()).is_err());
+    }
+}

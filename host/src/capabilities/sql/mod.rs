@@ -1,0 +1,414 @@
+//! `housekeeper:task/sql`: SQL on the connection a task's manifest grants.
+//!
+//! Every statement passes the [`guard`] first. Each call then runs as its
+//! own transaction on a pooled connection, with `statement_timeout` and
+//! `lock_timeout` set to what is left of the run's deadline (at most
+//! [`SqlLimits::call_timeout`]). When that limit is the run's deadline, a
+//! cancelled statement ends the run as `timeout`; otherwise the guest gets
+//! `sql-error::timeout`. Query results are capped in rows and bytes. In a
+//! dry-run every transaction is rolled back and `VACUUM`/`ANALYZE` are
+//! recorded in the output instead of run.
+
+pub mod connections;
+pub mod guard;
+mod postgres;
+mod sqlite;
+
+use super::output::{Level, Output};
+use crate::manifest::DatabaseGrant;
+use crate::runtime::bindings::housekeeper::task::sql::{self as wit, Host};
+use crate::runtime::limits::DeadlineExceeded;
+use connections::Pool;
+pub use connections::{Connection, ConnectionOptions, Connections};
+use guard::{Checked, Denial, Grants, Kind};
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasSelf, Linker};
+
+/// Caps on what one SQL call may take.
+#[derive(Debug, Clone)]
+pub struct SqlLimits {
+    /// Most rows a query may return.
+    pub max_rows: usize,
+    /// Most bytes (roughly: the values' sizes) a query may return.
+    pub max_bytes: usize,
+    /// Longest one call may run, even with more of the run's deadline left.
+    pub call_timeout: Duration,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            max_rows: 100_000,
+            max_bytes: 32 << 20,
+            call_timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What a run may reach: its grant, resolved against the host's
+/// connections.
+struct Access {
+    connection: Connection,
+    grants: Grants,
+}
+
+pub struct SqlCapability {
+    /// `Err` says why the run has no database.
+    access: Result<Access, String>,
+    dry_run: bool,
+    deadline: Instant,
+    output: Output,
+    limits: SqlLimits,
+}
+
+/// One statement that passed the guard.
+pub(crate) struct Prepared {
+    pub sql: String,
+    pub params: Vec<wit::Value>,
+    pub checked: Checked,
+}
+
+/// A statement's result.
+pub(crate) enum Outcome {
+    Rows(wit::Rows),
+    Changed(u64),
+}
+
+/// Why a call failed: an error the guest sees, or the run's deadline.
+pub(crate) enum Failure {
+    Guest(wit::SqlError),
+    Deadline,
+}
+
+impl From<wit::SqlError> for Failure {
+    fn from(e: wit::SqlError) -> Self {
+        Failure::Guest(e)
+    }
+}
+
+/// How long a call may take, and whether that limit is the run's deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub limit: Duration,
+    pub is_deadline: bool,
+}
+
+impl Budget {
+    /// The time-out as PostgreSQL settings want it, in milliseconds.
+    pub fn millis(&self) -> String {
+        self.limit.as_millis().max(1).to_string()
+    }
+
+    pub fn expired(&self) -> Failure {
+        if self.is_deadline {
+            Failure::Deadline
+        } else {
+            Failure::Guest(wit::SqlError::Timeout)
+        }
+    }
+}
+
+impl SqlCapability {
+    pub fn new(
+        grant: Option<&DatabaseGrant>,
+        connections: &Connections,
+        dry_run: bool,
+        deadline: Instant,
+        output: Output,
+        limits: SqlLimits,
+    ) -> Self {
+        let access = match grant {
+            None => Err("the manifest grants no database (grants.database)".to_owned()),
+            Some(grant) => match connections.get(&grant.connection) {
+                None => Err(format!(
+                    "connection `{}` is not configured on this host (set {})",
+                    grant.connection,
+                    if grant.connection == "main" {
+                        "DATABASE_URL".to_owned()
+                    } else {
+                        format!("HOUSEKEEPER_DB_{}_URL", grant.connection.to_uppercase())
+                    }
+                )),
+                Some(connection) => Ok(Access {
+                    connection: connection.clone(),
+                    grants: Grants::new(&grant.tables),
+                }),
+            },
+        };
+        SqlCapability {
+            access,
+            dry_run,
+            deadline,
+            output,
+            limits,
+        }
+    }
+
+    fn access(&self) -> Result<&Access, wit::SqlError> {
+        self.access
+            .as_ref()
+            .map_err(|reason| wit::SqlError::Refused(reason.clone()))
+    }
+
+    fn budget(&self) -> Result<Budget, Failure> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left < Duration::from_millis(1) {
+            return Err(Failure::Deadline);
+        }
+        Ok(if left <= self.limits.call_timeout {
+            Budget {
+                limit: left,
+                is_deadline: true,
+            }
+        } else {
+            Budget {
+                limit: self.limits.call_timeout,
+                is_deadline: false,
+            }
+        })
+    }
+
+    /// Passes `sql` through the guard, recording a denial in the output.
+    fn check(&self, sql: &str, params: Vec<wit::Value>) -> Result<Prepared, wit::SqlError> {
+        let access = self.access()?;
+        match guard::check(access.connection.dialect(), sql, &access.grants) {
+            Ok(checked) => Ok(Prepared {
+                sql: sql.to_owned(),
+                params,
+                checked,
+            }),
+            Err(denial) => {
+                self.output
+                    .log(Level::Warn, &format!("sql {denial}: {}", excerpt(sql)));
+                Err(match denial {
+                    Denial::AccessDenied { table, verb } => {
+                        wit::SqlError::AccessDenied(wit::Denial {
+                            table,
+                            verb: verb.as_str().to_owned(),
+                        })
+                    }
+                    Denial::Refused(reason) => wit::SqlError::Refused(reason),
+                })
+            }
+        }
+    }
+
+    async fn run(
+        &mut self,
+        statements: Vec<Prepared>,
+        want_rows: bool,
+    ) -> wasmtime::Result<Result<Vec<Outcome>, wit::SqlError>> {
+        let budget = match self.budget() {
+            Ok(b) => b,
+            Err(f) => return self.fail(f, &statements),
+        };
+        let connection = match self.access() {
+            Ok(a) => a.connection.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let maintenance = statements
+            .iter()
+            .any(|s| s.checked.kind == Kind::Maintenance);
+        if maintenance && self.dry_run {
+            for s in &statements {
+                self.output.log(
+                    Level::Info,
+                    &format!("sql (dry-run, not run): {}", excerpt(&s.sql)),
+                );
+            }
+            return Ok(Ok(statements.iter().map(|_| Outcome::Changed(0)).collect()));
+        }
+        let limits = self.limits.clone();
+        let call = async {
+            match &connection.pool {
+                Pool::Postgres(pool) => {
+                    postgres::run(pool, &statements, want_rows, self.dry_run, budget, &limits).await
+                }
+                Pool::Sqlite(pool) => {
+                    sqlite::run(pool, &statements, want_rows, self.dry_run, &limits).await
+                }
+            }
+        };
+        // The database enforces the budget; this also bounds waiting for a
+        // connection and a database that stops answering.
+        let grace = Duration::from_millis(250);
+        let result = match tokio::time::timeout(budget.limit + grace, call).await {
+            Ok(result) => result,
+            Err(_) => Err(budget.expired()),
+        };
+        match result {
+            Ok(outcomes) => {
+                self.record(&statements, &outcomes);
+                Ok(Ok(outcomes))
+            }
+            Err(failure) => self.fail(failure, &statements),
+        }
+    }
+
+    fn fail<T>(
+        &self,
+        failure: Failure,
+        statements: &[Prepared],
+    ) -> wasmtime::Result<Result<T, wit::SqlError>> {
+        let sql = statements
+            .last()
+            .map(|s| excerpt(&s.sql))
+            .unwrap_or_default();
+        match failure {
+            Failure::Deadline => {
+                self.output.log(
+                    Level::Error,
+                    &format!("sql cancelled at the run's deadline: {sql}"),
+                );
+                Err(DeadlineExceeded.into())
+            }
+            Failure::Guest(error) => {
+                let text = match &error {
+                    wit::SqlError::Timeout => "timed out".to_owned(),
+                    wit::SqlError::Database(e) => format!("failed ({}): {}", e.code, e.message),
+                    wit::SqlError::Refused(r) => format!("refused: {r}"),
+                    wit::SqlError::AccessDenied(d) => {
+                        format!("access denied: `{}` is not granted `{}`", d.table, d.verb)
+                    }
+                };
+                self.output.log(Level::Warn, &format!("sql {text}: {sql}"));
+                Ok(Err(error))
+            }
+        }
+    }
+
+    /// Writes every statement that changed (or in a dry-run, would have
+    /// changed) something into the run's output.
+    fn record(&self, statements: &[Prepared], outcomes: &[Outcome]) {
+        for (s, outcome) in statements.iter().zip(outcomes) {
+            if s.checked.kind == Kind::Read {
+                continue;
+            }
+            let rows = match outcome {
+                Outcome::Changed(n) => *n,
+                Outcome::Rows(r) => r.rows.len() as u64,
+            };
+            let line = if self.dry_run {
+                format!(
+                    "sql (dry-run, rolled back): {} → would change {rows} rows",
+                    excerpt(&s.sql)
+                )
+            } else {
+                format!("sql: {} → {rows} rows", excerpt(&s.sql))
+            };
+            self.output.log(Level::Info, &line);
+        }
+    }
+}
+
+/// The statement on one line, shortened for the output.
+fn excerpt(sql: &str) -> String {
+    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    }
+}
+
+/// Adds up the size of a row's values, for the byte cap.
+pub(crate) fn value_size(value: &wit::Value) -> usize {
+    16 + match value {
+        wit::Value::Text(s) | wit::Value::Json(s) => s.len(),
+        wit::Value::Bytes(b) => b.len(),
+        _ => 0,
+    }
+}
+
+pub(crate) fn too_large(limits: &SqlLimits) -> wit::SqlError {
+    wit::SqlError::Refused(format!(
+        "the result is larger than {} rows or {} bytes; select fewer columns or page with LIMIT",
+        limits.max_rows, limits.max_bytes
+    ))
+}
+
+impl Host for SqlCapability {
+    async fn dialect(&mut self) -> wasmtime::Result<Result<wit::SqlDialect, wit::SqlError>> {
+        Ok(self.access().map(|a| match a.connection.dialect() {
+            guard::Dialect::Postgres => wit::SqlDialect::Postgres,
+            guard::Dialect::Sqlite => wit::SqlDialect::Sqlite,
+        }))
+    }
+
+    async fn query(
+        &mut self,
+        sql: String,
+        params: Vec<wit::Value>,
+    ) -> wasmtime::Result<Result<wit::Rows, wit::SqlError>> {
+        let prepared = match self.check(&sql, params) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self
+            .run(vec![prepared], true)
+            .await?
+            .map(|mut outcomes| match outcomes.pop() {
+                Some(Outcome::Rows(rows)) => rows,
+                _ => wit::Rows {
+                    columns: Vec::new(),
+                    rows: Vec::new(),
+                },
+            }))
+    }
+
+    async fn execute(
+        &mut self,
+        sql: String,
+        params: Vec<wit::Value>,
+    ) -> wasmtime::Result<Result<u64, wit::SqlError>> {
+        let prepared = match self.check(&sql, params) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.run(vec![prepared], false).await?.map(|outcomes| {
+            outcomes
+                .iter()
+                .map(|o| match o {
+                    Outcome::Changed(n) => *n,
+                    Outcome::Rows(r) => r.rows.len() as u64,
+                })
+                .sum()
+        }))
+    }
+
+    async fn transaction(
+        &mut self,
+        statements: Vec<wit::Statement>,
+    ) -> wasmtime::Result<Result<Vec<u64>, wit::SqlError>> {
+        let mut prepared = Vec::with_capacity(statements.len());
+        for statement in statements {
+            match self.check(&statement.sql, statement.params) {
+                Ok(p) if p.checked.kind == Kind::Maintenance => {
+                    return Ok(Err(wit::SqlError::Refused(
+                        "VACUUM and ANALYZE cannot run inside a transaction; call execute".into(),
+                    )));
+                }
+                Ok(p) => prepared.push(p),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        if prepared.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        Ok(self.run(prepared, false).await?.map(|outcomes| {
+            outcomes
+                .iter()
+                .map(|o| match o {
+                    Outcome::Changed(n) => *n,
+                    Outcome::Rows(r) => r.rows.len() as u64,
+                })
+                .collect()
+        }))
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut SqlCapability,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<SqlCapability>>(linker, get)
+}

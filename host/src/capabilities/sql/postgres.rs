@@ -1,0 +1,384 @@
+//! Running checked statements on PostgreSQL.
+
+use super::guard::Kind;
+use super::{Budget, Failure, Outcome, Prepared, SqlLimits, too_large, value_size};
+use crate::runtime::bindings::housekeeper::task::sql as wit;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use futures_util::TryStreamExt;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgPool, PgRow, PgTypeInfo};
+use sqlx::query::Query;
+use sqlx::{Column, Connection, Executor, Postgres, Row, TypeInfo, ValueRef};
+
+/// SQLSTATEs that mean a time limit ended the statement.
+const QUERY_CANCELED: &str = "57014";
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+pub(super) async fn run(
+    pool: &PgPool,
+    statements: &[Prepared],
+    want_rows: bool,
+    dry_run: bool,
+    budget: Budget,
+    limits: &SqlLimits,
+) -> Result<Vec<Outcome>, Failure> {
+    let fail = |e: sqlx::Error| error(e, budget);
+    let mut conn = pool.acquire().await.map_err(fail)?;
+
+    if let [only] = statements
+        && only.checked.kind == Kind::Maintenance
+    {
+        // VACUUM cannot run in a transaction: the limits go on the session
+        // and come off again afterwards.
+        sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false)")
+            .bind(budget.millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(fail)?;
+        let result = conn.execute(sqlx::raw_sql(&only.sql)).await;
+        if conn
+            .execute(sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout"))
+            .await
+            .is_err()
+        {
+            conn.close_on_drop();
+        }
+        result.map_err(fail)?;
+        return Ok(vec![Outcome::Changed(0)]);
+    }
+
+    let mut tx = (&mut *conn).begin().await.map_err(fail)?;
+    sqlx::query(
+        "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
+    )
+    .bind(budget.millis())
+    .execute(&mut *tx)
+    .await
+    .map_err(fail)?;
+    let mut outcomes = Vec::with_capacity(statements.len());
+    for statement in statements {
+        for check in &statement.checked.partition_checks {
+            let is_partition: bool = sqlx::query_scalar(
+                "SELECT to_regclass($1) IS NULL OR EXISTS (
+                     SELECT 1 FROM pg_inherits
+                     WHERE inhrelid = to_regclass($1)
+                       AND inhparent = ANY (ARRAY(SELECT to_regclass(p) FROM unnest($2::text[]) p)))",
+            )
+            .bind(quote_name(&check.partition))
+            .bind(check.parents.iter().map(|p| quote_name(p)).collect::<Vec<_>>())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail)?;
+            if !is_partition {
+                return Err(Failure::Guest(wit::SqlError::AccessDenied(wit::Denial {
+                    table: check.partition.clone(),
+                    verb: crate::manifest::SqlVerb::DropPartition.as_str().to_owned(),
+                })));
+            }
+        }
+        let query = bind(sqlx::query(&statement.sql), &statement.params);
+        if want_rows {
+            match fetch(&mut tx, query, limits).await {
+                Ok(rows) => outcomes.push(Outcome::Rows(rows)),
+                Err(Fetch::TooLarge) => {
+                    // Stop the server from sending the rest: drop the socket.
+                    drop(tx);
+                    conn.close_on_drop();
+                    return Err(Failure::Guest(too_large(limits)));
+                }
+                Err(Fetch::Error(e)) => return Err(e),
+            }
+        } else {
+            let done = tx.execute(query).await.map_err(fail)?;
+            outcomes.push(Outcome::Changed(done.rows_affected()));
+        }
+    }
+    if dry_run {
+        tx.rollback().await.map_err(fail)?;
+    } else {
+        tx.commit().await.map_err(fail)?;
+    }
+    Ok(outcomes)
+}
+
+enum Fetch {
+    TooLarge,
+    Error(Failure),
+}
+
+async fn fetch(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    query: Query<'_, Postgres, PgArguments>,
+    limits: &SqlLimits,
+) -> Result<wit::Rows, Fetch> {
+    let budget_error = |e: sqlx::Error| {
+        Fetch::Error(error(
+            e,
+            Budget {
+                limit: Default::default(),
+                is_deadline: false,
+            },
+        ))
+    };
+    let mut stream = (&mut **tx).fetch(query);
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = stream.try_next().await.map_err(budget_error)? {
+        if columns.is_empty() {
+            columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        }
+        let values = values(&row).map_err(|e| Fetch::Error(Failure::Guest(e)))?;
+        bytes += values.iter().map(value_size).sum::<usize>();
+        rows.push(values);
+        if rows.len() > limits.max_rows || bytes > limits.max_bytes {
+            return Err(Fetch::TooLarge);
+        }
+    }
+    Ok(wit::Rows { columns, rows })
+}
+
+/// A database error, as the guest sees it (or the run's deadline).
+fn error(e: sqlx::Error, budget: Budget) -> Failure {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if code == QUERY_CANCELED || code == LOCK_NOT_AVAILABLE {
+                return budget.expired();
+            }
+            Failure::Guest(wit::SqlError::Database(wit::DatabaseError {
+                code,
+                message: db.message().to_owned(),
+            }))
+        }
+        sqlx::Error::PoolTimedOut => Failure::Guest(wit::SqlError::Database(wit::DatabaseError {
+            code: String::new(),
+            message: "no database connection became available in time".into(),
+        })),
+        other => Failure::Guest(wit::SqlError::Database(wit::DatabaseError {
+            code: String::new(),
+            message: other.to_string(),
+        })),
+    }
+}
+
+/// `events` → `"events"`, `public.Events` → `"public"."Events"`: names are
+/// already folded by the guard.
+fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A NULL whose type the server infers from where it is used.
+struct UntypedNull;
+
+impl sqlx::Type<Postgres> for UntypedNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(0))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for UntypedNull {
+    fn encode_by_ref(&self, _buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        Ok(IsNull::Yes)
+    }
+}
+
+fn bind<'q>(
+    mut query: Query<'q, Postgres, PgArguments>,
+    params: &[wit::Value],
+) -> Query<'q, Postgres, PgArguments> {
+    for param in params {
+        query = match param {
+            wit::Value::Null => query.bind(UntypedNull),
+            wit::Value::Boolean(b) => query.bind(*b),
+            wit::Value::Integer(i) => query.bind(*i),
+            wit::Value::Float(f) => query.bind(*f),
+            wit::Value::Text(s) => query.bind(s.clone()),
+            wit::Value::Bytes(b) => query.bind(b.clone()),
+            wit::Value::Timestamp(ms) => query.bind(DateTime::<Utc>::from_timestamp_millis(*ms)),
+            wit::Value::Json(s) => match serde_json::from_str::<serde_json::Value>(s) {
+                Ok(v) => query.bind(sqlx::types::Json(v)),
+                // Not JSON: let the server say so.
+                Err(_) => query.bind(s.clone()),
+            },
+        };
+    }
+    query
+}
+
+fn values(row: &PgRow) -> Result<Vec<wit::Value>, wit::SqlError> {
+    (0..row.len()).map(|i| value(row, i)).collect()
+}
+
+fn value(row: &PgRow, i: usize) -> Result<wit::Value, wit::SqlError> {
+    let raw = row.try_get_raw(i).map_err(decode_error)?;
+    if raw.is_null() {
+        return Ok(wit::Value::Null);
+    }
+    let type_name = raw.type_info().name().to_owned();
+    let get = |e: sqlx::Error| decode_error(e);
+    Ok(match type_name.as_str() {
+        "BOOL" => wit::Value::Boolean(row.try_get(i).map_err(get)?),
+        "INT2" => wit::Value::Integer(row.try_get::<i16, _>(i).map_err(get)?.into()),
+        "INT4" => wit::Value::Integer(row.try_get::<i32, _>(i).map_err(get)?.into()),
+        "INT8" => wit::Value::Integer(row.try_get(i).map_err(get)?),
+        "OID" => wit::Value::Integer(row.try_get::<Oid, _>(i).map_err(get)?.0.into()),
+        "FLOAT4" => wit::Value::Float(row.try_get::<f32, _>(i).map_err(get)?.into()),
+        "FLOAT8" => wit::Value::Float(row.try_get(i).map_err(get)?),
+        "NUMERIC" => wit::Value::Text(numeric_text(
+            raw.as_bytes()
+                .map_err(|e| decode_error(sqlx::Error::Decode(e)))?,
+        )?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
+            wit::Value::Text(row.try_get_unchecked(i).map_err(get)?)
+        }
+        "UUID" => wit::Value::Text(row.try_get::<uuid::Uuid, _>(i).map_err(get)?.to_string()),
+        "BYTEA" => wit::Value::Bytes(row.try_get(i).map_err(get)?),
+        "TIMESTAMPTZ" => wit::Value::Timestamp(
+            row.try_get::<DateTime<Utc>, _>(i)
+                .map_err(get)?
+                .timestamp_millis(),
+        ),
+        "TIMESTAMP" => wit::Value::Timestamp(
+            row.try_get::<NaiveDateTime, _>(i)
+                .map_err(get)?
+                .and_utc()
+                .timestamp_millis(),
+        ),
+        "DATE" => wit::Value::Timestamp(
+            row.try_get::<NaiveDate, _>(i)
+                .map_err(get)?
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+                .timestamp_millis(),
+        ),
+        "JSON" | "JSONB" => wit::Value::Json(
+            row.try_get::<serde_json::Value, _>(i)
+                .map_err(get)?
+                .to_string(),
+        ),
+        other => {
+            let column = row.columns()[i].name().to_owned();
+            return Err(wit::SqlError::Refused(format!(
+                "column `{column}` has type {other}, which the sql interface does not carry; cast it, e.g. `{column}::text`"
+            )));
+        }
+    })
+}
+
+fn decode_error(e: sqlx::Error) -> wit::SqlError {
+    wit::SqlError::Database(wit::DatabaseError {
+        code: String::new(),
+        message: format!("cannot read a column: {e}"),
+    })
+}
+
+/// PostgreSQL's binary NUMERIC as exact decimal text.
+fn numeric_text(bytes: &[u8]) -> Result<String, wit::SqlError> {
+    let bad = || {
+        wit::SqlError::Database(wit::DatabaseError {
+            code: String::new(),
+            message: "malformed NUMERIC value".into(),
+        })
+    };
+    let word = |at: usize| -> Result<i16, wit::SqlError> {
+        bytes
+            .get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(bad)
+    };
+    let ndigits = word(0)? as usize;
+    let weight = word(2)? as i32;
+    let sign = word(4)? as u16;
+    let dscale = word(6)? as usize;
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        _ => {}
+    }
+    let digits: Vec<i16> = (0..ndigits)
+        .map(|k| word(8 + 2 * k))
+        .collect::<Result<_, _>>()?;
+    let digit = |k: i32| -> i16 {
+        if k >= 0 && (k as usize) < digits.len() {
+            digits[k as usize]
+        } else {
+            0
+        }
+    };
+    let mut text = String::new();
+    if sign == 0x4000 {
+        text.push('-');
+    }
+    if weight < 0 {
+        text.push('0');
+    } else {
+        for k in 0..=weight {
+            if k == 0 {
+                text.push_str(&digit(k).to_string());
+            } else {
+                text.push_str(&format!("{:04}", digit(k)));
+            }
+        }
+    }
+    if dscale > 0 {
+        let mut fraction = String::new();
+        let mut k = weight + 1;
+        while fraction.len() < dscale {
+            fraction.push_str(&format!("{:04}", digit(k)));
+            k += 1;
+        }
+        fraction.truncate(dscale);
+        text.push('.');
+        text.push_str(&fraction);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric(ndigits: i16, weight: i16, sign: u16, dscale: i16, digits: &[i16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [ndigits, weight, sign as i16, dscale] {
+            b.extend(w.to_be_bytes());
+        }
+        for d in digits {
+            b.extend(d.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn numerics_read_as_exact_text() {
+        assert_eq!(numeric_text(&numeric(0, 0, 0, 0, &[])).unwrap(), "0");
+        assert_eq!(numeric_text(&numeric(1, 0, 0, 0, &[42])).unwrap(), "42");
+        assert_eq!(
+            numeric_text(&numeric(2, 1, 0, 0, &[1, 2])).unwrap(),
+            "10002"
+        );
+        assert_eq!(
+            numeric_text(&numeric(2, 0, 0x4000, 2, &[3, 1400])).unwrap(),
+            "-3.14"
+        );
+        assert_eq!(numeric_text(&numeric(1, -1, 0, 4, &[5])).unwrap(), "0.0005");
+        assert_eq!(numeric_text(&numeric(1, 1, 0, 0, &[7])).unwrap(), "70000");
+        assert_eq!(numeric_text(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
+        assert!(numeric_text(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn names_are_quoted_part_by_part() {
+        assert_eq!(quote_name("events"), "\"events\"");
+        assert_eq!(quote_name("public.Events"), "\"public\".\"Events\"");
+        assert_eq!(quote_name("a\"b"), "\"a\"\"b\"");
+    }
+}
