@@ -193,19 +193,27 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(task) => task,
         Err(e) => return fail(e),
     };
+    let connections = match args.db.connections() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e:#}")),
+    };
     // Compiled code is cached beside the run history; without a usable data
     // directory the task is compiled afresh.
     let cached = Runtime::new(RuntimeOptions {
         cache_dir: Some(args.db.data_dir.join("cache")),
+        connections: connections.clone(),
         ..RuntimeOptions::default()
     });
     let runtime = match cached {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "no compile cache");
-            match runtime() {
+            match Runtime::new(RuntimeOptions {
+                connections,
+                ..RuntimeOptions::default()
+            }) {
                 Ok(r) => r,
-                Err(code) => return code,
+                Err(e) => return fail(format!("cannot start the WebAssembly runtime: {e:#}")),
             }
         }
     };

@@ -2,6 +2,7 @@
 //! service). Each flag's value name is its environment variable, so a bad
 //! value is reported under the name the operator set.
 
+use crate::capabilities::sql::{ConnectionOptions, Connections};
 use crate::store::{Store, StoreOptions};
 use chrono_tz::Tz;
 use std::path::PathBuf;
@@ -86,6 +87,17 @@ impl DbArgs {
             );
         }
         format!("sqlite:{}", self.data_dir.join("housekeeper.db").display())
+    }
+
+    /// Connections tasks may be granted: `main` when `DATABASE_URL` or
+    /// `DB_HOST` is set, plus every `HOUSEKEEPER_DB_<NAME>_URL`.
+    pub fn connections(&self) -> anyhow::Result<Connections> {
+        let main = (self.database_url.is_some() || self.db_host.is_some()).then(|| self.url());
+        let options = ConnectionOptions {
+            pool_max: self.db_pool_max,
+            acquire_timeout: Duration::from_millis(self.db_connect_timeout),
+        };
+        Connections::from_env(main.as_deref(), std::env::vars(), &options)
     }
 
     pub fn replica(&self) -> String {

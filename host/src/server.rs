@@ -92,6 +92,7 @@ pub async fn run(
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: (args.max_concurrent_runs + 16).max(64),
         cache_dir: Some(args.db.data_dir.join("cache")),
+        connections: args.db.connections()?,
         ..RuntimeOptions::default()
     })?;
     let (defs, load_errors) = load_tasks(&runtime, &args.tasks_dir).await?;

@@ -74,3 +74,6 @@ pub fn component(path: &Path) -> TaskComponent {
         .or_insert(compiled)
         .clone()
 }
+
+/// The example application schema from `deploy/schema/example.sql`.
+pub const EXAMPLE_SCHEMA: &str = include_str!("../../deploy/schema/example.sql");

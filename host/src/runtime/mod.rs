@@ -34,6 +34,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// A running guest yields to the async runtime after this much fuel too.
 const FUEL_YIELD_INTERVAL: u64 = 50_000_000;
 
+/// How long after the run's deadline a host call may take to notice it.
+const HOST_CALL_GRACE: Duration = Duration::from_secs(1);
+
 /// `describe()` is informational and must be cheap.
 const DESCRIBE_FUEL: u64 = 1_000_000_000;
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,6 +137,8 @@ pub struct RunRequest {
     pub memory_bytes: u64,
     pub dirs: Vec<DirGrant>,
     pub database: Option<DatabaseGrant>,
+    /// Connections for this run instead of the runtime's own.
+    pub connections: Option<Connections>,
     pub config: ConfigMap,
 }
 
@@ -152,6 +157,7 @@ impl RunRequest {
             memory_bytes: manifest.limits.memory_bytes,
             dirs: manifest.dirs.clone(),
             database: manifest.database.clone(),
+            connections: None,
             config: manifest.config.clone(),
         }
     }
@@ -356,7 +362,10 @@ impl Runtime {
 
         let sql = SqlCapability::new(
             request.database.as_ref(),
-            &self.inner.options.connections,
+            request
+                .connections
+                .as_ref()
+                .unwrap_or(&self.inner.options.connections),
             request.dry_run,
             clock + request.timeout,
             output.clone(),
@@ -443,9 +452,10 @@ impl Runtime {
             scheduled_for: request.scheduled_for.map(|t| t.timestamp_millis()),
             last_success: request.last_success.map(|t| t.timestamp_millis()),
         };
-        // The epoch deadline stops guest code; this timeout also bounds time
-        // spent in host calls.
-        let outcome = tokio::time::timeout(request.timeout, async {
+        // The epoch deadline stops guest code and host calls bound themselves
+        // by the same deadline (SQL reports it in the output); this timeout,
+        // a moment later, is the backstop for any host call that does not.
+        let outcome = tokio::time::timeout(request.timeout + HOST_CALL_GRACE, async {
             let task = component.pre.instantiate_async(&mut store).await?;
             task.call_run(&mut store, &ctx).await
         })

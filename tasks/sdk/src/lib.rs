@@ -23,7 +23,9 @@
 
 pub mod config;
 pub mod log;
+pub mod partition;
 pub mod retention;
+pub mod sql;
 
 #[doc(hidden)]
 pub mod bindings {

@@ -56,6 +56,19 @@ impl Connection {
         Ok(Connection { pool })
     }
 
+    /// A connection over an existing pool.
+    pub fn postgres(pool: PgPool) -> Self {
+        Connection {
+            pool: Pool::Postgres(pool),
+        }
+    }
+
+    pub fn sqlite(pool: SqlitePool) -> Self {
+        Connection {
+            pool: Pool::Sqlite(pool),
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         match self.pool {
             Pool::Postgres(_) => Dialect::Postgres,
@@ -140,6 +153,20 @@ impl Connections {
         Ok(Connections {
             by_name: Arc::new(by_name),
         })
+    }
+
+    /// Connections from `(name, connection)` pairs.
+    pub fn from_connections<'a>(
+        connections: impl IntoIterator<Item = (&'a str, Connection)>,
+    ) -> Self {
+        Connections {
+            by_name: Arc::new(
+                connections
+                    .into_iter()
+                    .map(|(name, c)| (name.to_lowercase(), c))
+                    .collect(),
+            ),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Connection> {

@@ -80,7 +80,7 @@ pub(super) async fn run(
         }
         let query = bind(sqlx::query(&statement.sql), &statement.params);
         if want_rows {
-            match fetch(&mut tx, query, limits).await {
+            match fetch(&mut tx, query, budget, limits).await {
                 Ok(rows) => outcomes.push(Outcome::Rows(rows)),
                 Err(Fetch::TooLarge) => {
                     // Stop the server from sending the rest: drop the socket.
@@ -111,17 +111,10 @@ enum Fetch {
 async fn fetch(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     query: Query<'_, Postgres, PgArguments>,
+    budget: Budget,
     limits: &SqlLimits,
 ) -> Result<wit::Rows, Fetch> {
-    let budget_error = |e: sqlx::Error| {
-        Fetch::Error(error(
-            e,
-            Budget {
-                limit: Default::default(),
-                is_deadline: false,
-            },
-        ))
-    };
+    let budget_error = |e: sqlx::Error| Fetch::Error(error(e, budget));
     let mut stream = (&mut **tx).fetch(query);
     let mut columns = Vec::new();
     let mut rows = Vec::new();

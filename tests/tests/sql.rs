@@ -1,0 +1,551 @@
+//! The `sql` capability against a real PostgreSQL (a fresh database per
+//! test) and SQLite: hostile statements are refused or denied before they
+//! reach the database, deadlines cancel slow statements, results are
+//! capped, and dry-runs change nothing.
+
+use SqlVerb::*;
+use housekeeper::capabilities::sql::{Connection, Connections};
+use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
+use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use housekeeper::runtime::RunRequest;
+use housekeeper_tests::{EXAMPLE_SCHEMA, component, fixture_path, runtime};
+use sqlx::{PgPool, SqlitePool};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+async fn schema(pool: &PgPool) {
+    sqlx::raw_sql(EXAMPLE_SCHEMA).execute(pool).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE secrets (id int PRIMARY KEY, value text NOT NULL);
+         INSERT INTO secrets VALUES (1, 'the-secret-row');
+         INSERT INTO sensor_readings (device_uuid, value)
+             SELECT gen_random_uuid(), g FROM generate_series(1, 100) g;
+         CREATE TABLE events_2020_01_01 PARTITION OF events
+             FOR VALUES FROM ('2020-01-01') TO ('2020-01-02');
+         CREATE TABLE device_logs_2020_01_01 PARTITION OF device_logs
+             FOR VALUES FROM ('2020-01-01') TO ('2020-01-02');",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn tables(grants: &[(&str, &[SqlVerb])]) -> BTreeMap<String, Vec<SqlVerb>> {
+    grants
+        .iter()
+        .map(|(t, v)| (t.to_string(), v.to_vec()))
+        .collect()
+}
+
+fn request(
+    connection: Connection,
+    mode: &str,
+    sql: &str,
+    grants: &[(&str, &[SqlVerb])],
+) -> RunRequest {
+    let mut request = RunRequest::from_manifest(
+        &Manifest::implicit("hostile", "hostile.wasm"),
+        housekeeper::cli::new_run_id(),
+        Trigger::Manual,
+    );
+    request.timeout = Duration::from_secs(30);
+    request.database = Some(DatabaseGrant {
+        connection: "main".into(),
+        tables: tables(grants),
+    });
+    request.connections = Some(Connections::from_connections([("main", connection)]));
+    request
+        .config
+        .insert("mode".into(), ConfigValue::Text(mode.into()));
+    request
+        .config
+        .insert("sql".into(), ConfigValue::Text(sql.into()));
+    request
+}
+
+async fn run(request: RunRequest) -> RunResult {
+    runtime()
+        .run(&component(&fixture_path("hostile")), request)
+        .await
+}
+
+async fn pg(pool: &PgPool, mode: &str, sql: &str, grants: &[(&str, &[SqlVerb])]) -> RunResult {
+    run(request(
+        Connection::postgres(pool.clone()),
+        mode,
+        sql,
+        grants,
+    ))
+    .await
+}
+
+/// The run failed with `needle` in its error, and nothing secret leaked.
+fn assert_stopped(result: &RunResult, needle: &str) {
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    let error = result.error.as_deref().unwrap_or_default();
+    assert!(error.contains(needle), "expected {needle:?} in {error:?}");
+    let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
+    assert!(!everything.contains("the-secret-row"), "{result:#?}");
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn exists(pool: &PgPool, table: &str) -> bool {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_query_of_an_ungranted_table_is_denied_by_name(pool: PgPool) {
+    schema(&pool).await;
+    let r = pg(
+        &pool,
+        "sql-query",
+        "SELECT * FROM secrets",
+        &[("events", &[Select])],
+    )
+    .await;
+    assert_stopped(&r, "access denied: `secrets` is not granted `select`");
+    assert!(r.output.contains("access denied"), "{}", r.output);
+    // Hidden in a subquery, a join or a CTE, it is still found.
+    for sql in [
+        "SELECT * FROM events WHERE event_type IN (SELECT value FROM secrets)",
+        "SELECT e.* FROM events e JOIN public.secrets s ON true",
+        "WITH s AS (SELECT * FROM secrets) SELECT * FROM s",
+    ] {
+        let r = pg(&pool, "sql-query", sql, &[("events", &[Select])]).await;
+        assert_stopped(&r, "secrets` is not granted `select`");
+    }
+}
+
+#[sqlx::test]
+async fn a_denial_is_an_error_value_and_the_task_carries_on(pool: PgPool) {
+    schema(&pool).await;
+    let r = pg(
+        &pool,
+        "sql-denied-then-ok",
+        "SELECT * FROM secrets",
+        &[("events", &[Select])],
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let summary = r.summary.unwrap();
+    assert!(summary.contains("not granted `select`"), "{summary}");
+    assert!(summary.ends_with("then: Some(1)"), "{summary}");
+}
+
+#[sqlx::test]
+async fn delete_on_a_table_granted_only_select_is_denied(pool: PgPool) {
+    schema(&pool).await;
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "DELETE FROM sensor_readings",
+        &[("sensor_readings", &[Select])],
+    )
+    .await;
+    assert_stopped(&r, "`sensor_readings` is not granted `delete`");
+    assert_eq!(count(&pool, "sensor_readings").await, 100);
+}
+
+#[sqlx::test]
+async fn session_and_role_changes_are_refused(pool: PgPool) {
+    schema(&pool).await;
+    for sql in [
+        "RESET ROLE",
+        "SET ROLE postgres",
+        "SET statement_timeout = 0",
+        "SET SESSION AUTHORIZATION postgres",
+        "BEGIN",
+        "SELECT set_config('statement_timeout', '0', false)",
+    ] {
+        let r = pg(&pool, "sql-execute", sql, &[("events", &[Select])]).await;
+        assert_stopped(&r, "refused");
+    }
+}
+
+#[sqlx::test]
+async fn two_statements_in_one_call_are_refused(pool: PgPool) {
+    schema(&pool).await;
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "SELECT 1; DELETE FROM sensor_readings",
+        &[("sensor_readings", &[Select, Delete])],
+    )
+    .await;
+    assert_stopped(&r, "exactly one statement");
+    assert_eq!(count(&pool, "sensor_readings").await, 100);
+}
+
+#[sqlx::test]
+async fn copy_to_program_and_file_reads_are_refused(pool: PgPool) {
+    schema(&pool).await;
+    let marker = tempfile::tempdir().unwrap().path().join("pwned");
+    let copy = format!("COPY events TO PROGRAM 'touch {}'", marker.display());
+    let r = pg(&pool, "sql-execute", &copy, &[("events", &[Select])]).await;
+    assert_stopped(&r, "COPY is not allowed");
+    assert!(!marker.exists());
+    let r = pg(
+        &pool,
+        "sql-query",
+        "SELECT pg_read_file('/etc/passwd')",
+        &[("events", &[Select])],
+    )
+    .await;
+    assert_stopped(&r, "function `pg_read_file` is not allowed");
+    assert!(!r.output.contains("root:"), "{}", r.output);
+}
+
+#[sqlx::test]
+async fn pg_sleep_is_refused_and_a_slow_query_ends_at_the_deadline(pool: PgPool) {
+    schema(&pool).await;
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-query",
+        "SELECT pg_sleep(600)",
+        &[("events", &[Select])],
+    );
+    req.timeout = Duration::from_secs(2);
+    let r = run(req).await;
+    assert_stopped(&r, "function `pg_sleep` is not allowed");
+
+    // An allowed statement that would run for hours.
+    let slow = "SELECT count(*) FROM generate_series(1, 100000000000) AS g";
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-query",
+        slow,
+        &[("events", &[Select])],
+    );
+    req.timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let r = run(req).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.output.contains("cancelled at the run's deadline"),
+        "{}",
+        r.output
+    );
+    // The backend stopped too (its state in pg_stat_activity may lag a
+    // moment behind).
+    let mut active: i64 = 1;
+    for _ in 0..50 {
+        active = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE '%generate_series(1, 100000000000)%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, 0, "the statement still runs on the server");
+}
+
+#[sqlx::test]
+async fn a_lock_wait_ends_at_the_deadline(pool: PgPool) {
+    schema(&pool).await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sensor_readings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-execute",
+        "DELETE FROM sensor_readings",
+        &[("sensor_readings", &[Delete])],
+    );
+    req.timeout = Duration::from_secs(2);
+    let r = run(req).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    holder.rollback().await.unwrap();
+    assert_eq!(count(&pool, "sensor_readings").await, 100);
+}
+
+#[sqlx::test]
+async fn dropping_a_granted_table_that_is_not_a_partition_is_denied(pool: PgPool) {
+    schema(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[
+        ("events", &[Select, DropPartition]),
+        ("sensor_readings", &[Select, DropPartition]),
+    ];
+    for table in ["events", "sensor_readings", "secrets"] {
+        let r = pg(&pool, "sql-execute", &format!("DROP TABLE {table}"), grants).await;
+        assert_stopped(&r, &format!("`{table}` is not granted `drop_partition`"));
+        assert!(exists(&pool, table).await);
+    }
+    // A partition of the granted parent may go.
+    let r = pg(&pool, "sql-execute", "DROP TABLE events_2020_01_01", grants).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert!(!exists(&pool, "events_2020_01_01").await);
+}
+
+#[sqlx::test]
+async fn a_partition_of_an_ungranted_parent_cannot_be_dropped_or_detached(pool: PgPool) {
+    schema(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[DropPartition])];
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "DROP TABLE device_logs_2020_01_01",
+        grants,
+    )
+    .await;
+    assert_stopped(
+        &r,
+        "`device_logs_2020_01_01` is not granted `drop_partition`",
+    );
+    // Naming the granted parent does not help.
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "ALTER TABLE events DETACH PARTITION device_logs_2020_01_01",
+        grants,
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "ALTER TABLE device_logs DETACH PARTITION device_logs_2020_01_01",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "`device_logs` is not granted `drop_partition`");
+    assert!(exists(&pool, "device_logs_2020_01_01").await);
+    let attached: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = 'device_logs_2020_01_01'::regclass)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(attached);
+}
+
+#[sqlx::test]
+async fn a_huge_result_is_refused_at_the_row_cap(pool: PgPool) {
+    schema(&pool).await;
+    let started = Instant::now();
+    let r = pg(
+        &pool,
+        "sql-query",
+        "SELECT g, md5(g::text) FROM generate_series(1, 10000000) AS g",
+        &[("events", &[Select])],
+    )
+    .await;
+    assert_stopped(&r, "larger than 100000 rows");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The pool still works afterwards.
+    assert_eq!(count(&pool, "secrets").await, 1);
+}
+
+#[sqlx::test]
+async fn without_a_grant_or_a_connection_sql_is_refused(pool: PgPool) {
+    schema(&pool).await;
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-query",
+        "SELECT 1",
+        &[],
+    );
+    req.database = None;
+    assert_stopped(&run(req).await, "grants no database");
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-query",
+        "SELECT 1",
+        &[("events", &[Select])],
+    );
+    req.database.as_mut().unwrap().connection = "reporting".into();
+    assert_stopped(&run(req).await, "HOUSEKEEPER_DB_REPORTING_URL");
+}
+
+#[sqlx::test]
+async fn a_dry_run_delete_reports_and_rolls_back(pool: PgPool) {
+    schema(&pool).await;
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-execute",
+        "DELETE FROM sensor_readings WHERE value > 40",
+        &[("sensor_readings", &[Delete])],
+    );
+    req.dry_run = true;
+    let r = run(req).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(r.summary.as_deref(), Some("execute changed 60 rows"));
+    assert!(r.output.contains("dry-run, rolled back"), "{}", r.output);
+    assert!(r.output.contains("would change 60 rows"), "{}", r.output);
+    assert_eq!(count(&pool, "sensor_readings").await, 100);
+
+    let mut req = request(
+        Connection::postgres(pool.clone()),
+        "sql-execute",
+        "VACUUM ANALYZE sensor_readings",
+        &[("sensor_readings", &[Vacuum, Analyze])],
+    );
+    req.dry_run = true;
+    let r = run(req).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert!(r.output.contains("not run"), "{}", r.output);
+    let vacuumed: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'sensor_readings'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(vacuumed.is_none());
+}
+
+#[sqlx::test]
+async fn a_real_delete_and_vacuum_run(pool: PgPool) {
+    schema(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("sensor_readings", &[Delete, Vacuum, Analyze])];
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "DELETE FROM sensor_readings WHERE value > 40",
+        grants,
+    )
+    .await;
+    assert_eq!(
+        r.summary.as_deref(),
+        Some("execute changed 60 rows"),
+        "{r:#?}"
+    );
+    assert_eq!(count(&pool, "sensor_readings").await, 40);
+    let r = pg(
+        &pool,
+        "sql-execute",
+        "VACUUM ANALYZE sensor_readings",
+        grants,
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    // The session limits came off the pooled connection again.
+    let timeouts: Vec<String> = sqlx::query_scalar(
+        "SELECT setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(timeouts, ["0", "0"]);
+}
+
+async fn sqlite_schema(pool: &SqlitePool) {
+    sqlx::raw_sql(
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, value REAL NOT NULL, created_at TEXT NOT NULL);
+         INSERT INTO readings (value, created_at)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+             SELECT i, datetime('now', '-' || i || ' days') FROM n;
+         CREATE TABLE secrets (value TEXT);
+         INSERT INTO secrets VALUES ('the-secret-row');",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn lite(
+    pool: &SqlitePool,
+    mode: &str,
+    sql: &str,
+    grants: &[(&str, &[SqlVerb])],
+) -> RunResult {
+    run(request(Connection::sqlite(pool.clone()), mode, sql, grants)).await
+}
+
+#[sqlx::test(migrations = false)]
+async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
+    sqlite_schema(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("readings", &[Select, Delete])];
+    let r = lite(&pool, "sql-query", "SELECT * FROM secrets", grants).await;
+    assert_stopped(&r, "`secrets` is not granted `select`");
+    let r = lite(
+        &pool,
+        "sql-execute",
+        "SELECT 1; DELETE FROM readings",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "exactly one statement");
+    let r = lite(
+        &pool,
+        "sql-execute",
+        "ATTACH DATABASE '/tmp/x.db' AS x",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "not allowed");
+    let r = lite(&pool, "sql-query", "SELECT load_extension('x')", grants).await;
+    assert_stopped(&r, "load_extension");
+
+    let r = lite(
+        &pool,
+        "sql-query",
+        "SELECT id, value, created_at FROM readings WHERE created_at < datetime('now', '-90 days')",
+        grants,
+    )
+    .await;
+    assert_eq!(
+        r.summary.as_deref(),
+        Some("query returned 10 rows"),
+        "{r:#?}"
+    );
+
+    let mut req = request(
+        Connection::sqlite(pool.clone()),
+        "sql-execute",
+        "DELETE FROM readings WHERE created_at < datetime('now', '-90 days')",
+        grants,
+    );
+    req.dry_run = true;
+    let r = run(req).await;
+    assert_eq!(
+        r.summary.as_deref(),
+        Some("execute changed 10 rows"),
+        "{r:#?}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 100);
+    let r = lite(
+        &pool,
+        "sql-execute",
+        "DELETE FROM readings WHERE created_at < datetime('now', '-90 days')",
+        grants,
+    )
+    .await;
+    assert_eq!(
+        r.summary.as_deref(),
+        Some("execute changed 10 rows"),
+        "{r:#?}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 90);
+}
