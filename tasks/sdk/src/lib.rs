@@ -40,6 +40,33 @@ pub mod bindings {
 
 use bindings::housekeeper::task::types;
 
+/// `n` bytes from the host's cryptographically secure random source.
+pub fn random_bytes(n: u64) -> Vec<u8> {
+    bindings::wasi::random::random::get_random_bytes(n)
+}
+
+/// Checks that `name` is a plain SQL identifier (letters, digits, `_`,
+/// optionally `schema.name`), so a task can build statements from its
+/// `[config]` without quoting surprises. Errors name the config key.
+pub fn identifier(key: &str, name: &str) -> Result<String, Error> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| part_ok(p)) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "`{key}` = {name:?} is not a plain table or column name"
+        )))
+    }
+}
+
 /// Why this run was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -155,6 +182,23 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_plain_names_only() {
+        assert_eq!(identifier("t", "Events").unwrap(), "events");
+        assert_eq!(
+            identifier("t", "app.device_logs").unwrap(),
+            "app.device_logs"
+        );
+        for bad in ["", "a b", "x;drop", "1abc", "a.b.c", "\"q\"", "a-b"] {
+            assert!(identifier("t", bad).is_err(), "{bad}");
+        }
+    }
+}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {

@@ -2,7 +2,8 @@
 //! ends, names (`<table>_YYYY_MM_DD`, `<table>_YYYY_MM_DD_HH`,
 //! `<table>_YYYY_MM`), and ages such as `90 days`. Times are UTC.
 
-use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, NaiveDateTime, Timelike};
+pub use chrono::NaiveDateTime;
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, Timelike};
 
 /// How much time one partition covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +79,11 @@ impl Interval {
             }
             _ => return None,
         };
-        NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)?
-            .and_hms_opt(h.parse().ok()?, 0, 0)
+        NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)?.and_hms_opt(
+            h.parse().ok()?,
+            0,
+            0,
+        )
     }
 }
 
@@ -163,6 +167,15 @@ impl Age {
         }
     }
 
+    /// `now` plus this age.
+    pub fn after(self, now: NaiveDateTime) -> NaiveDateTime {
+        match self {
+            Age::Hours(n) => now + Duration::hours(n.into()),
+            Age::Days(n) => now + Duration::days(n.into()),
+            Age::Months(n) => now + Months::new(n),
+        }
+    }
+
     /// `now` minus this age.
     pub fn before(self, now: NaiveDateTime) -> NaiveDateTime {
         match self {
@@ -215,7 +228,10 @@ mod tests {
         assert_eq!(p.name, "logs_2026_11_25_23");
         assert_eq!(p.end, t("2026-11-26 00:00"));
         let p = Partition::at("m", Interval::Monthly, t("2026-01-01 00:00"));
-        assert_eq!((p.name.as_str(), p.end), ("m_2026_01", t("2026-02-01 00:00")));
+        assert_eq!(
+            (p.name.as_str(), p.end),
+            ("m_2026_01", t("2026-02-01 00:00"))
+        );
     }
 
     #[test]
@@ -228,7 +244,9 @@ mod tests {
         assert!(Partition::parse("events", Interval::Daily, "device_events_2026_02_28").is_none());
         assert!(Partition::parse("events", Interval::Hourly, "events_2026_02_28").is_none());
         assert_eq!(
-            Partition::parse("m", Interval::Monthly, "m_2026_02").unwrap().end,
+            Partition::parse("m", Interval::Monthly, "m_2026_02")
+                .unwrap()
+                .end,
             t("2026-03-01 00:00")
         );
     }
@@ -247,10 +265,23 @@ mod tests {
     #[test]
     fn ages() {
         let now = t("2026-03-31 12:00");
-        assert_eq!(Age::parse("90 days").unwrap().before(now), t("2025-12-31 12:00"));
-        assert_eq!(Age::parse("12h").unwrap().before(now), t("2026-03-31 00:00"));
-        assert_eq!(Age::parse("1 month").unwrap().before(now), t("2026-02-28 12:00"));
+        assert_eq!(
+            Age::parse("90 days").unwrap().before(now),
+            t("2025-12-31 12:00")
+        );
+        assert_eq!(
+            Age::parse("12h").unwrap().before(now),
+            t("2026-03-31 00:00")
+        );
+        assert_eq!(
+            Age::parse("1 month").unwrap().before(now),
+            t("2026-02-28 12:00")
+        );
         assert_eq!(Age::parse("2 weeks").unwrap(), Age::Days(14));
+        assert_eq!(
+            Age::parse("1 month").unwrap().after(now),
+            t("2026-04-30 12:00")
+        );
         assert!(Age::parse("ninety days").is_err());
         assert!(Age::parse("90 fortnights").is_err());
     }

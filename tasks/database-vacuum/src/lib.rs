@@ -1,0 +1,93 @@
+//! `database-vacuum`: `VACUUM ANALYZE` of the configured tables, or of the
+//! whole database when none are configured (which needs a grant on `*`).
+//!
+//! `[config]`: `tables` (a list, or names separated by commas), `analyze`
+//! (default true), `full` (default false: `VACUUM FULL` rewrites tables and
+//! locks them). Grants: each table needs `vacuum` (and `analyze`).
+
+use housekeeper_sdk::sql::{self, Dialect, quote_ident};
+use housekeeper_sdk::{Context, Error, Info, Report, Task, config, identifier, log};
+
+struct DatabaseVacuum;
+
+fn tables() -> Result<Vec<String>, Error> {
+    let raw = match config::get("tables") {
+        None => return Ok(Vec::new()),
+        Some(config::RawValue::Text(text)) => text,
+        Some(config::RawValue::Json(json)) => {
+            json.trim_matches(|c| c == '[' || c == ']').replace('"', "")
+        }
+        Some(_) => {
+            return Err(Error::InvalidConfig(
+                "`tables` must be a list of table names".into(),
+            ));
+        }
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| identifier("tables", t))
+        .collect()
+}
+
+impl Task for DatabaseVacuum {
+    fn describe() -> Info {
+        Info::new("database-vacuum", "VACUUM ANALYZE of granted tables")
+            .schedule("0 4 * * 0")
+            .wants("sql:<table>:vacuum,analyze")
+    }
+
+    fn run(ctx: &Context) -> Result<Report, Error> {
+        let tables = tables()?;
+        let analyze = config::bool_or("analyze", true)?;
+        let full = config::bool_or("full", false)?;
+        let sqlite = sql::dialect()? == Dialect::Sqlite;
+        let command = match (sqlite, full, analyze) {
+            (true, _, _) => "VACUUM".to_owned(),
+            (false, true, true) => "VACUUM (FULL, ANALYZE)".to_owned(),
+            (false, true, false) => "VACUUM (FULL)".to_owned(),
+            (false, false, true) => "VACUUM (ANALYZE)".to_owned(),
+            (false, false, false) => "VACUUM".to_owned(),
+        };
+        let targets: Vec<Option<&String>> = if tables.is_empty() || sqlite {
+            vec![None]
+        } else {
+            tables.iter().map(Some).collect()
+        };
+        let mut done = 0;
+        let mut failures = Vec::new();
+        for target in &targets {
+            let statement = match target {
+                Some(t) => format!("{command} {}", quote_ident(t)),
+                None => command.clone(),
+            };
+            match sql::execute(&statement, &[]) {
+                Ok(_) => done += 1,
+                Err(e) => {
+                    let what = target.map(String::as_str).unwrap_or("the database");
+                    log::error(format!("{what}: {}", e.message()));
+                    failures.push(format!("{what}: {}", e.message()));
+                }
+            }
+        }
+        let verb = if ctx.dry_run {
+            "would vacuum"
+        } else {
+            "vacuumed"
+        };
+        let what = if tables.is_empty() {
+            "the database".to_owned()
+        } else {
+            format!("{done} of {} tables", targets.len())
+        };
+        if !failures.is_empty() {
+            return Err(Error::failed(format!(
+                "{verb} {what}; failed: {}",
+                failures.join("; ")
+            )));
+        }
+        Ok(Report::new(format!("{verb} {what}")).metric("tables_vacuumed", done as f64))
+    }
+}
+
+housekeeper_sdk::export_task!(DatabaseVacuum);

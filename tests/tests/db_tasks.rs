@@ -1,0 +1,621 @@
+//! The bundled database tasks against a real PostgreSQL 15 (a fresh
+//! database per test, loaded with deploy/schema/example.sql), and row
+//! retention against SQLite too.
+
+use SqlVerb::*;
+use chrono::{Duration as Days, NaiveDate, Utc};
+use housekeeper::capabilities::sql::{Connection, Connections};
+use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
+use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use housekeeper::runtime::RunRequest;
+use housekeeper_tests::{EXAMPLE_SCHEMA, component, runtime, task_path};
+use sqlx::{PgPool, SqlitePool};
+use std::time::Duration;
+
+async fn schema(pool: &PgPool) {
+    sqlx::raw_sql(EXAMPLE_SCHEMA).execute(pool).await.unwrap();
+}
+
+struct Run<'a> {
+    task: &'a str,
+    connection: Connection,
+    config: Vec<(&'a str, ConfigValue)>,
+    grants: Vec<(&'a str, Vec<SqlVerb>)>,
+    dry_run: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(task: &'a str, pool: &PgPool) -> Self {
+        Run {
+            task,
+            connection: Connection::postgres(pool.clone()),
+            config: Vec::new(),
+            grants: Vec::new(),
+            dry_run: false,
+        }
+    }
+
+    fn config(mut self, key: &'a str, value: impl Into<Value>) -> Self {
+        self.config.push((key, value.into().0));
+        self
+    }
+
+    fn grant(mut self, table: &'a str, verbs: &[SqlVerb]) -> Self {
+        self.grants.push((table, verbs.to_vec()));
+        self
+    }
+
+    fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    async fn go(self) -> RunResult {
+        let mut request = RunRequest::from_manifest(
+            &Manifest::implicit(self.task, &format!("{}.wasm", self.task)),
+            housekeeper::cli::new_run_id(),
+            Trigger::Manual,
+        );
+        request.timeout = Duration::from_secs(60);
+        request.dry_run = self.dry_run;
+        request.database = Some(DatabaseGrant {
+            connection: "main".into(),
+            tables: self
+                .grants
+                .into_iter()
+                .map(|(t, v)| (t.to_owned(), v))
+                .collect(),
+        });
+        request.connections = Some(Connections::from_connections([("main", self.connection)]));
+        for (k, v) in self.config {
+            request.config.insert(k.into(), v);
+        }
+        runtime()
+            .run(&component(&task_path(self.task)), request)
+            .await
+    }
+}
+
+struct Value(ConfigValue);
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value(ConfigValue::Text(v.into()))
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value(ConfigValue::Integer(v))
+    }
+}
+
+fn metric(r: &RunResult, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {r:#?}"))
+        .value
+}
+
+fn ok(r: &RunResult) {
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn day_name(table: &str, d: NaiveDate) -> String {
+    format!("{table}_{}", d.format("%Y_%m_%d"))
+}
+
+async fn partitions(pool: &PgPool, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = $1::regclass ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn create_day(pool: &PgPool, table: &str, d: NaiveDate) {
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {} PARTITION OF {table} FOR VALUES FROM ('{d} 00:00:00+00') TO ('{} 00:00:00+00')",
+        day_name(table, d),
+        d + Days::days(1)
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn events(pool: &PgPool) -> Run<'static> {
+    Run::new("partition-maintenance", pool)
+        .config("table", "events")
+        .config("interval", "daily")
+        .config("premake", 30)
+        .config("retention", "90 days")
+        .grant("events", &[Select, CreatePartition, DropPartition])
+        .grant("events_default", &[Select])
+}
+
+#[sqlx::test]
+async fn partition_maintenance_keeps_events_ready_and_within_retention(pool: PgPool) {
+    schema(&pool).await;
+    let old = today() - Days::days(100);
+    let recent = today() - Days::days(89);
+    create_day(&pool, "events", old).await;
+    create_day(&pool, "events", recent).await;
+
+    let r = events(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "partitions_created"), 31.0);
+    assert_eq!(metric(&r, "partitions_dropped"), 1.0);
+    assert_eq!(metric(&r, "default_partition_rows"), 0.0);
+    let names = partitions(&pool, "events").await;
+    for d in 0..=30 {
+        assert!(
+            names.contains(&day_name("events", today() + Days::days(d))),
+            "day +{d} missing: {names:?}"
+        );
+    }
+    assert!(!names.contains(&day_name("events", today() + Days::days(31))));
+    assert!(!names.contains(&day_name("events", old)), "{names:?}");
+    assert!(names.contains(&day_name("events", recent)), "{names:?}");
+    // Inserts for today now land in today's partition.
+    sqlx::query("INSERT INTO events (event_type) VALUES ('x')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let landed: String = sqlx::query_scalar("SELECT tableoid::regclass::text FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(landed, day_name("events", today()));
+
+    // A second run changes nothing.
+    let before = catalog(&pool).await;
+    let r = events(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "partitions_created"), 0.0);
+    assert_eq!(metric(&r, "partitions_dropped"), 0.0);
+    assert_eq!(catalog(&pool).await, before);
+
+    // A missing partition in the middle is filled.
+    let middle = day_name("events", today() + Days::days(10));
+    sqlx::raw_sql(&format!("DROP TABLE {middle}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = events(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "partitions_created"), 1.0);
+    assert!(partitions(&pool, "events").await.contains(&middle));
+}
+
+#[sqlx::test]
+async fn rows_in_the_default_partition_raise_the_warning(pool: PgPool) {
+    schema(&pool).await;
+    let far = today() + Days::days(60);
+    sqlx::query("INSERT INTO events (event_type, \"timestamp\") VALUES ('early', $1)")
+        .bind(far.and_hms_opt(12, 0, 0).unwrap().and_utc())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = events(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "default_partition_rows"), 1.0);
+    assert!(
+        r.output
+            .contains("[warn] the default partition events_default holds 1 rows"),
+        "{}",
+        r.output
+    );
+
+    // A row in the default partition for a day that should get its own
+    // partition blocks that one (reported, not silent); the rest are made.
+    let r = events(&pool).config("premake", 70).go().await;
+    assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+    let error = r.error.unwrap();
+    assert!(error.contains(&day_name("events", far)), "{error}");
+    assert!(error.contains("default partition"), "{error}");
+    let names = partitions(&pool, "events").await;
+    assert!(names.contains(&day_name("events", today() + Days::days(70))));
+    assert!(!names.contains(&day_name("events", far)));
+}
+
+#[sqlx::test]
+async fn partition_maintenance_handles_hourly_and_monthly_and_detach(pool: PgPool) {
+    schema(&pool).await;
+    let r = Run::new("partition-maintenance", &pool)
+        .config("table", "device_metrics")
+        .config("interval", "monthly")
+        .config("premake", 2)
+        .grant("device_metrics", &[Select, CreatePartition, DropPartition])
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(metric(&r, "partitions_created"), 3.0);
+    let month = today().format("device_metrics_%Y_%m").to_string();
+    assert!(partitions(&pool, "device_metrics").await.contains(&month));
+
+    let old = today() - Days::days(30);
+    create_day(&pool, "device_logs", old).await;
+    let r = Run::new("partition-maintenance", &pool)
+        .config("table", "device_logs")
+        .config("interval", "hourly")
+        .config("premake", 5)
+        .config("retention", "7 days")
+        .config("retention_mode", "detach")
+        .grant("device_logs", &[Select, CreatePartition, DropPartition])
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(metric(&r, "partitions_created"), 6.0);
+    // Daily names do not match the hourly scheme, so that one is left alone.
+    assert_eq!(metric(&r, "partitions_detached"), 0.0);
+    let hour = Utc::now().format("device_logs_%Y_%m_%d_%H").to_string();
+    assert!(partitions(&pool, "device_logs").await.contains(&hour));
+
+    // Bad config is named.
+    let r = Run::new("partition-maintenance", &pool)
+        .config("table", "events; DROP TABLE devices")
+        .grant("events", &[Select])
+        .go()
+        .await;
+    assert!(r.error.unwrap().contains("`table`"));
+    let r = events(&pool).config("interval", "weekly").go().await;
+    assert!(r.error.unwrap().contains("`interval`"));
+    let r = Run::new("partition-maintenance", &pool)
+        .config("table", "devices")
+        .grant("devices", &[Select])
+        .go()
+        .await;
+    assert!(r.error.unwrap().contains("not a partitioned table"));
+}
+
+/// Everything in the public schema that a task could change: relations,
+/// their kinds and partition bounds, and every table's rows.
+async fn catalog(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT string_agg(c.relname || ':' || c.relkind::text || ':' || coalesce(pg_get_expr(c.relpartbound, c.oid), ''), ',' ORDER BY c.relname)
+         FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn fingerprint(pool: &PgPool) -> String {
+    let mut all = catalog(pool).await;
+    for table in [
+        "events",
+        "devices",
+        "device_api_key_history",
+        "audit_logs",
+        "access_tokens",
+        "oauth_sessions",
+        "device_modules",
+        "sensor_readings",
+    ] {
+        let rows: String = sqlx::query_scalar(&format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        all.push_str(&format!("\n{table}={rows}"));
+    }
+    all
+}
+
+async fn seed(pool: &PgPool) {
+    sqlx::raw_sql(
+        "INSERT INTO devices (device_name, device_api_key_hash, api_key_expires_at, api_key_rotation_enabled, is_active) VALUES
+             ('due',      'old-hash-1', now() + interval '3 days',  true,  true),
+             ('later',    'old-hash-2', now() + interval '30 days', true,  true),
+             ('disabled', 'old-hash-3', now() + interval '1 day',   false, true),
+             ('inactive', 'old-hash-4', now() + interval '1 day',   true,  false);
+         INSERT INTO device_api_key_history (device_uuid, key_hash, issued_at, expires_at, is_active)
+             SELECT uuid, 'older-hash', now() - interval '100 days', now() - interval '1 day', true
+             FROM devices WHERE device_name = 'later';
+         INSERT INTO access_tokens (user_id, token_hash, expires_at, revoked_at) VALUES
+             (1, 'a', now() - interval '3 days', NULL),
+             (1, 'b', now() - interval '1 hour', NULL),
+             (2, 'c', now() + interval '1 day', now() - interval '2 days'),
+             (2, 'd', now() + interval '1 day', NULL);
+         INSERT INTO oauth_sessions (state, completed_at, created_at) VALUES
+             ('abandoned', NULL, now() - interval '2 days'),
+             ('fresh', NULL, now() - interval '1 hour'),
+             ('done', now() - interval '2 days', now() - interval '2 days');
+         INSERT INTO device_modules (device_uuid, module_name, version, reported_at)
+             SELECT d.uuid, m, v, now() - (v || ' hours')::interval
+             FROM devices d, unnest(ARRAY['agent', 'sensor']) m, unnest(ARRAY['1', '2', '3']) v;
+         INSERT INTO device_modules (device_uuid, module_name, version)
+             VALUES (gen_random_uuid(), 'agent', 'orphan');
+         INSERT INTO sensor_readings (device_uuid, value, created_at)
+             SELECT gen_random_uuid(), g, now() - (g || ' days')::interval FROM generate_series(1, 200) g;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn tokens(pool: &PgPool) -> Run<'static> {
+    Run::new("cleanup-expired-tokens", pool)
+        .grant("access_tokens", &[Delete])
+        .grant("oauth_sessions", &[Delete])
+}
+
+fn rotation(pool: &PgPool) -> Run<'static> {
+    Run::new("api-key-rotation", pool)
+        .config("bcrypt_cost", 4)
+        .grant("devices", &[Select, Update])
+        .grant("device_api_key_history", &[Select, Insert, Update])
+        .grant("audit_logs", &[Insert])
+}
+
+fn dedupe(pool: &PgPool) -> Run<'static> {
+    Run::new("dedupe-orphans", pool)
+        .config("table", "device_modules")
+        .config("key", "device_uuid, module_name")
+        .config("newest_by", "reported_at")
+        .config("parent_table", "devices")
+        .config("parent_column", "uuid")
+        .config("column", "device_uuid")
+        .grant("device_modules", &[Delete])
+        .grant("devices", &[Select])
+}
+
+fn retention(pool: &PgPool) -> Run<'static> {
+    Run::new("row-retention", pool)
+        .config("table", "sensor_readings")
+        .config("older_than", "90 days")
+        .config("batch_size", 25)
+        .grant("sensor_readings", &[Delete])
+}
+
+#[sqlx::test]
+async fn dry_runs_leave_the_database_unchanged(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    create_day(&pool, "events", today() - Days::days(100)).await;
+    let before = fingerprint(&pool).await;
+    let runs = [
+        events(&pool).dry_run(),
+        retention(&pool).dry_run(),
+        tokens(&pool).dry_run(),
+        rotation(&pool).dry_run(),
+        dedupe(&pool).dry_run(),
+        Run::new("database-vacuum", &pool)
+            .config("tables", "sensor_readings")
+            .grant("sensor_readings", &[Vacuum, Analyze])
+            .dry_run(),
+    ];
+    let mut reports = Vec::new();
+    for run in runs {
+        let r = run.go().await;
+        ok(&r);
+        assert!(r.output.contains("dry-run"), "{}", r.output);
+        reports.push(r.summary.unwrap());
+    }
+    assert_eq!(fingerprint(&pool).await, before);
+    assert_eq!(
+        reports,
+        [
+            "events: would create 31, would drop 1",
+            "\"sensor_readings\": would delete 111 rows older than 90 days",
+            "would delete 2 expired tokens and 1 abandoned OAuth sessions",
+            "would rotate 1 device keys, would revoke 1 old keys",
+            "\"device_modules\": would delete 16 duplicates and 1 orphans",
+            "would vacuum 1 of 1 tables",
+        ]
+    );
+}
+
+#[sqlx::test]
+async fn row_retention_deletes_in_batches(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    let r = retention(&pool).go().await;
+    ok(&r);
+    // Rows 90 to 200 days old (the 90-day one aged past the cutoff since).
+    assert_eq!(metric(&r, "rows_deleted"), 111.0);
+    assert_eq!(metric(&r, "batches"), 5.0);
+    let (left, oldest): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), max(extract(day FROM now() - created_at))::bigint FROM sensor_readings",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((left, oldest), (89, 89));
+    let r = Run::new("row-retention", &pool)
+        .config("table", "sensor_readings")
+        .grant("sensor_readings", &[Delete])
+        .go()
+        .await;
+    assert!(r.error.unwrap().contains("`older_than` is required"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn row_retention_on_sqlite(pool: SqlitePool) {
+    sqlx::raw_sql(
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, value REAL, created_at TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+         INSERT INTO readings (value, created_at)
+             SELECT i, strftime('%Y-%m-%d %H:%M:%S', 'now', '-' || i || ' days') FROM n;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut run = Run::new(
+        "row-retention",
+        &PgPool::connect_lazy("postgres://unused/x").unwrap(),
+    )
+    .config("table", "readings")
+    .config("older_than", "90 days")
+    .config("batch_size", 30)
+    .grant("readings", &[Delete]);
+    run.connection = Connection::sqlite(pool.clone());
+    let r = run.go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "rows_deleted"), 111.0);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 89);
+}
+
+#[sqlx::test]
+async fn expired_tokens_and_abandoned_sessions_go(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    let r = tokens(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "tokens_deleted"), 2.0);
+    assert_eq!(metric(&r, "sessions_deleted"), 1.0);
+    let left: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM access_tokens ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // `b` expired an hour ago: within the default grace of a day.
+    assert_eq!(left, ["b", "d"]);
+    let left: Vec<String> = sqlx::query_scalar("SELECT state FROM oauth_sessions ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["done", "fresh"]);
+}
+
+#[sqlx::test]
+async fn api_keys_rotate_archive_audit_and_revoke(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    let r = rotation(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "keys_rotated"), 1.0);
+    assert_eq!(metric(&r, "keys_revoked"), 1.0);
+
+    let devices: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT device_name, device_api_key_hash, extract(day FROM api_key_expires_at - now())::bigint
+         FROM devices ORDER BY device_name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let due = devices.iter().find(|d| d.0 == "due").unwrap();
+    assert!(due.1.starts_with("$2b$04$") && due.1.len() == 60, "{due:?}");
+    assert_eq!(due.2, 89);
+    for (name, hash) in [
+        ("later", "old-hash-2"),
+        ("disabled", "old-hash-3"),
+        ("inactive", "old-hash-4"),
+    ] {
+        assert_eq!(devices.iter().find(|d| d.0 == name).unwrap().1, hash);
+    }
+
+    let history: Vec<(String, bool, Option<String>, i64)> = sqlx::query_as(
+        "SELECT key_hash, is_active, revoked_reason, coalesce(extract(day FROM expires_at - now())::bigint, 0)
+         FROM device_api_key_history ORDER BY key_hash",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        [
+            ("old-hash-1".to_owned(), true, None, 6),
+            (
+                "older-hash".to_owned(),
+                false,
+                Some("grace period expired".to_owned()),
+                -1
+            ),
+        ]
+    );
+    let audit: Vec<String> = sqlx::query_scalar("SELECT event_type FROM audit_logs ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audit, ["api_key_revoked", "api_key_rotated"]);
+
+    // Nothing is due on the next run.
+    let r = rotation(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "keys_rotated"), 0.0);
+    assert_eq!(metric(&r, "keys_revoked"), 0.0);
+
+    // Without the audit grant, nothing of a device's rotation is written.
+    sqlx::query("UPDATE devices SET api_key_expires_at = now() + interval '1 day' WHERE device_name = 'later'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = Run::new("api-key-rotation", &pool)
+        .config("bcrypt_cost", 4)
+        .grant("devices", &[Select, Update])
+        .grant("device_api_key_history", &[Select, Insert, Update])
+        .go()
+        .await;
+    assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+    let hash: String =
+        sqlx::query_scalar("SELECT device_api_key_hash FROM devices WHERE device_name = 'later'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(hash, "old-hash-2");
+}
+
+#[sqlx::test]
+async fn duplicates_and_orphans_are_removed(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    let r = dedupe(&pool).go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "duplicates_deleted"), 16.0);
+    assert_eq!(metric(&r, "orphans_deleted"), 1.0);
+    let left: Vec<(String, String)> =
+        sqlx::query_as("SELECT DISTINCT module_name, version FROM device_modules ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    // The newest report (1 hour old) survives per device and module.
+    assert_eq!(
+        left,
+        [("agent".into(), "1".into()), ("sensor".into(), "1".into())]
+    );
+}
+
+#[sqlx::test]
+async fn vacuum_runs_on_granted_tables_only(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    let r = Run::new("database-vacuum", &pool)
+        .config("tables", "sensor_readings, devices")
+        .grant("sensor_readings", &[Vacuum, Analyze])
+        .go()
+        .await;
+    assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+    assert!(
+        r.error
+            .unwrap()
+            .contains("`devices` is not granted `vacuum`")
+    );
+    let mut vacuumed = false;
+    for _ in 0..50 {
+        vacuumed = sqlx::query_scalar(
+            "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'sensor_readings'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if vacuumed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(vacuumed);
+}
