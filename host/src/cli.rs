@@ -202,6 +202,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let cached = Runtime::new(RuntimeOptions {
         cache_dir: Some(args.db.data_dir.join("cache")),
         connections: connections.clone(),
+        sql: args.db.sql_limits(),
         ..RuntimeOptions::default()
     });
     let runtime = match cached {
@@ -210,6 +211,7 @@ async fn run(args: RunArgs) -> ExitCode {
             tracing::warn!(error = %e, "no compile cache");
             match Runtime::new(RuntimeOptions {
                 connections,
+                sql: args.db.sql_limits(),
                 ..RuntimeOptions::default()
             }) {
                 Ok(r) => r,

@@ -2,7 +2,7 @@
 //! service). Each flag's value name is its environment variable, so a bad
 //! value is reported under the name the operator set.
 
-use crate::capabilities::sql::{ConnectionOptions, Connections};
+use crate::capabilities::sql::{ConnectionOptions, Connections, SqlLimits};
 use crate::store::{Store, StoreOptions};
 use chrono_tz::Tz;
 use std::path::PathBuf;
@@ -61,6 +61,14 @@ pub struct DbArgs {
         default_value = "./data"
     )]
     pub data_dir: PathBuf,
+    /// Most rows one SQL query of a task may return.
+    #[arg(long, env = "HOUSEKEEPER_SQL_MAX_ROWS", value_name = "HOUSEKEEPER_SQL_MAX_ROWS",
+          default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub sql_max_rows: u64,
+    /// Longest one SQL call of a task may run, even when its run has more time.
+    #[arg(long, env = "HOUSEKEEPER_SQL_CALL_TIMEOUT", value_name = "HOUSEKEEPER_SQL_CALL_TIMEOUT",
+          default_value = "15m", value_parser = parse_duration)]
+    pub sql_call_timeout: Duration,
     /// Name of this process in the run history (default: the host name).
     #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
     pub replica: Option<String>,
@@ -98,6 +106,15 @@ impl DbArgs {
             acquire_timeout: Duration::from_millis(self.db_connect_timeout),
         };
         Connections::from_env(main.as_deref(), std::env::vars(), &options)
+    }
+
+    /// Caps on each SQL call of a task.
+    pub fn sql_limits(&self) -> SqlLimits {
+        SqlLimits {
+            max_rows: self.sql_max_rows as usize,
+            call_timeout: self.sql_call_timeout,
+            ..SqlLimits::default()
+        }
     }
 
     pub fn replica(&self) -> String {
@@ -221,6 +238,8 @@ mod tests {
             db_pool_max: 10,
             db_connect_timeout: 10_000,
             data_dir: "./data".into(),
+            sql_max_rows: 100_000,
+            sql_call_timeout: Duration::from_secs(900),
             replica: None,
         }
     }
@@ -257,6 +276,11 @@ mod tests {
                 "HOUSEKEEPER_SHUTDOWN_GRACE",
             ),
             (vec!["x", "--db-pool-max", "0"], "DB_POOL_MAX"),
+            (vec!["x", "--sql-max-rows", "0"], "HOUSEKEEPER_SQL_MAX_ROWS"),
+            (
+                vec!["x", "--sql-call-timeout", "soon"],
+                "HOUSEKEEPER_SQL_CALL_TIMEOUT",
+            ),
         ] {
             let err = Wrap::try_parse_from(args).err().unwrap().to_string();
             assert!(err.contains(name), "{err}");

@@ -93,6 +93,7 @@ pub async fn run(
         max_instances: (args.max_concurrent_runs + 16).max(64),
         cache_dir: Some(args.db.data_dir.join("cache")),
         connections: args.db.connections()?,
+        sql: args.db.sql_limits(),
         ..RuntimeOptions::default()
     })?;
     let (defs, load_errors) = load_tasks(&runtime, &args.tasks_dir).await?;

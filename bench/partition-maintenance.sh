@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# partition-maintenance against pg_partman's run_maintenance() on identical
+# tables: daily range partitions of an `events`-shaped table from 150 days
+# ago through today, a default partition, premake 30, retention 90 days.
+# One maintenance pass then creates 30 partitions (tomorrow through +30) and
+# drops 60 (150 to 91 days old). ROUNDS rounds (default 5) on freshly built
+# tables, alternating; the housekeeper side is the release binary's `run`
+# (process start and compile-cache load included), the pg_partman side is
+# `psql -c "SELECT partman.run_maintenance(...)"`. Prints the medians and
+# the ratio. Needs PostgreSQL with pg_partman installed
+# (apt-get install postgresql-15-partman) at BENCH_SERVER; uses a database
+# named housekeeper_bench_partman, dropped afterwards.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+rounds=${ROUNDS:-5}
+server=${BENCH_SERVER:-postgres://postgres@127.0.0.1:5432}
+db=housekeeper_bench_partman
+work=$(mktemp -d)
+psql_() { psql "$server/$1" -v ON_ERROR_STOP=1 -qAt "${@:2}"; }
+trap 'rm -rf "$work"; psql_ postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
+
+[ -x "$root/target/release/housekeeper" ] || cargo build --release --quiet --bin housekeeper --manifest-path "$root/Cargo.toml"
+[ -f "$root/target/tasks/partition-maintenance.wasm" ] || "$root/scripts/build-tasks.sh"
+bin=$root/target/release/housekeeper
+
+psql_ postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+psql_ $db -c "CREATE SCHEMA partman" -c "CREATE EXTENSION pg_partman SCHEMA partman"
+echo "pg_partman $(psql_ $db -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'")"
+
+mkdir -p "$work/tasks" "$work/data"
+cp "$root/target/tasks/partition-maintenance.wasm" "$work/tasks/"
+cat > "$work/tasks/events-hk.toml" <<TOML
+component = "partition-maintenance.wasm"
+[grants.database]
+connection = "main"
+tables = { events_hk = ["select", "create_partition", "drop_partition"], events_hk_default = ["select"] }
+[config]
+table = "events_hk"
+interval = "daily"
+premake = 30
+retention = "90 days"
+TOML
+
+table() {
+    echo "DROP TABLE IF EXISTS $1;
+          CREATE TABLE $1 (id bigint, event_type text, device_uuid uuid, data jsonb,
+                           \"timestamp\" timestamptz NOT NULL) PARTITION BY RANGE (\"timestamp\");"
+}
+
+setup_partman() {
+    psql_ $db -c "DELETE FROM partman.part_config WHERE parent_table = 'public.events_pm'" \
+        -c "$(table events_pm)" \
+        -c "SELECT partman.create_parent('public.events_pm', 'timestamp', 'native', 'daily',
+                p_premake := 0, p_start_partition := (current_date - 150)::text)" \
+        -c "UPDATE partman.part_config SET premake = 30, retention = '90 days', retention_keep_table = false
+            WHERE parent_table = 'public.events_pm'" >/dev/null
+}
+
+setup_hk() {
+    psql_ $db -c "$(table events_hk)" \
+        -c "CREATE TABLE events_hk_default PARTITION OF events_hk DEFAULT" \
+        -c "DO \$\$ DECLARE d date; BEGIN
+              FOR d IN SELECT generate_series(current_date - 150, current_date, '1 day')::date LOOP
+                EXECUTE format('CREATE TABLE %I PARTITION OF events_hk FOR VALUES FROM (%L) TO (%L)',
+                  'events_hk_' || to_char(d, 'YYYY_MM_DD'), d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+              END LOOP; END \$\$" >/dev/null
+}
+
+children() { psql_ $db -c "SELECT count(*) FROM pg_inherits WHERE inhparent = '$1'::regclass"; }
+ms() { date +%s%3N; }
+
+# Warm the compile cache once.
+setup_hk
+DATABASE_URL="$server/$db" HOUSEKEEPER_DATA_DIR="$work/data" "$bin" run events-hk --tasks-dir "$work/tasks" --no-record --dry-run >/dev/null
+
+declare -a p h
+for i in $(seq "$rounds"); do
+    setup_partman
+    before_pm=$(children events_pm)
+    t0=$(ms)
+    psql_ $db -c "SELECT partman.run_maintenance('public.events_pm')" >/dev/null
+    p+=($(( $(ms) - t0 )))
+    after_pm=$(children events_pm)
+
+    setup_hk
+    before_hk=$(children events_hk)
+    t0=$(ms)
+    out=$(DATABASE_URL="$server/$db" HOUSEKEEPER_DATA_DIR="$work/data" "$bin" run events-hk --tasks-dir "$work/tasks" --no-record)
+    h+=($(( $(ms) - t0 )))
+    after_hk=$(children events_hk)
+    echo "$out" | grep -q "created 30, dropped 60" || { echo "$out"; exit 1; }
+    echo "round $i: pg_partman ${p[-1]} ms ($before_pm -> $after_pm partitions), housekeeper ${h[-1]} ms ($before_hk -> $after_hk)"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mp=$(median "${p[@]}"); mh=$(median "${h[@]}")
+echo "median: pg_partman run_maintenance $mp ms, housekeeper partition-maintenance $mh ms, ratio $(awk -v a="$mh" -v b="$mp" 'BEGIN {printf "%.2f", a/b}')"
