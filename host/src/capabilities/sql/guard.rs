@@ -271,7 +271,7 @@ impl<'g> Analysis<'g> {
             other => (BTreeSet::new(), other),
         };
 
-        let mut scan = Scan::new(self.dialect);
+        let mut scan = Scan::new();
         if let ControlFlow::Break(denial) = statement.visit(&mut scan) {
             return Err(denial);
         }
@@ -707,7 +707,6 @@ fn function_allowed(name: &str) -> bool {
 /// One pass over the whole statement: the relations it names, its function
 /// calls and nested statements.
 struct Scan {
-    dialect: Dialect,
     relations: Vec<String>,
     statements: usize,
     /// The next relation the visitor reports is a table function's name.
@@ -715,9 +714,8 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(dialect: Dialect) -> Self {
+    fn new() -> Self {
         Scan {
-            dialect,
             relations: Vec::new(),
             statements: 0,
             next_is_function: false,
@@ -792,7 +790,6 @@ impl Visitor for Scan {
         if let Expr::Function(f) = expr {
             return self.function(&name(&f.name));
         }
-        let _ = self.dialect;
         ControlFlow::Continue(())
     }
 }

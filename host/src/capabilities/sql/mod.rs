@@ -284,10 +284,7 @@ impl SqlCapability {
             if s.checked.kind == Kind::Read {
                 continue;
             }
-            let rows = match outcome {
-                Outcome::Changed(n) => *n,
-                Outcome::Rows(r) => r.rows.len() as u64,
-            };
+            let rows = changed(outcome);
             let line = if self.dry_run {
                 format!(
                     "sql (dry-run, rolled back): {} → would change {rows} rows",
@@ -316,6 +313,50 @@ pub(crate) fn value_size(value: &wit::Value) -> usize {
         wit::Value::Text(s) | wit::Value::Json(s) => s.len(),
         wit::Value::Bytes(b) => b.len(),
         _ => 0,
+    }
+}
+
+/// Why reading a result stopped early.
+pub(crate) enum Collect {
+    TooLarge,
+    Failed(Failure),
+}
+
+/// Reads a result stream into rows, stopping at the row and byte caps.
+pub(crate) async fn collect<R: sqlx::Row>(
+    mut stream: impl futures_util::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    values: impl Fn(&R) -> Result<Vec<wit::Value>, Failure>,
+    error: impl Fn(sqlx::Error) -> Failure,
+    limits: &SqlLimits,
+) -> Result<wit::Rows, Collect> {
+    use futures_util::TryStreamExt;
+    use sqlx::Column;
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| Collect::Failed(error(e)))?
+    {
+        if columns.is_empty() {
+            columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        }
+        let values = values(&row).map_err(Collect::Failed)?;
+        bytes += values.iter().map(value_size).sum::<usize>();
+        rows.push(values);
+        if rows.len() > limits.max_rows || bytes > limits.max_bytes {
+            return Err(Collect::TooLarge);
+        }
+    }
+    Ok(wit::Rows { columns, rows })
+}
+
+/// Rows a statement changed; for a query, the rows it returned.
+fn changed(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Changed(n) => *n,
+        Outcome::Rows(r) => r.rows.len() as u64,
     }
 }
 
@@ -364,15 +405,10 @@ impl Host for SqlCapability {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.run(vec![prepared], false).await?.map(|outcomes| {
-            outcomes
-                .iter()
-                .map(|o| match o {
-                    Outcome::Changed(n) => *n,
-                    Outcome::Rows(r) => r.rows.len() as u64,
-                })
-                .sum()
-        }))
+        Ok(self
+            .run(vec![prepared], false)
+            .await?
+            .map(|outcomes| outcomes.iter().map(changed).sum()))
     }
 
     async fn transaction(
@@ -394,15 +430,10 @@ impl Host for SqlCapability {
         if prepared.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        Ok(self.run(prepared, false).await?.map(|outcomes| {
-            outcomes
-                .iter()
-                .map(|o| match o {
-                    Outcome::Changed(n) => *n,
-                    Outcome::Rows(r) => r.rows.len() as u64,
-                })
-                .collect()
-        }))
+        Ok(self
+            .run(prepared, false)
+            .await?
+            .map(|outcomes| outcomes.iter().map(changed).collect()))
     }
 }
 

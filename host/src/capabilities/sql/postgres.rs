@@ -1,10 +1,9 @@
 //! Running checked statements on PostgreSQL.
 
 use super::guard::Kind;
-use super::{Budget, Failure, Outcome, Prepared, SqlLimits, too_large, value_size};
+use super::{Budget, Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::runtime::bindings::housekeeper::task::sql as wit;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use futures_util::TryStreamExt;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -80,15 +79,17 @@ pub(super) async fn run(
         }
         let query = bind(sqlx::query(&statement.sql), &statement.params);
         if want_rows {
-            match fetch(&mut tx, query, budget, limits).await {
+            let stream = (&mut *tx).fetch(query);
+            let read = |row: &PgRow| values(row).map_err(Failure::Guest);
+            match collect(stream, read, fail, limits).await {
                 Ok(rows) => outcomes.push(Outcome::Rows(rows)),
-                Err(Fetch::TooLarge) => {
+                Err(Collect::TooLarge) => {
                     // Stop the server from sending the rest: drop the socket.
                     drop(tx);
                     conn.close_on_drop();
                     return Err(Failure::Guest(too_large(limits)));
                 }
-                Err(Fetch::Error(e)) => return Err(e),
+                Err(Collect::Failed(e)) => return Err(e),
             }
         } else {
             let done = tx.execute(query).await.map_err(fail)?;
@@ -101,36 +102,6 @@ pub(super) async fn run(
         tx.commit().await.map_err(fail)?;
     }
     Ok(outcomes)
-}
-
-enum Fetch {
-    TooLarge,
-    Error(Failure),
-}
-
-async fn fetch(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    query: Query<'_, Postgres, PgArguments>,
-    budget: Budget,
-    limits: &SqlLimits,
-) -> Result<wit::Rows, Fetch> {
-    let budget_error = |e: sqlx::Error| Fetch::Error(error(e, budget));
-    let mut stream = (&mut **tx).fetch(query);
-    let mut columns = Vec::new();
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(row) = stream.try_next().await.map_err(budget_error)? {
-        if columns.is_empty() {
-            columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-        }
-        let values = values(&row).map_err(|e| Fetch::Error(Failure::Guest(e)))?;
-        bytes += values.iter().map(value_size).sum::<usize>();
-        rows.push(values);
-        if rows.len() > limits.max_rows || bytes > limits.max_bytes {
-            return Err(Fetch::TooLarge);
-        }
-    }
-    Ok(wit::Rows { columns, rows })
 }
 
 /// A database error, as the guest sees it (or the run's deadline).

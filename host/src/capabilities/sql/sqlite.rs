@@ -3,13 +3,12 @@
 //! the connection's busy timeout.
 
 use super::guard::Kind;
-use super::{Failure, Outcome, Prepared, SqlLimits, too_large, value_size};
+use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::runtime::bindings::housekeeper::task::sql as wit;
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
-use sqlx::{Column, Connection, Executor, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{Connection, Executor, Row, Sqlite, TypeInfo, ValueRef};
 
 pub(super) async fn run(
     pool: &SqlitePool,
@@ -32,22 +31,12 @@ pub(super) async fn run(
     for statement in statements {
         let query = bind(sqlx::query(&statement.sql), &statement.params);
         if want_rows {
-            let mut stream = (&mut *tx).fetch(query);
-            let mut columns = Vec::new();
-            let mut rows = Vec::new();
-            let mut bytes = 0usize;
-            while let Some(row) = stream.try_next().await.map_err(error)? {
-                if columns.is_empty() {
-                    columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-                }
-                let values = values(&row)?;
-                bytes += values.iter().map(value_size).sum::<usize>();
-                rows.push(values);
-                if rows.len() > limits.max_rows || bytes > limits.max_bytes {
-                    return Err(Failure::Guest(too_large(limits)));
-                }
+            let stream = (&mut *tx).fetch(query);
+            match collect(stream, values, error, limits).await {
+                Ok(rows) => outcomes.push(Outcome::Rows(rows)),
+                Err(Collect::TooLarge) => return Err(Failure::Guest(too_large(limits))),
+                Err(Collect::Failed(e)) => return Err(e),
             }
-            outcomes.push(Outcome::Rows(wit::Rows { columns, rows }));
         } else {
             let done = tx.execute(query).await.map_err(error)?;
             outcomes.push(Outcome::Changed(done.rows_affected()));
