@@ -7,9 +7,10 @@
 //! `strategy` (PostgreSQL only: `blocks`, the default, or `limit`).
 //! Grants: the table needs `delete`.
 //!
-//! `blocks` walks the table once in ranges of physical blocks sized to hold
-//! about `batch_size` rows (`ctid` range scans): every batch costs the same,
-//! and the whole run reads the table once, as a single `DELETE` would.
+//! `blocks` walks the table once in ranges of physical blocks (`ctid`
+//! range scans), each range sized from the last so that a batch deletes
+//! about `batch_size` rows: the whole run reads the table once, as a single
+//! `DELETE` would, and ranges with nothing to delete are crossed quickly.
 //! `limit` deletes `ctid = ANY(ARRAY(SELECT ctid … LIMIT n))`, which suits
 //! a huge table with few old rows and an index on the column. On SQLite a
 //! batch selects by `rowid`. In a dry-run the host rolls every statement
@@ -112,8 +113,9 @@ impl Task for RowRetention {
 /// gets differently sized (still complete) ranges.
 const BLOCK_SIZE: i64 = 8192;
 
-/// Deletes in ranges of blocks holding about `batch_size` rows each, then
-/// once more past the last block seen (rows added meanwhile).
+/// Deletes in ranges of blocks, each sized so it deletes about
+/// `batch_size` rows judging by the range before it, then once more past
+/// the last block seen (rows added meanwhile).
 fn by_blocks(
     table: &str,
     column: &str,
@@ -138,14 +140,14 @@ fn by_blocks(
     } else {
         100.0
     };
-    let step = ((batch_size as f64 / per_block) as i64).max(1);
+    let mut step = ((batch_size as f64 / per_block) as i64).max(1);
     let range = format!(
         "DELETE FROM {table} WHERE ctid >= $2::text::tid AND ctid < $3::text::tid AND {column} < $1"
     );
     let (mut total, mut batches, mut start) = (0, 0, 0);
     while start < blocks {
         let end = start + step;
-        total += sql::execute(
+        let deleted = sql::execute(
             &range,
             &[
                 cutoff.clone(),
@@ -153,8 +155,16 @@ fn by_blocks(
                 Value::Text(format!("({end},0)")),
             ],
         )?;
+        total += deleted;
         batches += 1;
         start = end;
+        // At most four times larger or smaller than the last range.
+        let scale = if deleted == 0 {
+            4.0
+        } else {
+            (batch_size as f64 / deleted as f64).clamp(0.25, 4.0)
+        };
+        step = ((step as f64 * scale) as i64).max(1);
         if !between(total) {
             return Ok((total, batches));
         }

@@ -8,7 +8,7 @@
 use super::guard::Dialect;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{ConnectOptions, PgPool, SqlitePool};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,7 +34,11 @@ impl Connection {
     /// Opens a lazy pool for `url`; only the URL is checked here.
     pub fn open(url: &str, options: &ConnectionOptions) -> anyhow::Result<Self> {
         let pool = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let connect = PgConnectOptions::from_str(url)?.application_name("housekeeper-task");
+            // Task statements are recorded in the run's output, not the
+            // host's log.
+            let connect = PgConnectOptions::from_str(url)?
+                .application_name("housekeeper-task")
+                .disable_statement_logging();
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(options.pool_max)

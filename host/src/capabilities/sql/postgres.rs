@@ -48,14 +48,15 @@ pub(super) async fn run(
         return Ok(vec![Outcome::Changed(0)]);
     }
 
-    let mut tx = (&mut *conn).begin().await.map_err(fail)?;
-    sqlx::query(
-        "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
-    )
-    .bind(budget.millis())
-    .execute(&mut *tx)
-    .await
-    .map_err(fail)?;
+    // One round trip opens the transaction and sets its limits (the value
+    // is a number of our own, not guest input).
+    let millis = budget.millis();
+    let mut tx = (&mut *conn)
+        .begin_with(format!(
+            "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
+        ))
+        .await
+        .map_err(fail)?;
     let mut outcomes = Vec::with_capacity(statements.len());
     for statement in statements {
         for check in &statement.checked.partition_checks {
