@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # partition-maintenance against pg_partman's run_maintenance() on identical
 # tables: daily range partitions of an `events`-shaped table from 150 days
-# ago through today, a default partition, premake 30, retention 90 days.
-# One maintenance pass then creates 30 partitions (tomorrow through +30) and
-# drops 60 (150 to 91 days old). ROUNDS rounds (default 5) on freshly built
+# ago through tomorrow (pg_partman's smallest premake is 1), a default
+# partition, partitions up to +31 days (pg_partman premake 30, which it
+# counts past tomorrow; housekeeper premake 31, counted from today),
+# retention 90 days. One maintenance pass then creates 30 partitions (+2
+# through +31 days) and drops 60 (150 to 91 days old); the script checks
+# that both end with the same partitions. ROUNDS rounds (default 5) on freshly built
 # tables, alternating; the housekeeper side is the release binary's `run`
 # (process start and compile-cache load included), the pg_partman side is
 # `psql -c "SELECT partman.run_maintenance(...)"`. Prints the medians and
@@ -37,7 +40,7 @@ tables = { events_hk = ["select", "create_partition", "drop_partition"], events_
 [config]
 table = "events_hk"
 interval = "daily"
-premake = 30
+premake = 31
 retention = "90 days"
 TOML
 
@@ -49,10 +52,12 @@ table() {
 
 setup_partman() {
     psql_ $db -c "DELETE FROM partman.part_config WHERE parent_table = 'public.events_pm'" \
+        -c "DROP TABLE IF EXISTS partman.template_public_events_pm" \
         -c "$(table events_pm)" \
         -c "SELECT partman.create_parent('public.events_pm', 'timestamp', 'native', 'daily',
-                p_premake := 0, p_start_partition := (current_date - 150)::text)" \
-        -c "UPDATE partman.part_config SET premake = 30, retention = '90 days', retention_keep_table = false
+                p_premake := 1, p_start_partition := (current_date - 150)::text)" \
+        -c "UPDATE partman.part_config SET premake = 30, retention = '90 days', retention_keep_table = false,
+                infinite_time_partitions = true
             WHERE parent_table = 'public.events_pm'" >/dev/null
 }
 
@@ -60,7 +65,7 @@ setup_hk() {
     psql_ $db -c "$(table events_hk)" \
         -c "CREATE TABLE events_hk_default PARTITION OF events_hk DEFAULT" \
         -c "DO \$\$ DECLARE d date; BEGIN
-              FOR d IN SELECT generate_series(current_date - 150, current_date, '1 day')::date LOOP
+              FOR d IN SELECT generate_series(current_date - 150, current_date + 1, '1 day')::date LOOP
                 EXECUTE format('CREATE TABLE %I PARTITION OF events_hk FOR VALUES FROM (%L) TO (%L)',
                   'events_hk_' || to_char(d, 'YYYY_MM_DD'), d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
               END LOOP; END \$\$" >/dev/null
@@ -89,6 +94,7 @@ for i in $(seq "$rounds"); do
     h+=($(( $(ms) - t0 )))
     after_hk=$(children events_hk)
     echo "$out" | grep -q "created 30, dropped 60" || { echo "$out"; exit 1; }
+    [ "$after_pm" = "$after_hk" ] || { echo "different results: pg_partman left $after_pm partitions, housekeeper $after_hk"; psql_ $db -c "SELECT min(c.relname), max(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events_pm'::regclass AND c.relname <> 'events_pm_default'" -c "SELECT min(c.relname), max(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events_hk'::regclass AND c.relname <> 'events_hk_default'"; exit 1; }
     echo "round $i: pg_partman ${p[-1]} ms ($before_pm -> $after_pm partitions), housekeeper ${h[-1]} ms ($before_hk -> $after_hk)"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
