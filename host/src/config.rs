@@ -105,7 +105,10 @@ impl DbArgs {
             pool_max: self.db_pool_max,
             acquire_timeout: Duration::from_millis(self.db_connect_timeout),
         };
-        Connections::from_env(main.as_deref(), std::env::vars(), &options)
+        // Variables that are not Unicode cannot name a connection.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Connections::from_env(main.as_deref(), env, &options)
     }
 
     /// Caps on each SQL call of a task.
