@@ -257,12 +257,7 @@ impl<'g> Analysis<'g> {
         // A top-level `WITH` names relations that are not tables.
         let (ctes, main) = match statement {
             Statement::Query(query) => {
-                let ctes: BTreeSet<String> = query
-                    .with
-                    .iter()
-                    .flat_map(|w| &w.cte_tables)
-                    .map(|cte| fold(&cte.alias.name.value, cte.alias.name.quote_style))
-                    .collect();
+                let ctes = query.with.as_ref().map(cte_names).unwrap_or_default();
                 match query.body.as_ref() {
                     SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => (ctes, s),
                     _ => (ctes, statement),
@@ -479,6 +474,32 @@ impl<'g> Analysis<'g> {
         plan.checks = checks;
         Ok(plan)
     }
+}
+
+/// The names a top-level `WITH` defines that denote only its CTEs. A name
+/// that some CTE's own body uses before it is defined (a CTE may see only
+/// those before it, and itself when `RECURSIVE`) denotes a table there, so
+/// it is not exempt: the table must be granted.
+fn cte_names(with: &sqlparser::ast::With) -> BTreeSet<String> {
+    let names: Vec<String> = with
+        .cte_tables
+        .iter()
+        .map(|cte| fold(&cte.alias.name.value, cte.alias.name.quote_style))
+        .collect();
+    let mut tables = BTreeSet::new();
+    for (i, cte) in with.cte_tables.iter().enumerate() {
+        let visible = if with.recursive {
+            &names[..=i]
+        } else {
+            &names[..i]
+        };
+        for relation in relations_of(&cte.query) {
+            if !visible.contains(&relation) {
+                tables.insert(relation);
+            }
+        }
+    }
+    names.into_iter().filter(|n| !tables.contains(n)).collect()
 }
 
 fn with_verb(tables: Vec<String>, verb: SqlVerb) -> Vec<(String, SqlVerb)> {
