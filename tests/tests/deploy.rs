@@ -145,3 +145,41 @@ async fn example_tasks_run_on_the_main_and_on_a_named_connection(pool: PgPool) {
     assert!(!o.status.success());
     assert!(text(&o).contains("HOUSEKEEPER_DB_APP_URL"), "{}", text(&o));
 }
+
+#[sqlx::test]
+async fn a_call_past_the_per_call_cap_is_an_error_the_task_sees(pool: PgPool) {
+    sqlx::raw_sql(EXAMPLE_SCHEMA).execute(&pool).await.unwrap();
+    let url = url_of(&pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        housekeeper_tests::fixture_path("hostile"),
+        dir.path().join("hostile.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        "timeout = \"30s\"\n[grants.database]\ntables = { events = [\"select\"] }\n[config]\nmode = \"sql-query\"\nsql = \"SELECT count(*) FROM generate_series(1, 100000000000) AS g\"\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let o = housekeeper(
+        &[
+            "run",
+            "hostile",
+            "--tasks-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[
+            ("DATABASE_URL", &url),
+            ("HOUSEKEEPER_SQL_CALL_TIMEOUT", "1s"),
+        ],
+    );
+    // The task got `timeout` and failed with it; the run had time left.
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("sql: the statement timed out"),
+        "{}",
+        text(&o)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
