@@ -70,13 +70,13 @@ impl Service {
     }
 
     /// Starts the service and waits until `/health` answers.
-    fn start(&self, extra_env: &[(&str, &str)]) -> (Child, u16) {
+    fn start(&self, extra_env: &[(&str, &str)]) -> (Running, u16) {
         let port = free_port();
         let mut cmd = self.command(port);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = Running(cmd.spawn().unwrap());
         wait_for("the service to answer /health", || {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("serve exited early with {status}: {}", self.log());
@@ -95,6 +95,31 @@ impl Service {
 
     async fn runs(&self, task: &str) -> Vec<RunRecord> {
         self.store().await.runs(task, 1000).await.unwrap()
+    }
+}
+
+/// A service process that is killed when the test ends, even by a panic.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -387,7 +412,7 @@ fn an_open_api_on_a_public_address_is_warned_about() {
     let s = Service::new();
     s.task("noop", "noop", "");
     let port = free_port();
-    let mut child = s.command(port).env("HOST", "0.0.0.0").spawn().unwrap();
+    let mut child = Running(s.command(port).env("HOST", "0.0.0.0").spawn().unwrap());
     wait_for("the service to answer /health", || {
         get(port, "/health").is_some()
     });
