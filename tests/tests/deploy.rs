@@ -183,3 +183,73 @@ async fn a_call_past_the_per_call_cap_is_an_error_the_task_sees(pool: PgPool) {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+/// `serve` reaches task databases the same way: a startup run of the example
+/// partition task on connection `app` keeps `events` ready, while the run
+/// history stays in the embedded store.
+#[sqlx::test]
+async fn serve_runs_database_tasks_on_named_connections(pool: PgPool) {
+    sqlx::raw_sql(EXAMPLE_SCHEMA).execute(&pool).await.unwrap();
+    let url = url_of(&pool).await;
+    let dir = tasks_dir();
+    let manifest = dir.path().join("events-partition-maintenance.toml");
+    let text_of = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text_of.replace("connection = \"main\"", "connection = \"app\""),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(data.path().join("serve.log")).unwrap();
+    let child = Command::new(binary())
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env_remove("DB_HOST")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("HOUSEKEEPER_TASKS_DIR", dir.path())
+        .env("HOUSEKEEPER_DATA_DIR", data.path())
+        .env("HOUSEKEEPER_DB_APP_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let made: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if made == 32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events has {made} partitions; log: {}",
+            std::fs::read_to_string(data.path().join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // No run history went into the application database.
+    let history: bool = sqlx::query_scalar("SELECT to_regclass('housekeeper_runs') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!history);
+}
