@@ -61,6 +61,14 @@ pub struct DbArgs {
         default_value = "./data"
     )]
     pub data_dir: PathBuf,
+    /// TOML file of further named connections for tasks (`[connections.NAME]`
+    /// with `url` and optional `pool_max`).
+    #[arg(
+        long,
+        env = "HOUSEKEEPER_DB_CONFIG",
+        value_name = "HOUSEKEEPER_DB_CONFIG"
+    )]
+    pub db_config: Option<PathBuf>,
     /// Most rows one SQL query of a task may return.
     #[arg(long, env = "HOUSEKEEPER_SQL_MAX_ROWS", value_name = "HOUSEKEEPER_SQL_MAX_ROWS",
           default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -108,7 +116,7 @@ impl DbArgs {
         // Variables that are not Unicode cannot name a connection.
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        Connections::from_env(main.as_deref(), env, &options)
+        Connections::from_env(main.as_deref(), self.db_config.as_deref(), env, &options)
     }
 
     /// Caps on each SQL call of a task.
@@ -241,6 +249,7 @@ mod tests {
             db_pool_max: 10,
             db_connect_timeout: 10_000,
             data_dir: "./data".into(),
+            db_config: None,
             sql_max_rows: 100_000,
             sql_call_timeout: Duration::from_secs(900),
             replica: None,

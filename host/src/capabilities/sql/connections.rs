@@ -1,8 +1,8 @@
 //! Named database connections that tasks reach through `grants.database`.
 //!
 //! `main` is the database `DATABASE_URL` (or `DB_HOST`…) names when one is
-//! set; every `HOUSEKEEPER_DB_<NAME>_URL` adds connection `<name>` (lower
-//! case). Each connection has its own pool, opened lazily: a database that
+//! set; the TOML file `HOUSEKEEPER_DB_CONFIG` names and every
+//! `HOUSEKEEPER_DB_<NAME>_URL` add connection `<name>` (lower case). Each connection has its own pool, opened lazily: a database that
 //! is down fails the runs that use it, not the service's start.
 
 use super::guard::Dialect;
@@ -10,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +97,27 @@ impl Default for ConnectionOptions {
     }
 }
 
+/// `HOUSEKEEPER_DB_CONFIG`: named connections in TOML.
+///
+/// ```toml
+/// [connections.reporting]
+/// url = "postgres://housekeeper_reporting@db/reporting"
+/// pool_max = 2
+/// ```
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    connections: BTreeMap<String, ConfigEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigEntry {
+    url: String,
+    pool_max: Option<u32>,
+}
+
 /// The connections tasks may be granted, by name. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Connections {
@@ -109,18 +131,48 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    /// `main` from `main_url` (when given) plus `HOUSEKEEPER_DB_<NAME>_URL`
-    /// variables from `env`. A bad URL fails, naming its variable.
+    /// `main` from `main_url` (when given), the connections of the file
+    /// `HOUSEKEEPER_DB_CONFIG` names (when given), and every
+    /// `HOUSEKEEPER_DB_<NAME>_URL` in `env`. A bad URL or file, or a name
+    /// defined twice, fails, naming where.
     pub fn from_env(
         main_url: Option<&str>,
+        file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         options: &ConnectionOptions,
     ) -> anyhow::Result<Self> {
-        let mut by_name = BTreeMap::new();
-        if let Some(url) = main_url {
+        // name -> (connection, where it was defined)
+        let mut by_name: BTreeMap<String, (Connection, String)> = BTreeMap::new();
+        let mut add = |name: String, url: &str, options: &ConnectionOptions, source: String| {
             let connection =
-                Connection::open(url, options).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
-            by_name.insert("main".to_owned(), connection);
+                Connection::open(url, options).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+            if let Some((_, first)) = by_name.get(&name) {
+                anyhow::bail!("connection `{name}` is defined twice: in {first} and in {source}");
+            }
+            by_name.insert(name, (connection, source));
+            Ok(())
+        };
+        if let Some(url) = main_url {
+            add("main".to_owned(), url, options, "DATABASE_URL".to_owned())?;
+        }
+        if let Some(path) = file {
+            let what = format!("HOUSEKEEPER_DB_CONFIG={}", path.display());
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{what}: cannot read it: {e}"))?;
+            let parsed: ConfigFile =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{what}: {}", e.message()))?;
+            for (name, entry) in parsed.connections {
+                let options = ConnectionOptions {
+                    pool_max: entry.pool_max.unwrap_or(options.pool_max).max(1),
+                    ..options.clone()
+                };
+                add(
+                    name.to_lowercase(),
+                    &entry.url,
+                    &options,
+                    format!("{what} (connections.{name})"),
+                )?;
+            }
         }
         for (key, url) in env {
             let Some(name) = key
@@ -134,28 +186,10 @@ impl Connections {
                     "{key}: the connection needs a name, e.g. HOUSEKEEPER_DB_REPORTING_URL"
                 );
             }
-            let connection =
-                Connection::open(&url, options).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
-            by_name.insert(name.to_lowercase(), connection);
+            add(name.to_lowercase(), &url, options, key.clone())?;
         }
         Ok(Connections {
-            by_name: Arc::new(by_name),
-        })
-    }
-
-    /// Connections from `(name, url)` pairs.
-    pub fn from_urls<'a>(
-        urls: impl IntoIterator<Item = (&'a str, &'a str)>,
-        options: &ConnectionOptions,
-    ) -> anyhow::Result<Self> {
-        let mut by_name = BTreeMap::new();
-        for (name, url) in urls {
-            let connection = Connection::open(url, options)
-                .map_err(|e| anyhow::anyhow!("connection `{name}`: {e}"))?;
-            by_name.insert(name.to_lowercase(), connection);
-        }
-        Ok(Connections {
-            by_name: Arc::new(by_name),
+            by_name: Arc::new(by_name.into_iter().map(|(k, (c, _))| (k, c)).collect()),
         })
     }
 
@@ -195,8 +229,8 @@ mod tests {
             ("PATH", "/bin"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
-        let c =
-            Connections::from_env(Some("postgres://u@db/app"), env, &Default::default()).unwrap();
+        let c = Connections::from_env(Some("postgres://u@db/app"), None, env, &Default::default())
+            .unwrap();
         assert_eq!(
             c.names().collect::<Vec<_>>(),
             ["local", "main", "reporting"]
@@ -208,7 +242,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_url_names_its_variable() {
         let env = [("HOUSEKEEPER_DB_X_URL".to_owned(), "mysql://db".to_owned())];
-        let err = Connections::from_env(None, env, &Default::default())
+        let err = Connections::from_env(None, None, env, &Default::default())
             .err()
             .unwrap()
             .to_string();
@@ -217,6 +251,67 @@ mod tests {
             "HOUSEKEEPER_DB__URL".to_owned(),
             "sqlite::memory:".to_owned(),
         )];
-        assert!(Connections::from_env(None, env, &Default::default()).is_err());
+        assert!(Connections::from_env(None, None, env, &Default::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_config_file_adds_connections_and_names_its_mistakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db.toml");
+        let open = |text: &str, env: Vec<(&str, &str)>| {
+            std::fs::write(&file, text).unwrap();
+            let env = env.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
+            Connections::from_env(
+                Some("postgres://u@db/app"),
+                Some(&file),
+                env,
+                &Default::default(),
+            )
+        };
+        let c = open(
+            "[connections.Reporting]\nurl = \"postgres://u@db/r\"\npool_max = 2\n[connections.local]\nurl = \"sqlite::memory:\"\n",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            c.names().collect::<Vec<_>>(),
+            ["local", "main", "reporting"]
+        );
+        for (text, env, needle) in [
+            (
+                "[connections.x]\nurl = \"postgres://u@db/x\"\nuser = \"a\"\n",
+                vec![],
+                "unknown field `user`",
+            ),
+            (
+                "[connections.x]\nurl = \"ftp://x\"\n",
+                vec![],
+                "connections.x",
+            ),
+            (
+                "[connections.main]\nurl = \"postgres://u@db/other\"\n",
+                vec![],
+                "`main` is defined twice",
+            ),
+            (
+                "[connections.x]\nurl = \"postgres://u@db/x\"\n",
+                vec![("HOUSEKEEPER_DB_X_URL", "postgres://u@db/y")],
+                "HOUSEKEEPER_DB_X_URL",
+            ),
+        ] {
+            let err = format!("{:#}", open(text, env).err().unwrap());
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(
+                err.contains("HOUSEKEEPER_DB_CONFIG") || err.contains("DATABASE_URL"),
+                "{err}"
+            );
+        }
+        let missing = Connections::from_env(
+            None,
+            Some(&dir.path().join("nope.toml")),
+            Vec::new(),
+            &Default::default(),
+        );
+        assert!(format!("{:#}", missing.err().unwrap()).contains("cannot read it"));
     }
 }
