@@ -126,6 +126,26 @@ async fn example_tasks_run_on_the_main_and_on_a_named_connection(pool: PgPool) {
         "{}",
         text(&o)
     );
+    // The same connection from a connections file.
+    let file = dir.path().join("connections.conf");
+    std::fs::write(&file, format!("[connections.app]\nurl = \"{url}\"\n")).unwrap();
+    let o = housekeeper(
+        &[
+            "run",
+            "device-metrics-partition-maintenance",
+            "--tasks-dir",
+            tasks,
+            "--dry-run",
+        ],
+        &[("HOUSEKEEPER_DB_CONFIG", file.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("device_metrics: would create 4"),
+        "{}",
+        text(&o)
+    );
+
     let o = housekeeper(
         &[
             "run",
