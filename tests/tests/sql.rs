@@ -63,6 +63,10 @@ fn request(
     request
 }
 
+fn pg_request(pool: &PgPool, mode: &str, sql: &str, grants: &[(&str, &[SqlVerb])]) -> RunRequest {
+    request(Connection::postgres(pool.clone()), mode, sql, grants)
+}
+
 async fn run(request: RunRequest) -> RunResult {
     runtime()
         .run(&component(&fixture_path("hostile")), request)
@@ -70,13 +74,7 @@ async fn run(request: RunRequest) -> RunResult {
 }
 
 async fn pg(pool: &PgPool, mode: &str, sql: &str, grants: &[(&str, &[SqlVerb])]) -> RunResult {
-    run(request(
-        Connection::postgres(pool.clone()),
-        mode,
-        sql,
-        grants,
-    ))
-    .await
+    run(pg_request(pool, mode, sql, grants)).await
 }
 
 /// The run failed with `needle` in its error, and nothing secret leaked.
@@ -208,8 +206,8 @@ async fn copy_to_program_and_file_reads_are_refused(pool: PgPool) {
 #[sqlx::test]
 async fn pg_sleep_is_refused_and_a_slow_query_ends_at_the_deadline(pool: PgPool) {
     schema(&pool).await;
-    let mut req = request(
-        Connection::postgres(pool.clone()),
+    let mut req = pg_request(
+        &pool,
         "sql-query",
         "SELECT pg_sleep(600)",
         &[("events", &[Select])],
@@ -220,12 +218,7 @@ async fn pg_sleep_is_refused_and_a_slow_query_ends_at_the_deadline(pool: PgPool)
 
     // An allowed statement that would run for hours.
     let slow = "SELECT count(*) FROM generate_series(1, 100000000000) AS g";
-    let mut req = request(
-        Connection::postgres(pool.clone()),
-        "sql-query",
-        slow,
-        &[("events", &[Select])],
-    );
+    let mut req = pg_request(&pool, "sql-query", slow, &[("events", &[Select])]);
     req.timeout = Duration::from_secs(2);
     let started = Instant::now();
     let r = run(req).await;
@@ -266,8 +259,8 @@ async fn a_lock_wait_ends_at_the_deadline(pool: PgPool) {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let mut req = request(
-        Connection::postgres(pool.clone()),
+    let mut req = pg_request(
+        &pool,
         "sql-execute",
         "DELETE FROM sensor_readings",
         &[("sensor_readings", &[Delete])],
@@ -363,20 +356,10 @@ async fn a_huge_result_is_refused_at_the_row_cap(pool: PgPool) {
 #[sqlx::test]
 async fn without_a_grant_or_a_connection_sql_is_refused(pool: PgPool) {
     schema(&pool).await;
-    let mut req = request(
-        Connection::postgres(pool.clone()),
-        "sql-query",
-        "SELECT 1",
-        &[],
-    );
+    let mut req = pg_request(&pool, "sql-query", "SELECT 1", &[]);
     req.database = None;
     assert_stopped(&run(req).await, "grants no database");
-    let mut req = request(
-        Connection::postgres(pool.clone()),
-        "sql-query",
-        "SELECT 1",
-        &[("events", &[Select])],
-    );
+    let mut req = pg_request(&pool, "sql-query", "SELECT 1", &[("events", &[Select])]);
     req.database.as_mut().unwrap().connection = "reporting".into();
     assert_stopped(&run(req).await, "HOUSEKEEPER_DB_REPORTING_URL");
 }
@@ -384,8 +367,8 @@ async fn without_a_grant_or_a_connection_sql_is_refused(pool: PgPool) {
 #[sqlx::test]
 async fn a_dry_run_delete_reports_and_rolls_back(pool: PgPool) {
     schema(&pool).await;
-    let mut req = request(
-        Connection::postgres(pool.clone()),
+    let mut req = pg_request(
+        &pool,
         "sql-execute",
         "DELETE FROM sensor_readings WHERE value > 40",
         &[("sensor_readings", &[Delete])],
@@ -398,8 +381,8 @@ async fn a_dry_run_delete_reports_and_rolls_back(pool: PgPool) {
     assert!(r.output.contains("would change 60 rows"), "{}", r.output);
     assert_eq!(count(&pool, "sensor_readings").await, 100);
 
-    let mut req = request(
-        Connection::postgres(pool.clone()),
+    let mut req = pg_request(
+        &pool,
         "sql-execute",
         "VACUUM ANALYZE sensor_readings",
         &[("sensor_readings", &[Vacuum, Analyze])],
@@ -457,7 +440,7 @@ async fn sqlite_schema(pool: &SqlitePool) {
         "CREATE TABLE readings (id INTEGER PRIMARY KEY, value REAL NOT NULL, created_at TEXT NOT NULL);
          INSERT INTO readings (value, created_at)
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
-             SELECT i, datetime('now', '-' || i || ' days') FROM n;
+             SELECT i, datetime('now', '-' || i || ' days', '+1 hour') FROM n;
          CREATE TABLE secrets (value TEXT);
          INSERT INTO secrets VALUES ('the-secret-row');",
     )
