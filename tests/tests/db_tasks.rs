@@ -629,3 +629,55 @@ async fn vacuum_runs_on_granted_tables_only(pool: PgPool) {
     }
     assert!(vacuumed);
 }
+
+#[sqlx::test]
+async fn bad_config_is_named_before_anything_runs(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    let before = fingerprint(&pool).await;
+    let cases = [
+        (retention(&pool).config("strategy", "fast"), "`strategy`"),
+        (
+            retention(&pool).config("older_than", "soon"),
+            "`older_than`",
+        ),
+        (rotation(&pool).config("bcrypt_cost", 99), "`bcrypt_cost`"),
+        (rotation(&pool).config("grace", "a week"), "`grace`"),
+        (tokens(&pool).config("grace", "soon"), "`grace`"),
+        (
+            tokens(&pool).config("tokens_table", "x y"),
+            "`tokens_table`",
+        ),
+        (
+            Run::new("dedupe-orphans", &pool).grant("device_modules", &[Delete]),
+            "`table` is required",
+        ),
+        (
+            Run::new("dedupe-orphans", &pool)
+                .config("table", "device_modules")
+                .config("parent_table", "devices")
+                .grant("device_modules", &[Delete]),
+            "`column`",
+        ),
+        (
+            Run::new("database-vacuum", &pool).config("tables", "a;b"),
+            "`tables`",
+        ),
+        (
+            events(&pool).config("retention_mode", "shred"),
+            "`retention_mode`",
+        ),
+        (
+            events(&pool).config("retention", "90 fortnights"),
+            "`retention`",
+        ),
+    ];
+    for (run, needle) in cases {
+        let r = run.go().await;
+        assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+        let error = r.error.unwrap();
+        assert!(error.starts_with("invalid config: "), "{error}");
+        assert!(error.contains(needle), "{needle}: {error}");
+    }
+    assert_eq!(fingerprint(&pool).await, before);
+}

@@ -532,3 +532,104 @@ async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
         .unwrap();
     assert_eq!(left, 90);
 }
+
+#[sqlx::test]
+async fn values_and_parameters_keep_their_types(pool: PgPool) {
+    schema(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
+    let r = pg(
+        &pool,
+        "sql-values",
+        "SELECT $1::bool, $2::int8, $3::float8, $4::text, $5::bytea, $6::timestamptz, $7::jsonb, $8::int4, \
+         7::int2, 8::int4, 1.5::float4, 12.345::numeric, -0.0005::numeric, 'v'::varchar, \
+         '00000000-0000-0000-0000-000000000001'::uuid, '2026-01-02 03:04:05'::timestamp, \
+         '2026-01-02'::date, '{\"b\": true}'::json",
+        grants,
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(
+        r.summary.as_deref(),
+        Some(
+            "bool:true int:-42 float:2.5 text:tëxt bytes:[0, 1, 255] ts:1767323045123 json:{\"a\":[1,2]} null \
+             int:7 int:8 float:1.5 text:12.345 text:-0.0005 text:v \
+             text:00000000-0000-0000-0000-000000000001 ts:1767323045000 ts:1767312000000 json:{\"b\":true}"
+        )
+    );
+    // A type the interface does not carry is named, with the way out.
+    let r = pg(
+        &pool,
+        "sql-values",
+        "SELECT interval '1 day' AS span",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "column `span` has type INTERVAL");
+    assert_stopped(&r, "cast it");
+}
+
+#[sqlx::test(migrations = false)]
+async fn sqlite_values_and_parameters(pool: SqlitePool) {
+    sqlite_schema(&pool).await;
+    let r = lite(
+        &pool,
+        "sql-values",
+        "SELECT $1, $2, $3, $4, $5, $7, $8, 1.25, x'0a'",
+        &[("readings", &[Select])],
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(
+        r.summary.as_deref(),
+        Some(
+            "int:1 int:-42 float:2.5 text:tëxt bytes:[0, 1, 255] text:{\"a\": [1, 2]} null float:1.25 bytes:[10]"
+        )
+    );
+}
+
+#[sqlx::test]
+async fn a_transaction_is_all_or_nothing(pool: PgPool) {
+    schema(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("sensor_readings", &[Delete, Insert, Vacuum])];
+    // A statement the guard stops stops them all before any runs.
+    let r = pg(
+        &pool,
+        "sql-transaction",
+        "DELETE FROM sensor_readings WHERE value > 50\nINSERT INTO secrets VALUES (2, 'x')",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "`secrets` is not granted `insert`");
+    let r = pg(
+        &pool,
+        "sql-transaction",
+        "DELETE FROM sensor_readings WHERE value > 50\nVACUUM sensor_readings",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "cannot run inside a transaction");
+    // A statement the database rejects undoes the ones before it.
+    let r = pg(
+        &pool,
+        "sql-transaction",
+        "DELETE FROM sensor_readings WHERE value > 50\nINSERT INTO sensor_readings (device_uuid, value) VALUES (NULL, 1)",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "SQLSTATE 23502");
+    assert_eq!(count(&pool, "sensor_readings").await, 100);
+
+    let r = pg(
+        &pool,
+        "sql-transaction",
+        "DELETE FROM sensor_readings WHERE value > 90\nDELETE FROM sensor_readings WHERE value > 80",
+        grants,
+    )
+    .await;
+    assert_eq!(
+        r.summary.as_deref(),
+        Some("transaction changed [10, 10] rows"),
+        "{r:#?}"
+    );
+    assert_eq!(count(&pool, "sensor_readings").await, 80);
+}
