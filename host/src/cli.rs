@@ -161,8 +161,11 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn runtime() -> Result<Runtime, ExitCode> {
-    Runtime::new(RuntimeOptions::default())
-        .map_err(|e| fail(format!("cannot start the WebAssembly runtime: {e:#}")))
+    runtime_with(RuntimeOptions::default())
+}
+
+fn runtime_with(options: RuntimeOptions) -> Result<Runtime, ExitCode> {
+    Runtime::new(options).map_err(|e| fail(format!("cannot start the WebAssembly runtime: {e:#}")))
 }
 
 /// Finds the task `spec` names: a `.wasm` path, or a name in the tasks dir.
@@ -193,29 +196,27 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(task) => task,
         Err(e) => return fail(e),
     };
-    let connections = match args.db.connections() {
-        Ok(c) => c,
+    let options = match args.db.connections() {
+        Ok(connections) => RuntimeOptions {
+            connections,
+            sql: args.db.sql_limits(),
+            ..RuntimeOptions::default()
+        },
         Err(e) => return fail(format!("{e:#}")),
     };
     // Compiled code is cached beside the run history; without a usable data
     // directory the task is compiled afresh.
     let cached = Runtime::new(RuntimeOptions {
         cache_dir: Some(args.db.data_dir.join("cache")),
-        connections: connections.clone(),
-        sql: args.db.sql_limits(),
-        ..RuntimeOptions::default()
+        ..options.clone()
     });
     let runtime = match cached {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "no compile cache");
-            match Runtime::new(RuntimeOptions {
-                connections,
-                sql: args.db.sql_limits(),
-                ..RuntimeOptions::default()
-            }) {
+            match runtime_with(options) {
                 Ok(r) => r,
-                Err(e) => return fail(format!("cannot start the WebAssembly runtime: {e:#}")),
+                Err(code) => return code,
             }
         }
     };

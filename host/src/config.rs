@@ -106,7 +106,8 @@ impl DbArgs {
     }
 
     /// Connections tasks may be granted: `main` when `DATABASE_URL` or
-    /// `DB_HOST` is set, plus every `HOUSEKEEPER_DB_<NAME>_URL`.
+    /// `DB_HOST` is set, those of the `HOUSEKEEPER_DB_CONFIG` file, and every
+    /// `HOUSEKEEPER_DB_<NAME>_URL`.
     pub fn connections(&self) -> anyhow::Result<Connections> {
         let main = (self.database_url.is_some() || self.db_host.is_some()).then(|| self.url());
         let options = ConnectionOptions {
