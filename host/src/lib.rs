@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod loader;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

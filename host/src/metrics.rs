@@ -1,5 +1,5 @@
 //! Prometheus metrics: runs by task and status, run durations, fuel, last
-//! success, running runs and load errors.
+//! success, running runs, load errors and rescans of the tasks directory.
 
 use crate::model::RunStatus;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,6 +34,12 @@ pub struct Metrics {
     last_success: Family<TaskLabel, Gauge<f64, AtomicU64>>,
     running: Family<TaskLabel, Gauge>,
     load_errors: Gauge,
+    rescans: Family<CauseLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -68,6 +74,12 @@ impl Default for Metrics {
             "Task files that failed to load",
             load_errors.clone(),
         );
+        let rescans = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "task_rescans",
+            "Rescans of the tasks directory by cause (startup, file, overflow, signal, api)",
+            rescans.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             runs,
@@ -76,6 +88,7 @@ impl Default for Metrics {
             last_success,
             running,
             load_errors,
+            rescans,
         }
     }
 }
@@ -130,6 +143,10 @@ impl Metrics {
         self.load_errors.set(n as i64);
     }
 
+    pub fn rescanned(&self, cause: &'static str) {
+        self.rescans.get_or_create(&CauseLabel { cause }).inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -151,6 +168,8 @@ mod tests {
         m.run_finished("a", RunStatus::Skipped, 0, 0, 0.0);
         m.set_running([("a", 1)]);
         m.set_load_errors(2);
+        m.rescanned("file");
+        m.rescanned("file");
         let text = m.render();
         for line in [
             r#"housekeeper_runs_total{task="a",status="success"} 1"#,
@@ -161,6 +180,7 @@ mod tests {
             r#"housekeeper_last_success_timestamp_seconds{task="a"} 1700000000.0"#,
             r#"housekeeper_running_runs{task="a"} 1"#,
             "housekeeper_load_errors 2",
+            r#"housekeeper_task_rescans_total{cause="file"} 2"#,
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }

@@ -7,15 +7,21 @@
 //! never replaces a working version: the old one keeps running and the error
 //! stays visible until the file is fixed. A half-written file simply fails
 //! to load; the write's next event triggers another rescan that succeeds.
+//!
+//! Only changes that can alter what is loaded start a rescan (see
+//! [`wants_rescan`]): the rescan itself opens and reads every file, and
+//! reacting to those reads would rescan forever.
 
+use crate::loader::{self, LoadErrors};
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
-use crate::server::load_tasks;
-use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
+use notify_debouncer_full::notify::{Event, RecursiveMode};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the directory must be quiet before a rescan. Short: a file
@@ -23,8 +29,62 @@ use std::time::Duration;
 /// brings another rescan.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
-/// Load errors by task name, shared with the API.
-pub type LoadErrors = Arc<RwLock<BTreeMap<String, String>>>;
+/// Why the tasks directory was rescanned (the `cause` label of
+/// `housekeeper_task_rescans_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RescanCause {
+    /// The one rescan when watching starts, for changes made while loading.
+    Startup,
+    /// A watched change to a file the catalog reads.
+    File,
+    /// The watcher lost events (queue overflow) or reported an error.
+    Overflow,
+    /// SIGHUP.
+    Signal,
+    /// `POST /api/housekeeper/reload`.
+    Api,
+}
+
+impl RescanCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RescanCause::Startup => "startup",
+            RescanCause::File => "file",
+            RescanCause::Overflow => "overflow",
+            RescanCause::Signal => "signal",
+            RescanCause::Api => "api",
+        }
+    }
+}
+
+/// Whether a file event in `dir` can change what a rescan loads.
+///
+/// Yes for creating, writing (and finishing a write), renaming, removing or
+/// changing the attributes of a `.toml` or `.wasm` file (the only files the
+/// catalog reads), of a `..`-prefixed entry (the symlink Kubernetes swaps
+/// atomically when a ConfigMap or Secret volume changes), or of the
+/// directory itself, and for lost events. No for opening, reading and
+/// closing without writing (what the rescan itself does), and for any other
+/// name: editor swap and backup files, `.partial` downloads, the store and
+/// the compile cache should they live there.
+pub fn wants_rescan(event: &Event, dir: &Path) -> bool {
+    if event.need_rescan() {
+        return true;
+    }
+    let changes = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
+    };
+    changes && event.paths.iter().any(|p| p == dir || is_catalog_path(p))
+}
+
+fn is_catalog_path(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    let ext = path.extension().and_then(|e| e.to_str());
+    matches!(ext, Some("toml" | "wasm")) || name.is_some_and(|n| n.starts_with(".."))
+}
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReloadSummary {
@@ -41,6 +101,7 @@ pub struct Reloader {
     dir: PathBuf,
     scheduler: Scheduler,
     load_errors: LoadErrors,
+    metrics: Metrics,
     /// One rescan at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -51,19 +112,23 @@ impl Reloader {
         dir: PathBuf,
         scheduler: Scheduler,
         load_errors: LoadErrors,
+        metrics: Metrics,
     ) -> Self {
         Reloader {
             runtime,
             dir,
             scheduler,
             load_errors,
+            metrics,
             busy: tokio::sync::Mutex::new(()),
         }
     }
 
-    pub async fn reload(&self) -> anyhow::Result<ReloadSummary> {
+    pub async fn reload(&self, cause: RescanCause) -> anyhow::Result<ReloadSummary> {
         let _one_at_a_time = self.busy.lock().await;
-        let (defs, errors) = load_tasks(&self.runtime, &self.dir).await?;
+        self.metrics.rescanned(cause.as_str());
+        tracing::debug!(cause = cause.as_str(), "rescanning the tasks directory");
+        let (defs, errors) = loader::load_tasks(&self.runtime, &self.dir).await?;
         let registered: BTreeSet<String> =
             self.scheduler.tasks().into_iter().map(|t| t.name).collect();
         let keep: BTreeSet<String> = errors
@@ -72,11 +137,15 @@ impl Reloader {
             .cloned()
             .collect();
         let (added, replaced, removed) = self.scheduler.apply(defs, &keep).await?;
-        *self.load_errors.write().unwrap_or_else(|p| p.into_inner()) = errors.clone();
+        let before = std::mem::replace(
+            &mut *self.load_errors.write().unwrap_or_else(|p| p.into_inner()),
+            errors.clone(),
+        );
+        loader::log_changes(&before, &errors);
         if !(added.is_empty() && replaced.is_empty() && removed.is_empty()) {
             tracing::info!(?added, ?replaced, ?removed, "tasks reloaded");
         }
-        for name in &keep {
+        for name in keep.iter().filter(|n| before.get(*n) != errors.get(*n)) {
             tracing::warn!(task = %name, "new version failed to load; the previous one stays");
         }
         Ok(ReloadSummary {
@@ -88,40 +157,174 @@ impl Reloader {
     }
 
     /// Starts watching the directory (before returning, so no change made
-    /// after this call is missed) and rescans on every change until `stop`.
-    /// One rescan runs at once to catch changes made since the last scan.
+    /// after this call is missed) and rescans on every change that
+    /// [`wants_rescan`] until `stop`. One rescan runs at once to catch
+    /// changes made since the last scan.
     pub fn watch(
         self: Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RescanCause>(1);
         let notify = tx.clone();
-        let mut debouncer = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |result| {
-            if let Ok(events) = result {
-                let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
-                if !events.is_empty() {
+        let dir = self.dir.clone();
+        let mut debouncer = notify_debouncer_full::new_debouncer(
+            DEBOUNCE,
+            None,
+            move |result: notify_debouncer_full::DebounceEventResult| {
+                let cause = match result {
+                    Ok(events) if events.iter().any(|e| e.need_rescan()) => {
+                        Some(RescanCause::Overflow)
+                    }
+                    Ok(events) => events
+                        .iter()
+                        .any(|e| wants_rescan(e, &dir))
+                        .then_some(RescanCause::File),
+                    Err(errors) => {
+                        for e in &errors {
+                            tracing::warn!(error = %e, "watching the tasks directory");
+                        }
+                        Some(RescanCause::Overflow)
+                    }
+                };
+                if let Some(cause) = cause {
                     // A full channel already holds a pending rescan.
-                    let _ = notify.try_send(());
+                    let _ = notify.try_send(cause);
                 }
-            }
-        })?;
+            },
+        )?;
         debouncer.watch(&self.dir, RecursiveMode::NonRecursive)?;
-        let _ = tx.try_send(());
+        let _ = tx.try_send(RescanCause::Startup);
         Ok(tokio::spawn(async move {
             let _debouncer = debouncer;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     got = rx.recv() => {
-                        if got.is_none() {
-                            return;
-                        }
-                        if let Err(e) = self.reload().await {
+                        let Some(cause) = got else { return };
+                        if let Err(e) = self.reload(cause).await {
                             tracing::error!(error = %format!("{e:#}"), "reload failed");
                         }
                     }
                 }
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify_debouncer_full::notify::event::{
+        CreateKind, DataChange, Flag, MetadataKind, ModifyKind, RemoveKind, RenameMode,
+    };
+
+    fn event(kind: EventKind, names: &[&str]) -> Event {
+        let mut e = Event::new(kind);
+        for n in names {
+            e = e.add_path(Path::new("/tasks").join(n));
+        }
+        e
+    }
+
+    const CHANGES: [EventKind; 9] = [
+        EventKind::Create(CreateKind::File),
+        EventKind::Create(CreateKind::Any),
+        EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::Permissions)),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+        EventKind::Modify(ModifyKind::Any),
+        EventKind::Remove(RemoveKind::File),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)),
+    ];
+
+    /// What a rescan does to every file: open, read, close.
+    const READS: [EventKind; 6] = [
+        EventKind::Access(AccessKind::Open(AccessMode::Any)),
+        EventKind::Access(AccessKind::Open(AccessMode::Read)),
+        EventKind::Access(AccessKind::Read),
+        EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        EventKind::Access(AccessKind::Close(AccessMode::Any)),
+        EventKind::Access(AccessKind::Any),
+    ];
+
+    const CATALOG_FILES: [&str; 5] = [
+        "task.toml",
+        "task.wasm",
+        ".hidden.toml",
+        "..data",
+        "..2026_11_26_10_00_00.123",
+    ];
+
+    const IGNORED_FILES: [&str; 12] = [
+        "task.toml.swp",
+        ".task.toml.swp",
+        ".task.toml.swx",
+        "task.toml~",
+        "#task.toml#",
+        "4913",
+        "task.wasm.partial",
+        "task.wasm.tmp",
+        "housekeeper.db",
+        "housekeeper.db-wal",
+        "cache",
+        "README",
+    ];
+
+    #[test]
+    fn changes_to_catalog_files_rescan() {
+        for kind in CHANGES {
+            for name in CATALOG_FILES {
+                assert!(
+                    wants_rescan(&event(kind, &[name]), Path::new("/tasks")),
+                    "{kind:?} {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reads_never_rescan() {
+        for kind in READS {
+            for name in CATALOG_FILES.iter().chain(&IGNORED_FILES) {
+                assert!(
+                    !wants_rescan(&event(kind, &[name]), Path::new("/tasks")),
+                    "{kind:?} {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ignored_files_never_rescan() {
+        for kind in CHANGES {
+            for name in IGNORED_FILES {
+                assert!(
+                    !wants_rescan(&event(kind, &[name]), Path::new("/tasks")),
+                    "{kind:?} {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rename_into_a_catalog_name_rescans_from_either_side() {
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let dir = Path::new("/tasks");
+        assert!(wants_rescan(
+            &event(both, &["t.wasm.partial", "t.wasm"]),
+            dir
+        ));
+        assert!(wants_rescan(&event(both, &["t.toml", "t.toml~"]), dir));
+        assert!(!wants_rescan(&event(both, &["a.partial", "a.tmp"]), dir));
+    }
+
+    #[test]
+    fn the_directory_itself_and_lost_events_rescan() {
+        let dir = Path::new("/tasks");
+        let removed = Event::new(EventKind::Remove(RemoveKind::Folder)).add_path(dir.into());
+        assert!(wants_rescan(&removed, dir));
+        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(wants_rescan(&overflow, dir));
     }
 }

@@ -2,70 +2,17 @@
 //! scheduler and serves HTTP until the shutdown future resolves, then drains.
 
 use crate::api::{self, AppState};
-use crate::catalog::{Catalog, TaskEntry};
 use crate::config::ServeArgs;
+use crate::loader::{self, LoadErrors};
 use crate::metrics::Metrics;
+use crate::reload::{Reloader, RescanCause};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::scheduler::clock::SystemClock;
-use crate::scheduler::{Scheduler, SchedulerConfig, TaskDef};
-use std::collections::BTreeMap;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
-
-/// Compiles and describes every task in `dir`. Failures are returned by
-/// task (or file) name; they never stop the others.
-pub async fn load_tasks(
-    runtime: &Runtime,
-    dir: &std::path::Path,
-) -> anyhow::Result<(Vec<TaskDef>, BTreeMap<String, String>)> {
-    let catalog = Catalog::scan(dir).map_err(|e| {
-        anyhow::anyhow!(
-            "HOUSEKEEPER_TASKS_DIR={}: cannot read it: {e}",
-            dir.display()
-        )
-    })?;
-    let mut errors = BTreeMap::new();
-    for problem in &catalog.problems {
-        let name = problem
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        tracing::error!(file = %problem.path.display(), error = %problem.message, "task failed to load");
-        errors.insert(name, problem.message.clone());
-    }
-    let mut defs = Vec::new();
-    for (name, entry) in catalog.tasks {
-        match load_one(runtime, &entry).await {
-            Ok(def) => defs.push(def),
-            Err(e) => {
-                tracing::error!(task = %name, error = %e, "task failed to load");
-                errors.insert(name, e);
-            }
-        }
-    }
-    Ok((defs, errors))
-}
-
-async fn load_one(runtime: &Runtime, entry: &TaskEntry) -> Result<TaskDef, String> {
-    let rt = runtime.clone();
-    let path = entry.component_path.clone();
-    let component = tokio::task::spawn_blocking(move || rt.load_file(&path))
-        .await
-        .map_err(|e| format!("compiling panicked: {e}"))?
-        .map_err(|e| e.to_string())?;
-    let info = runtime
-        .describe(&component)
-        .await
-        .map_err(|(status, message)| format!("{message} ({status})"))?;
-    Ok(TaskDef {
-        manifest: entry.manifest.clone(),
-        component,
-        info,
-    })
-}
 
 /// Runs the service on `listener` until `shutdown` resolves; then stops
 /// scheduling, waits for running tasks up to the grace period, interrupts
@@ -96,7 +43,8 @@ pub async fn run(
         sql: args.db.sql_limits(),
         ..RuntimeOptions::default()
     })?;
-    let (defs, load_errors) = load_tasks(&runtime, &args.tasks_dir).await?;
+    let (defs, load_errors) = loader::load_tasks(&runtime, &args.tasks_dir).await?;
+    loader::log_changes(&Default::default(), &load_errors);
     tracing::info!(tasks = defs.len(), failed = load_errors.len(), dir = %args.tasks_dir.display(), "tasks loaded");
 
     let metrics = Metrics::default();
@@ -117,12 +65,13 @@ pub async fn run(
     scheduler.register(defs).await?;
     scheduler.start().await?;
 
-    let load_errors: crate::reload::LoadErrors = Arc::new(std::sync::RwLock::new(load_errors));
-    let reloader = Arc::new(crate::reload::Reloader::new(
+    let load_errors: LoadErrors = Arc::new(std::sync::RwLock::new(load_errors));
+    let reloader = Arc::new(Reloader::new(
         runtime_for_reload,
         args.tasks_dir.clone(),
         scheduler.clone(),
         load_errors.clone(),
+        metrics.clone(),
     ));
     let stop_watching = tokio_util::sync::CancellationToken::new();
     if let Err(e) = reloader.clone().watch(stop_watching.clone()) {
@@ -138,7 +87,7 @@ pub async fn run(
                     _ = stop.cancelled() => return,
                     _ = hangup.recv() => {
                         tracing::info!("SIGHUP: rescanning the tasks directory");
-                        if let Err(e) = reloader.reload().await {
+                        if let Err(e) = reloader.reload(RescanCause::Signal).await {
                             tracing::error!(error = %format!("{e:#}"), "reload failed");
                         }
                     }

@@ -628,3 +628,91 @@ async fn sighup_rescans_the_tasks_directory() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "{}", s.log());
 }
+
+/// `housekeeper_task_rescans_total` by cause, from `/metrics`.
+fn rescans(port: u16) -> std::collections::BTreeMap<String, u64> {
+    let (_, text) = get(port, "/metrics").unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("housekeeper_task_rescans_total{cause=\""))
+        .filter_map(|l| {
+            let (cause, count) = l.split_once("\"} ")?;
+            Some((cause.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Long enough for any event the service causes itself to pass the
+/// debounce (20 ms) and start a rescan, were it to.
+const QUIET: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn only_changes_to_catalog_files_rescan_the_tasks_directory() {
+    let s = Service::new();
+    s.task("canary", "noop", "schedule = \"* * * * * *\"\n");
+    std::fs::write(s.tasks.join("broken.toml"), "no_such_key = 1\n").unwrap();
+    let (mut child, port) = s.start(&[]);
+    wait_for("the rescan when watching starts", || {
+        rescans(port).get("startup") == Some(&1)
+    });
+
+    // The service's own reads (a forced rescan opens every file, and runs
+    // go on) start nothing.
+    let (status, _) = http(port, "POST", "/api/housekeeper/reload", None).unwrap();
+    assert_eq!(status, 200);
+    std::thread::sleep(QUIET);
+    let after_reads = rescans(port);
+    assert_eq!(
+        after_reads,
+        [("api".to_owned(), 1), ("startup".to_owned(), 1)].into(),
+        "{}",
+        s.log()
+    );
+
+    // Neither do reads by others, nor names the catalog does not read.
+    for name in ["canary.toml", "canary.wasm", "broken.toml"] {
+        std::fs::read(s.tasks.join(name)).unwrap();
+    }
+    for name in [
+        ".new.toml.swp",
+        "new.toml~",
+        "#new.toml#",
+        "4913",
+        "x.wasm.partial",
+        "notes.txt",
+    ] {
+        std::fs::write(s.tasks.join(name), "x").unwrap();
+        std::fs::remove_file(s.tasks.join(name)).unwrap();
+    }
+    std::fs::create_dir(s.tasks.join("cache")).unwrap();
+    std::fs::write(s.tasks.join("cache").join("a.wasm"), "x").unwrap();
+    std::thread::sleep(QUIET);
+    assert_eq!(rescans(port), after_reads, "{}", s.log());
+
+    // One atomic rename of a new component: exactly one rescan.
+    let outside = s._tmp.path().join("new.wasm");
+    std::fs::copy(fixture_path("noop"), &outside).unwrap();
+    std::fs::rename(&outside, s.tasks.join("new.wasm")).unwrap();
+    wait_for("the new task", || !api_task(port, "new").is_null());
+    std::thread::sleep(QUIET);
+    let mut expected = after_reads.clone();
+    expected.insert("file".into(), 1);
+    assert_eq!(rescans(port), expected, "{}", s.log());
+
+    // The broken manifest failed on each of those rescans: logged once.
+    let logged = |s: &Service| {
+        s.log()
+            .lines()
+            .filter(|l| l.contains("task failed to load") && l.contains("broken"))
+            .count()
+    };
+    assert_eq!(logged(&s), 1, "{}", s.log());
+    // Still visible in the API.
+    let error = api_task(port, "broken")["loadError"].to_string();
+    assert!(error.contains("no_such_key"), "{error}");
+    // A different error is logged again.
+    drop_file(&s.tasks, "broken.toml", b"schedule = \"not cron\"\n");
+    wait_for("the new error to be logged", || logged(&s) == 2);
+
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}

@@ -46,7 +46,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub started: Instant,
     /// Task files that failed to load, by task name.
-    pub load_errors: crate::reload::LoadErrors,
+    pub load_errors: crate::loader::LoadErrors,
     /// Rescans the tasks directory (`POST /api/housekeeper/reload`).
     pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// When set, `/api/*` needs `Authorization: Bearer <token>`.
@@ -686,5 +686,7 @@ async fn reload(
             "this service has no tasks directory to reload".into(),
         ));
     };
-    Ok(Json(reloader.reload().await?))
+    Ok(Json(
+        reloader.reload(crate::reload::RescanCause::Api).await?,
+    ))
 }
