@@ -2,11 +2,14 @@
 # partition-maintenance against pg_partman's run_maintenance() on identical
 # tables: daily range partitions of an `events`-shaped table from 150 days
 # ago through tomorrow (pg_partman's smallest premake is 1), a default
-# partition, partitions up to +31 days (pg_partman premake 30, which it
-# counts past tomorrow; housekeeper premake 31, counted from today),
-# retention 90 days. One maintenance pass then creates 30 partitions (+2
-# through +31 days) and drops 60 (150 to 91 days old); the script checks
-# that both end with the same partitions. ROUNDS rounds (default 5) on freshly built
+# partition, pg_partman premake 30, retention 90 days. pg_partman counts its
+# premake in calendar months and days (`age()`), so how far ahead 30 reaches
+# depends on the month lengths ahead of the day it runs: an untimed first
+# pass measures it, and housekeeper's premake (counted in days from today)
+# is set to the same day. One maintenance pass then creates about 30
+# partitions (+2 through that day) and drops 60 (150 to 91 days old); the
+# script checks that both end with the same partitions, whatever the date.
+# ROUNDS rounds (default 5) on freshly built
 # tables, alternating; the housekeeper side is the release binary's `run`
 # (process start and compile-cache load included), the pg_partman side is
 # `psql -c "SELECT partman.run_maintenance(...)"`. Prints the medians and
@@ -22,6 +25,9 @@ work=$(mktemp -d)
 psql_() { psql "$server/$1" -v ON_ERROR_STOP=1 -qAt "${@:2}"; }
 trap 'rm -rf "$work"; psql_ postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
 
+command -v psql >/dev/null || { echo "psql is missing: apt-get install postgresql-client-15" >&2; exit 1; }
+[ -f /usr/share/postgresql/15/extension/pg_partman.control ] || apt-get install -y -qq postgresql-15-partman >/dev/null || {
+    echo "pg_partman is missing: apt-get install postgresql-15-partman" >&2; exit 1; }
 [ -x "$root/target/release/housekeeper" ] || cargo build --release --quiet --bin housekeeper --manifest-path "$root/Cargo.toml"
 [ -f "$root/target/tasks/partition-maintenance.wasm" ] || "$root/scripts/build-tasks.sh"
 bin=$root/target/release/housekeeper
@@ -32,7 +38,8 @@ echo "pg_partman $(psql_ $db -c "SELECT extversion FROM pg_extension WHERE extna
 
 mkdir -p "$work/tasks" "$work/data"
 cp "$root/target/tasks/partition-maintenance.wasm" "$work/tasks/"
-cat > "$work/tasks/events-hk.toml" <<TOML
+manifest() { # premake
+    cat > "$work/tasks/events-hk.toml" <<TOML
 component = "partition-maintenance.wasm"
 [grants.database]
 connection = "main"
@@ -40,9 +47,10 @@ tables = { events_hk = ["select", "create_partition", "drop_partition"], events_
 [config]
 table = "events_hk"
 interval = "daily"
-premake = 31
+premake = $1
 retention = "90 days"
 TOML
+}
 
 table() {
     echo "DROP TABLE IF EXISTS $1;
@@ -74,6 +82,16 @@ setup_hk() {
 children() { psql_ $db -c "SELECT count(*) FROM pg_inherits WHERE inhparent = '$1'::regclass"; }
 ms() { date +%s%3N; }
 
+# How far ahead pg_partman's premake reaches today (its last partition is
+# named _pYYYY_MM_DD after its first day).
+setup_partman
+psql_ $db -c "SELECT partman.run_maintenance('public.events_pm')" >/dev/null
+ahead=$(psql_ $db -c "SELECT max(to_date(right(c.relname, 10), 'YYYY_MM_DD')) - current_date
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'events_pm'::regclass AND c.relname <> 'events_pm_default'")
+echo "pg_partman premake 30 reaches +$ahead days today; housekeeper premake = $ahead"
+manifest "$ahead"
+
 # Warm the compile cache once.
 setup_hk
 DATABASE_URL="$server/$db" HOUSEKEEPER_DATA_DIR="$work/data" "$bin" run events-hk --tasks-dir "$work/tasks" --no-record --dry-run >/dev/null
@@ -93,7 +111,7 @@ for i in $(seq "$rounds"); do
     out=$(DATABASE_URL="$server/$db" HOUSEKEEPER_DATA_DIR="$work/data" "$bin" run events-hk --tasks-dir "$work/tasks" --no-record)
     h+=($(( $(ms) - t0 )))
     after_hk=$(children events_hk)
-    echo "$out" | grep -q "created 30, dropped 60" || { echo "$out"; exit 1; }
+    echo "$out" | grep -q "created $(( ahead - 1 )), dropped 60" || { echo "$out"; exit 1; }
     [ "$after_pm" = "$after_hk" ] || { echo "different results: pg_partman left $after_pm partitions, housekeeper $after_hk"; psql_ $db -c "SELECT min(c.relname), max(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events_pm'::regclass AND c.relname <> 'events_pm_default'" -c "SELECT min(c.relname), max(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events_hk'::regclass AND c.relname <> 'events_hk_default'"; exit 1; }
     echo "round $i: pg_partman ${p[-1]} ms ($before_pm -> $after_pm partitions), housekeeper ${h[-1]} ms ($before_hk -> $after_hk)"
 done
