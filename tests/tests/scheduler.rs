@@ -655,3 +655,77 @@ async fn a_running_row_gets_heartbeats() {
     h.scheduler.shutdown(Duration::from_secs(30)).await;
     assert_eq!(rows(&h, "slow").await[0].status, "success");
 }
+
+#[tokio::test]
+async fn a_restart_or_reload_in_the_repeated_hour_fires_no_occurrence_twice() {
+    // 2026-10-25 in Berlin: at 03:00 CEST (01:00 UTC) the clocks go back to
+    // 02:00 CET, so 02:00 to 03:00 comes twice. The service runs from 02:20
+    // CEST, restarts at 02:05 CET and reloads at 02:20 CET.
+    let at = |h, m| Utc.with_ymd_and_hms(2026, 10, 25, h, m, 0).unwrap();
+    let tasks = |startup_delay| {
+        let berlin = |m: &mut Manifest, misfire| {
+            m.timezone = Some(chrono_tz::Europe::Berlin);
+            m.misfire = misfire;
+            m.startup_delay = startup_delay;
+        };
+        vec![
+            def("quarterly", Some("*/15 * * * *"), |m| {
+                berlin(m, Misfire::RunOnce)
+            }),
+            def("daily", Some("30 2 * * *"), |m| berlin(m, Misfire::Skip)),
+        ]
+    };
+    let next_fires = |scheduler: &Scheduler| -> Vec<_> {
+        scheduler
+            .tasks()
+            .into_iter()
+            .map(|t| (t.name, t.next_fire))
+            .collect()
+    };
+    let ahead = vec![
+        (
+            "daily".to_owned(),
+            Some(Utc.with_ymd_and_hms(2026, 10, 26, 1, 30, 0).unwrap()),
+        ),
+        ("quarterly".to_owned(), Some(at(2, 0))),
+    ];
+
+    let h = harness_with(SchedulerConfig::default(), at(0, 20), None).await;
+    start(&h, tasks(Duration::ZERO)).await;
+    wait(45.0 * 60.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+
+    let again = Scheduler::new(
+        Arc::new(FakeExecutor(h.fake.clone())),
+        h.store.clone(),
+        Arc::new(TokioClock::starting_at(at(1, 5))),
+        SchedulerConfig::default(),
+    );
+    again.register(tasks(Duration::ZERO)).await.unwrap();
+    again.start().await.unwrap();
+    assert_eq!(next_fires(&again), ahead, "after the restart");
+    wait(15.0 * 60.0).await;
+    let (_, replaced, _) = again
+        .apply(tasks(Duration::from_secs(1)), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(replaced, ["quarterly", "daily"]);
+    assert_eq!(next_fires(&again), ahead, "after the reload");
+    wait(50.0 * 60.0).await;
+    again.shutdown(Duration::from_secs(5)).await;
+
+    let scheduled = |task| -> Vec<_> {
+        h.fake
+            .calls(task)
+            .iter()
+            .map(|c| c.scheduled_for.unwrap())
+            .collect()
+    };
+    // 02:30 and 02:45 CEST, then 03:00 CET: none of 02:00 to 02:45 CET.
+    assert_eq!(scheduled("quarterly"), [at(0, 30), at(0, 45), at(2, 0)]);
+    assert_eq!(scheduled("daily"), [at(0, 30)]);
+    for task in ["quarterly", "daily"] {
+        let rows = rows(&h, task).await;
+        assert!(rows.iter().all(|r| r.status == "success"), "{rows:#?}");
+    }
+}
