@@ -372,3 +372,102 @@ async fn runs_record_the_component_hash_and_fuel() {
     assert_eq!(result.component_hash.len(), 64);
     assert!(result.fuel_used > 0);
 }
+
+/// `tasks/fixtures/many-memories.wat`: nine core instances, each with its
+/// own memory; `run` grows eight of them by 16 MiB each.
+fn many_memories() -> housekeeper::runtime::TaskComponent {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks/fixtures/many-memories.wat");
+    let bytes = wat::parse_file(&path).expect("the fixture assembles");
+    runtime()
+        .load("many-memories.wat", &bytes)
+        .expect("the fixture is a task component")
+}
+
+#[tokio::test]
+async fn the_memory_cap_covers_every_memory_of_the_run_together() {
+    let c = many_memories();
+    let mut request = request("", "", vec![]);
+    // Each memory alone stays under the cap; together they hold 128 MiB.
+    request.memory_bytes = 32 << 20;
+    let capped = runtime().run(&c, request.clone()).await;
+    assert_eq!(capped.status, RunStatus::OutOfMemory, "{capped:#?}");
+    // With room for all of them, the same run succeeds: the fixture itself
+    // is sound.
+    request.memory_bytes = 256 << 20;
+    let roomy = runtime().run(&c, request).await;
+    assert_eq!(roomy.status, RunStatus::Success, "{roomy:#?}");
+    assert_eq!(roomy.summary.as_deref(), Some("held"));
+}
+
+async fn oversize(what: &str) -> RunResult {
+    let c = component(&fixture_path("oversize"));
+    let mut request = request("", "", vec![]);
+    request.memory_bytes = 256 << 20;
+    request
+        .config
+        .insert("what".into(), ConfigValue::Text(what.into()));
+    runtime().run(&c, request).await
+}
+
+#[tokio::test]
+async fn what_a_task_hands_back_is_capped_and_marked() {
+    use housekeeper::runtime::report::*;
+    let summary = oversize("summary").await;
+    assert_eq!(summary.status, RunStatus::Success, "{:?}", summary.error);
+    let text = summary.summary.unwrap();
+    assert!(text.len() < MAX_SUMMARY + 64, "{}", text.len());
+    assert!(!text.contains('\n'), "one line");
+    assert!(text.starts_with("first line "), "{}", &text[..40]);
+    assert!(
+        text.ends_with(" more bytes]"),
+        "{}",
+        &text[text.len() - 40..]
+    );
+
+    let error = oversize("error").await;
+    assert_eq!(error.status, RunStatus::Error);
+    let text = error.error.unwrap();
+    assert!(text.len() < MAX_ERROR + 64, "{}", text.len());
+    assert!(text.ends_with(" more bytes]"));
+
+    let metrics = oversize("metrics").await;
+    assert_eq!(metrics.status, RunStatus::Success, "{:?}", metrics.error);
+    assert_eq!(metrics.metrics.len(), MAX_METRICS);
+    assert!(
+        metrics
+            .metrics
+            .iter()
+            .all(|m| m.name.len() <= MAX_METRIC_NAME)
+    );
+    assert!(
+        metrics.output.contains("2 metrics dropped: a name must be"),
+        "{}",
+        metrics.output
+    );
+    assert!(
+        metrics.output.contains("99900 metrics dropped: at most"),
+        "{}",
+        metrics.output
+    );
+}
+
+#[tokio::test]
+async fn what_describe_says_is_capped_and_marked() {
+    use housekeeper::runtime::report::*;
+    let c = component(&fixture_path("oversize"));
+    let info = runtime().describe(&c).await.unwrap();
+    assert!(info.description.len() < MAX_DESCRIPTION + 64);
+    assert!(info.description.ends_with(" more bytes]"));
+    assert_eq!(info.capabilities.len(), MAX_CAPABILITIES + 1);
+    assert!(
+        info.capabilities
+            .iter()
+            .all(|c| c.len() < MAX_CAPABILITY + 64)
+    );
+    assert!(
+        info.capabilities
+            .last()
+            .unwrap()
+            .contains("9936 more capabilities")
+    );
+}

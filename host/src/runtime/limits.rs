@@ -3,20 +3,39 @@
 use crate::model::RunStatus;
 use wasmtime::{ResourceLimiter, Trap};
 
-/// Caps linear memory; remembers whether the guest asked for more than its
-/// cap so that the resulting trap is reported as `out_of_memory`.
+/// Caps the run's memory: every linear memory and table of every instance
+/// in the store counts against one budget (a component can hold several
+/// core memories; each must not get the whole cap). Remembers whether the
+/// guest asked for more so that the resulting trap is reported as
+/// `out_of_memory`.
 pub struct MemoryLimiter {
     max_bytes: usize,
+    /// Bytes of memories and tables granted so far.
+    used: usize,
+    /// The last grant, taken back if the engine then fails to grow.
+    last_grant: usize,
     denied: bool,
 }
 
 /// Tables hold function references; no honest task needs more.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// What one table element costs the host (a pointer).
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+/// Instances, memories and tables one run may create. Components built from
+/// Rust hold a handful of core instances and one memory; interpreters
+/// linked as components (Python, JavaScript) a few dozen instances. Each
+/// memory is also an address-space reservation, so their number is bounded
+/// apart from their size.
+const MAX_INSTANCES: usize = 256;
+const MAX_MEMORIES: usize = 16;
+const MAX_TABLES: usize = 256;
 
 impl MemoryLimiter {
     pub fn new(max_bytes: u64) -> Self {
         MemoryLimiter {
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            used: 0,
+            last_grant: 0,
             denied: false,
         }
     }
@@ -24,29 +43,72 @@ impl MemoryLimiter {
     pub fn denied(&self) -> bool {
         self.denied
     }
+
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let more = desired.saturating_sub(current);
+        match self.used.checked_add(more) {
+            Some(total) if total <= self.max_bytes => {
+                self.used = total;
+                self.last_grant = more;
+                true
+            }
+            _ => {
+                self.denied = true;
+                false
+            }
+        }
+    }
+
+    fn grow_failed(&mut self) {
+        self.used -= std::mem::take(&mut self.last_grant);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.denied = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        Ok(self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -113,6 +175,36 @@ mod tests {
         assert!(!limiter.denied());
         assert!(!limiter.memory_growing(1 << 20, 2 << 20, None).unwrap());
         assert!(limiter.denied());
+    }
+
+    #[test]
+    fn every_memory_and_table_shares_one_budget() {
+        let mut limiter = MemoryLimiter::new(10 << 20);
+        // Two memories of 4 MiB fit; a third memory's 4 MiB does not.
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(!limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(limiter.denied());
+        // Tables count by their elements' size.
+        let mut limiter = MemoryLimiter::new(8 << 20);
+        assert!(limiter.memory_growing(0, 7 << 20, None).unwrap());
+        assert!(
+            !limiter
+                .table_growing(0, (2 << 20) / TABLE_ELEMENT_BYTES, None)
+                .unwrap()
+        );
+        assert!(limiter.table_growing(0, 1000, None).unwrap());
+    }
+
+    #[test]
+    fn a_grant_the_engine_could_not_use_is_taken_back() {
+        let mut limiter = MemoryLimiter::new(4 << 20);
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::Error::msg("no room"))
+            .unwrap();
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(!limiter.denied());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub(crate) mod bindings;
 mod cache;
 pub(crate) mod limits;
+pub mod report;
 
 use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
 use crate::capabilities::sql::{Connections, SqlCapability, SqlLimits};
@@ -320,14 +321,15 @@ impl Runtime {
                 RunStatus::Timeout,
                 "describe() did not return in time".into(),
             )),
-            Ok(Ok(info)) => Ok(TaskInfo {
+            Ok(Ok(info)) => report::task_info(TaskInfo {
                 name: info.name,
                 version: info.version,
                 description: info.description,
                 default_schedule: info.default_schedule,
                 run_on_startup: info.run_on_startup,
                 capabilities: info.capabilities,
-            }),
+            })
+            .map_err(|e| (RunStatus::Error, e)),
             Ok(Err(e)) => {
                 let (status, message) = limits::classify(&e, store.data().limiter.denied());
                 Err((status, format!("describe() failed: {message}")))
@@ -383,17 +385,14 @@ impl Runtime {
             Ok(capabilities) => self.call_run(component, &request, capabilities).await,
         };
         match outcome {
-            Ok((Ok(report), fuel)) => {
+            Ok((Ok(returned), fuel)) => {
                 result.status = RunStatus::Success;
-                result.summary = Some(report.summary);
-                result.metrics = report
-                    .metrics
-                    .into_iter()
-                    .map(|m| Metric {
-                        name: m.name,
-                        value: m.value,
-                    })
-                    .collect();
+                result.summary = Some(report::summary(returned.summary));
+                let metrics = returned.metrics.into_iter().map(|m| Metric {
+                    name: m.name,
+                    value: m.value,
+                });
+                result.metrics = report::metrics(metrics.collect(), &output);
                 result.fuel_used = fuel;
             }
             Ok((Err(task_error), fuel)) => {
@@ -410,6 +409,7 @@ impl Runtime {
                 result.fuel_used = fuel;
             }
         }
+        result.error = result.error.map(report::error);
         result.output = output.finish();
         result.completed_at = Utc::now();
         result.duration_ms = clock.elapsed().as_millis() as u64;
