@@ -1,12 +1,13 @@
 //! The command line: argument definitions and the commands that do not need
-//! the service (`run`, `check`).
+//! the service (`run`, `check`, `tasks`, `runs`, `db adopt`).
 
 use crate::catalog::{Catalog, TaskEntry};
 use crate::config::{DbArgs, ServeArgs};
 use crate::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use crate::runtime::{RunRequest, Runtime, RuntimeOptions, TaskComponent};
 use crate::scheduler::next::next_fire;
-use crate::store::{NewRun, Store};
+use crate::store::adopt::{Finding, Plan};
+use crate::store::{NewRun, Store, is_postgres};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +35,25 @@ pub enum Command {
     Runs(RunsArgs),
     /// Validate components and manifests and print what each task says about itself.
     Check(CheckArgs),
+    /// The store's own database.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Take over the reference service's PostgreSQL tables in place, as any
+    /// command that opens the store does, then apply the migrations.
+    Adopt(AdoptArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdoptArgs {
+    /// Print what was found and the statements that would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +151,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args).await,
         Command::Tasks(args) => tasks(args).await,
         Command::Runs(args) => runs(args).await,
+        Command::Db(DbCommand::Adopt(args)) => adopt(args).await,
     }
 }
 
@@ -548,4 +569,71 @@ async fn runs(args: RunsArgs) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+async fn adopt(args: AdoptArgs) -> ExitCode {
+    let url = args.db.url();
+    if !is_postgres(&url) {
+        return fail(format!(
+            "the store at {} is not PostgreSQL: set DATABASE_URL or DB_HOST to the reference service's database",
+            redact(&url)
+        ));
+    }
+    let adoption = match args.db.adopt_options() {
+        Ok(a) => a,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let options = args.db.store_options();
+    let finding = if args.dry_run {
+        Store::inspect_reference(&url, &options, &adoption).await
+    } else {
+        Store::adopt_reference(&url, &options, &adoption).await
+    };
+    let finding = match finding {
+        Ok(f) => f,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    match &finding {
+        Finding::Fresh => println!(
+            "nothing to take over: {} has none of the reference service's tables",
+            redact(&url)
+        ),
+        Finding::Migrated => println!(
+            "nothing to take over: housekeeper's migrations are already recorded in {}",
+            redact(&url)
+        ),
+        Finding::Reference(plan) => print_plan(plan, &url, args.dry_run),
+    }
+    if args.dry_run {
+        return ExitCode::SUCCESS;
+    }
+    match args.db.open().await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("cannot open the store at {}: {e:#}", redact(&url))),
+    }
+}
+
+fn print_plan(plan: &Plan, url: &str, dry_run: bool) {
+    println!(
+        "{} the reference service's tables in {}:",
+        if dry_run {
+            "would take over"
+        } else {
+            "took over"
+        },
+        redact(url)
+    );
+    for line in plan.summary() {
+        println!("  {line}");
+    }
+    println!(
+        "statements, in one transaction{}:",
+        if dry_run { "" } else { " (committed)" }
+    );
+    for statement in &plan.statements {
+        println!("{statement};");
+    }
+    if dry_run {
+        println!("dry run: nothing was changed");
+    }
 }

@@ -3,6 +3,7 @@
 //! value is reported under the name the operator set.
 
 use crate::capabilities::sql::{ConnectionOptions, Connections, SqlLimits};
+use crate::store::adopt::AdoptOptions;
 use crate::store::{Store, StoreOptions};
 use chrono_tz::Tz;
 use std::path::PathBuf;
@@ -80,6 +81,12 @@ pub struct DbArgs {
     /// Name of this process in the run history (default: the host name).
     #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
     pub replica: Option<String>,
+    /// Time zone the reference service wrote its `TIMESTAMP` values in, read
+    /// once when its tables are taken over (IANA); default: the `TIMEZONE`
+    /// variable, else Etc/UTC.
+    #[arg(long, env = "HOUSEKEEPER_ADOPT_TIMEZONE", value_name = "HOUSEKEEPER_ADOPT_TIMEZONE",
+          value_parser = parse_tz)]
+    pub adopt_timezone: Option<Tz>,
 }
 
 impl DbArgs {
@@ -139,6 +146,43 @@ impl DbArgs {
         })
     }
 
+    /// How the reference service's tables are taken over: old values in
+    /// `HOUSEKEEPER_ADOPT_TIMEZONE`, else in the `TIMEZONE` the reference
+    /// service was configured with. Read from the environment rather than
+    /// `--timezone`, so every command that opens the store reads them alike.
+    pub fn adopt_options(&self) -> anyhow::Result<AdoptOptions> {
+        let timezone = match std::env::var("TIMEZONE") {
+            Ok(name) => self.adopt_timezone_or(Some(&name))?,
+            Err(std::env::VarError::NotPresent) => self.adopt_timezone_or(None)?,
+            Err(std::env::VarError::NotUnicode(_)) => match self.adopt_timezone {
+                Some(tz) => tz,
+                None => anyhow::bail!("TIMEZONE is not valid Unicode"),
+            },
+        };
+        Ok(AdoptOptions {
+            timezone,
+            ..AdoptOptions::default()
+        })
+    }
+
+    fn adopt_timezone_or(&self, timezone_var: Option<&str>) -> anyhow::Result<Tz> {
+        if let Some(tz) = self.adopt_timezone {
+            return Ok(tz);
+        }
+        match timezone_var.map(str::trim).filter(|name| !name.is_empty()) {
+            Some(name) => parse_tz(name).map_err(|e| anyhow::anyhow!("TIMEZONE={name}: {e}")),
+            None => Ok(AdoptOptions::default().timezone),
+        }
+    }
+
+    /// The store's pool settings.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            pool_max: self.db_pool_max,
+            acquire_timeout: Duration::from_millis(self.db_connect_timeout),
+        }
+    }
+
     pub async fn open(&self) -> anyhow::Result<Store> {
         let url = self.url();
         if url.starts_with("sqlite:") {
@@ -149,11 +193,8 @@ impl DbArgs {
                 )
             })?;
         }
-        let options = StoreOptions {
-            pool_max: self.db_pool_max,
-            acquire_timeout: Duration::from_millis(self.db_connect_timeout),
-        };
-        Store::open(&url, &self.replica(), &options).await
+        let adoption = self.adopt_options()?;
+        Store::open_with(&url, &self.replica(), &self.store_options(), &adoption).await
     }
 }
 
@@ -254,7 +295,30 @@ mod tests {
             sql_max_rows: 100_000,
             sql_call_timeout: Duration::from_secs(900),
             replica: None,
+            adopt_timezone: None,
         }
+    }
+
+    #[test]
+    fn old_timestamps_are_read_in_adopt_timezone_then_timezone_then_utc() {
+        let mut d = db();
+        assert_eq!(d.adopt_timezone_or(None).unwrap(), chrono_tz::Etc::UTC);
+        assert_eq!(d.adopt_timezone_or(Some("")).unwrap(), chrono_tz::Etc::UTC);
+        assert_eq!(
+            d.adopt_timezone_or(Some("Europe/Berlin")).unwrap(),
+            chrono_tz::Europe::Berlin
+        );
+        let err = d.adopt_timezone_or(Some("Moon/Base")).unwrap_err();
+        assert!(err.to_string().starts_with("TIMEZONE=Moon/Base: "), "{err}");
+        d.adopt_timezone = Some(chrono_tz::America::New_York);
+        assert_eq!(
+            d.adopt_timezone_or(Some("Europe/Berlin")).unwrap(),
+            chrono_tz::America::New_York
+        );
+        assert_eq!(
+            d.adopt_timezone_or(Some("Moon/Base")).unwrap(),
+            chrono_tz::America::New_York
+        );
     }
 
     #[test]
@@ -289,6 +353,10 @@ mod tests {
                 "HOUSEKEEPER_SHUTDOWN_GRACE",
             ),
             (vec!["x", "--db-pool-max", "0"], "DB_POOL_MAX"),
+            (
+                vec!["x", "--adopt-timezone", "Moon/Base"],
+                "HOUSEKEEPER_ADOPT_TIMEZONE",
+            ),
             (vec!["x", "--sql-max-rows", "0"], "HOUSEKEEPER_SQL_MAX_ROWS"),
             (
                 vec!["x", "--sql-call-timeout", "soon"],

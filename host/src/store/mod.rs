@@ -3,9 +3,13 @@
 //! and PostgreSQL; the schema is in `migrations/`.
 //!
 //! Queries are written once and run on either pool: `on_pool!` expands the
-//! same sqlx code for each backend.
+//! same sqlx code for each backend. On PostgreSQL, the reference service's
+//! own tables are taken over before the migrations run (`adopt`).
+
+pub mod adopt;
 
 use crate::model::{RunResult, RunStatus, Trigger};
+use adopt::{AdoptOptions, Finding};
 use anyhow::Context as _;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
@@ -120,17 +124,32 @@ const RUN_COLUMNS: &str = "id, task_name, started_at, completed_at, status, dura
 impl Store {
     /// Opens (creating if needed) the store at `url` and applies migrations.
     /// `sqlite:PATH` or `postgres://…`. `replica` names this process in the
-    /// rows it writes.
+    /// rows it writes. The reference service's tables, if any, are taken
+    /// over with old `TIMESTAMP` values read in UTC.
     pub async fn open(url: &str, replica: &str, options: &StoreOptions) -> anyhow::Result<Self> {
+        Self::open_with(url, replica, options, &AdoptOptions::default()).await
+    }
+
+    /// [`Store::open`], taking over the reference service's tables (on
+    /// PostgreSQL) as `adoption` says.
+    pub async fn open_with(
+        url: &str,
+        replica: &str,
+        options: &StoreOptions,
+        adoption: &AdoptOptions,
+    ) -> anyhow::Result<Self> {
         let pool_max = options.pool_max.max(1);
-        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let connect = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
-            let pool = PgPoolOptions::new()
-                .max_connections(pool_max)
-                .acquire_timeout(options.acquire_timeout)
-                .connect_with(connect)
-                .await
-                .context("cannot connect to PostgreSQL")?;
+        let backend = if is_postgres(url) {
+            let pool = connect_postgres(url, options).await?;
+            if let Finding::Reference(plan) = adopt::adopt(&pool, adoption).await? {
+                tracing::info!(
+                    runs = plan.runs,
+                    tasks = plan.run_tasks,
+                    disabled = plan.disabled.len(),
+                    timezone = plan.timezone.name(),
+                    "took over the reference service's tables"
+                );
+            }
             POSTGRES_MIGRATIONS
                 .run(&pool)
                 .await
@@ -174,6 +193,32 @@ impl Store {
             replica: replica.to_owned(),
             blocking_io: None,
         })
+    }
+
+    /// What taking over the reference service's tables at `url` would do,
+    /// changing nothing.
+    pub async fn inspect_reference(
+        url: &str,
+        options: &StoreOptions,
+        adoption: &AdoptOptions,
+    ) -> anyhow::Result<Finding> {
+        let pool = connect_postgres(url, options).await?;
+        let finding = adopt::inspect_only(&pool, adoption).await;
+        pool.close().await;
+        Ok(finding?)
+    }
+
+    /// Takes over the reference service's tables at `url` now, if they are
+    /// there and housekeeper's migrations are not, and says what it found.
+    pub async fn adopt_reference(
+        url: &str,
+        options: &StoreOptions,
+        adoption: &AdoptOptions,
+    ) -> anyhow::Result<Finding> {
+        let pool = connect_postgres(url, options).await?;
+        let finding = adopt::adopt(&pool, adoption).await;
+        pool.close().await;
+        Ok(finding?)
     }
 
     /// A store over an existing SQLite pool with migrations applied
@@ -696,6 +741,21 @@ impl Store {
         self.io(|s| async move { s.prune_now(&task, keep_days, keep_last).await })
             .await
     }
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
+async fn connect_postgres(url: &str, options: &StoreOptions) -> anyhow::Result<PgPool> {
+    let connect = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+    PgPoolOptions::new()
+        .max_connections(options.pool_max.max(1))
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await
+        .context("cannot connect to PostgreSQL")
 }
 
 struct Completion {
