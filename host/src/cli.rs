@@ -2,12 +2,13 @@
 //! the service (`run`, `check`, `tasks`, `runs`, `db adopt`).
 
 use crate::catalog::{Catalog, TaskEntry};
-use crate::config::{DbArgs, ServeArgs};
+use crate::config::{CompileArgs, DbArgs, ServeArgs};
 use crate::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use crate::runtime::{RunRequest, Runtime, RuntimeOptions, TaskComponent};
 use crate::scheduler::next::next_fire;
 use crate::store::adopt::{Finding, Plan};
 use crate::store::{NewRun, Store, is_postgres};
+use crate::terminal::{escape, escape_lines};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -77,6 +78,8 @@ pub struct RunArgs {
     pub no_record: bool,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +93,8 @@ pub struct TasksArgs {
     pub timezone: chrono_tz::Tz,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +115,8 @@ pub struct RunsArgs {
 pub struct CheckArgs {
     /// A `.wasm` component, a `.toml` manifest, or a tasks directory.
     pub path: PathBuf,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 fn parse_config_pair(text: &str) -> Result<(String, ConfigValue), String> {
@@ -181,8 +188,12 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_LOAD_ERROR)
 }
 
-fn runtime() -> Result<Runtime, ExitCode> {
-    runtime_with(RuntimeOptions::default())
+fn runtime(compile: &CompileArgs) -> Result<Runtime, ExitCode> {
+    let compile = compile.limits().map_err(|e| fail(format!("{e:#}")))?;
+    runtime_with(RuntimeOptions {
+        compile,
+        ..RuntimeOptions::default()
+    })
 }
 
 fn runtime_with(options: RuntimeOptions) -> Result<Runtime, ExitCode> {
@@ -223,6 +234,10 @@ async fn run(args: RunArgs) -> ExitCode {
             sql: args.db.sql_limits(),
             ..RuntimeOptions::default()
         },
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let options = match args.compile.limits() {
+        Ok(compile) => RuntimeOptions { compile, ..options },
         Err(e) => return fail(format!("{e:#}")),
     };
     // Compiled code is cached beside the run history; without a usable data
@@ -314,16 +329,16 @@ fn print_result(r: &RunResult) {
     println!("status:    {}", r.status);
     println!("duration:  {} ms", r.duration_ms);
     if let Some(summary) = &r.summary {
-        println!("summary:   {summary}");
+        println!("summary:   {}", escape(summary));
     }
     if let Some(error) = &r.error {
-        println!("error:     {error}");
+        println!("error:     {}", escape_lines(error));
     }
     if !r.metrics.is_empty() {
         let metrics: Vec<String> = r
             .metrics
             .iter()
-            .map(|m| format!("{}={}", m.name, m.value))
+            .map(|m| format!("{}={}", escape(&m.name), m.value))
             .collect();
         println!("metrics:   {}", metrics.join(" "));
     }
@@ -332,7 +347,7 @@ fn print_result(r: &RunResult) {
     if !r.output.is_empty() {
         println!("output:");
         for line in r.output.lines() {
-            println!("  {line}");
+            println!("  {}", escape(line));
         }
     }
 }
@@ -344,7 +359,11 @@ async fn check(args: CheckArgs) -> ExitCode {
             Ok(catalog) => {
                 let mut problems = 0;
                 for problem in &catalog.problems {
-                    println!("FAIL {}: {}", problem.path.display(), problem.message);
+                    println!(
+                        "FAIL {}: {}",
+                        problem.path.display(),
+                        escape_lines(&problem.message)
+                    );
                     problems += 1;
                 }
                 if catalog.tasks.is_empty() && problems == 0 {
@@ -380,7 +399,7 @@ async fn check(args: CheckArgs) -> ExitCode {
     };
     let (tasks, mut problems) = tasks;
 
-    let runtime = match runtime() {
+    let runtime = match runtime(&args.compile) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -388,7 +407,7 @@ async fn check(args: CheckArgs) -> ExitCode {
         match check_one(&runtime, task).await {
             Ok(text) => println!("ok   {}\n{text}", task.name()),
             Err(e) => {
-                println!("FAIL {}: {e}", task.name());
+                println!("FAIL {}: {}", task.name(), escape_lines(&e));
                 problems += 1;
             }
         }
@@ -412,7 +431,10 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
         .schedule
         .as_ref()
         .map(|s| s.as_str().to_owned())
-        .or(info.default_schedule.clone())
+        .or(info
+            .default_schedule
+            .as_deref()
+            .map(|s| escape(s).into_owned()))
         .unwrap_or_else(|| "(none: manual only)".into());
     let mut lines = vec![
         format!(
@@ -428,12 +450,17 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
         ),
         format!(
             "  describe():   {} {} - {}",
-            info.name, info.version, info.description
+            escape(&info.name),
+            escape(&info.version),
+            escape(&info.description)
         ),
         format!("  schedule:     {schedule}"),
     ];
     if !info.capabilities.is_empty() {
-        lines.push(format!("  would like:   {}", info.capabilities.join(", ")));
+        lines.push(format!(
+            "  would like:   {}",
+            escape(&info.capabilities.join(", "))
+        ));
     }
     for dir in &m.dirs {
         lines.push(format!(
@@ -472,7 +499,7 @@ async fn tasks(args: TasksArgs) -> ExitCode {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return fail(format!("cannot read the store: {e:#}")),
     };
-    let runtime = match runtime() {
+    let runtime = match runtime(&args.compile) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -485,7 +512,7 @@ async fn tasks(args: TasksArgs) -> ExitCode {
         let info = match load(&runtime, &entry.component_path).await {
             Ok(c) => runtime.describe(&c).await.ok(),
             Err(e) => {
-                println!("{name:<36} load error: {e}");
+                println!("{name:<36} load error: {}", escape(&e));
                 continue;
             }
         };
@@ -522,7 +549,7 @@ async fn tasks(args: TasksArgs) -> ExitCode {
         println!(
             "load error: {}: {}",
             problem.path.display(),
-            problem.message
+            escape_lines(&problem.message)
         );
     }
     ExitCode::SUCCESS
@@ -562,10 +589,12 @@ async fn runs(args: RunsArgs) -> ExitCode {
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".into()),
             r.triggered_by,
-            r.error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .unwrap_or("")
+            escape(
+                r.error
+                    .as_deref()
+                    .and_then(|e| e.lines().next())
+                    .unwrap_or("")
+            )
         );
     }
     ExitCode::SUCCESS

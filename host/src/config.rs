@@ -3,6 +3,7 @@
 //! value is reported under the name the operator set.
 
 use crate::capabilities::sql::{ConnectionOptions, Connections, SqlLimits};
+use crate::runtime::compile::{CompileLimits, Isolated};
 use crate::store::adopt::AdoptOptions;
 use crate::store::{Store, StoreOptions};
 use chrono_tz::Tz;
@@ -226,6 +227,43 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; use e.g. \"30s\" or \"2m\""))
 }
 
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    match parse_size::parse_size(text) {
+        Ok(0) => Err("must be more than 0 bytes".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; use e.g. \"128MiB\" or \"4GiB\"")),
+    }
+}
+
+/// Bounds on compiling a component (`serve`, `run`, `check`, `tasks`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompileArgs {
+    /// Largest component file loaded; larger ones are a load error.
+    #[arg(long, env = "HOUSEKEEPER_MAX_COMPONENT_SIZE", value_name = "HOUSEKEEPER_MAX_COMPONENT_SIZE",
+          default_value = "128MiB", value_parser = parse_bytes)]
+    pub max_component_size: u64,
+    /// Longest one component may take to compile.
+    #[arg(long, env = "HOUSEKEEPER_COMPILE_TIMEOUT", value_name = "HOUSEKEEPER_COMPILE_TIMEOUT",
+          default_value = "2m", value_parser = parse_duration)]
+    pub compile_timeout: Duration,
+    /// Most memory compiling one component may use.
+    #[arg(long, env = "HOUSEKEEPER_COMPILE_MEMORY", value_name = "HOUSEKEEPER_COMPILE_MEMORY",
+          default_value = "4GiB", value_parser = parse_bytes)]
+    pub compile_memory: u64,
+}
+
+impl CompileArgs {
+    /// Compiling in a child process of this binary, within these bounds.
+    pub fn limits(&self) -> anyhow::Result<CompileLimits> {
+        let isolated = Isolated::current_exe(self.compile_timeout, self.compile_memory)
+            .map_err(|e| anyhow::anyhow!("cannot find this program to compile in: {e}"))?;
+        Ok(CompileLimits {
+            max_size: self.max_component_size,
+            isolated: Some(isolated),
+        })
+    }
+}
+
 /// `housekeeper serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -266,6 +304,8 @@ pub struct ServeArgs {
     pub api_token: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 #[cfg(test)]

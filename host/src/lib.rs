@@ -19,3 +19,4 @@ pub mod schedule;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod terminal;

@@ -1,9 +1,14 @@
 use clap::Parser;
 use housekeeper::cli::{Cli, Command, EXIT_LOAD_ERROR};
+use housekeeper::runtime::compile;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Compiling in a bounded child process (see `runtime::compile`).
+    if std::env::args_os().nth(1).as_deref() == Some(compile::WORKER_ARG.as_ref()) {
+        return compile::worker_main();
+    }
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
     init_tracing(if serving { "info" } else { "warn" });

@@ -41,6 +41,7 @@ pub async fn run(
         cache_dir: Some(args.db.data_dir.join("cache")),
         connections: args.db.connections()?,
         sql: args.db.sql_limits(),
+        compile: args.compile.limits()?,
         ..RuntimeOptions::default()
     })?;
     let (defs, load_errors) = loader::load_tasks(&runtime, &args.tasks_dir).await?;

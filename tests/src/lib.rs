@@ -77,3 +77,43 @@ pub fn component(path: &Path) -> TaskComponent {
 
 /// The example application schema from `deploy/schema/example.sql`.
 pub const EXAMPLE_SCHEMA: &str = include_str!("../../deploy/schema/example.sql");
+
+/// A compile bomb: a component holding one core function of `depth` nested
+/// `block`s. Small on disk, expensive for Cranelift (time and memory grow
+/// with the nesting). Written out byte by byte: no text-format parser
+/// recurses that deep.
+pub fn compile_bomb(depth: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(content.len(), out);
+        out.extend_from_slice(content);
+    }
+    let mut body = vec![0x00]; // no locals
+    for _ in 0..depth {
+        body.extend_from_slice(&[0x02, 0x40]); // block (empty type)
+    }
+    body.extend(std::iter::repeat_n(0x0b, depth + 1)); // end × depth, then the function's end
+    let mut code = vec![0x01];
+    leb(body.len(), &mut code);
+    code.extend_from_slice(&body);
+
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(0x01, &[0x01, 0x60, 0x00, 0x00], &mut module); // type: () -> ()
+    section(0x03, &[0x01, 0x00], &mut module); // one function of type 0
+    section(0x0a, &code, &mut module);
+
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(0x01, &module, &mut component); // core module section
+    component
+}

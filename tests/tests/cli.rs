@@ -370,3 +370,69 @@ fn runs_and_tasks_read_what_run_recorded() {
     let o = housekeeper(&["runs", "app-logs", "--limit", "0"], None);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn compiling_is_bounded_in_size_memory_and_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb = tmp.path().join("bomb.wasm");
+    std::fs::write(&bomb, housekeeper_tests::compile_bomb(300_000)).unwrap();
+    let bomb = bomb.to_str().unwrap();
+    for (variable, value, needle) in [
+        (
+            "HOUSEKEEPER_MAX_COMPONENT_SIZE",
+            "64KiB",
+            "more than the 65536 a component may have (HOUSEKEEPER_MAX_COMPONENT_SIZE)",
+        ),
+        (
+            "HOUSEKEEPER_COMPILE_MEMORY",
+            "64MiB",
+            "compiling needed more than 64 MiB of memory (HOUSEKEEPER_COMPILE_MEMORY)",
+        ),
+        (
+            "HOUSEKEEPER_COMPILE_TIMEOUT",
+            "1ms",
+            "compiling took longer than 1ms (HOUSEKEEPER_COMPILE_TIMEOUT)",
+        ),
+    ] {
+        for command in ["run", "check"] {
+            let o = Command::new(binary())
+                .args([command, bomb])
+                .env_remove("DATABASE_URL")
+                .env_remove("DB_HOST")
+                .env("HOUSEKEEPER_DATA_DIR", tmp.path().join("data"))
+                .env(variable, value)
+                .output()
+                .unwrap();
+            let all = stdout(&o) + &stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{command} {variable}: {all}");
+            assert!(all.contains(needle), "{command} {variable}: {all}");
+        }
+    }
+}
+
+#[test]
+fn a_task_s_text_reaches_the_terminal_escaped() {
+    let o = Command::new(binary())
+        .args([
+            "run",
+            fixture_path("oversize").to_str().unwrap(),
+            "--no-record",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("DB_HOST")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out:?}");
+    assert!(
+        out.contains("\\x1b[2J\\x1b]0;owned\\x07"),
+        "{}",
+        &out[..400.min(out.len())]
+    );
+    let check = Command::new(binary())
+        .args(["check", fixture_path("oversize").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!stdout(&check).contains('\x1b'));
+}

@@ -716,3 +716,27 @@ async fn only_changes_to_catalog_files_rescan_the_tasks_directory() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "{}", s.log());
 }
+
+#[tokio::test]
+async fn a_compile_bomb_is_a_load_error_while_other_tasks_keep_running() {
+    let s = Service::new();
+    s.task("canary", "noop", "schedule = \"* * * * * *\"\n");
+    let (mut child, port) = s.start(&[("HOUSEKEEPER_COMPILE_MEMORY", "64MiB")]);
+    drop_file(
+        &s.tasks,
+        "bomb.wasm",
+        &housekeeper_tests::compile_bomb(300_000),
+    );
+    wait_for("the bomb's load error", || {
+        api_task(port, "bomb")["loadError"]
+            .as_str()
+            .is_some_and(|e| e.contains("HOUSEKEEPER_COMPILE_MEMORY"))
+    });
+    let before = s.runs("canary").await.len();
+    wait_for_runs(&s, "canary", "more runs after the bomb", |r| {
+        r.len() >= before + 2
+    })
+    .await;
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}

@@ -154,6 +154,8 @@ impl Output {
         inner.text.push_str(line);
         inner.text.push('\n');
         let (task, run) = (&*self.task, &*self.run_id);
+        // The host's log may be a terminal: the task's text is shown, not sent.
+        let line = crate::terminal::escape(line);
         match level {
             Level::Trace => tracing::trace!(task, run, source = tag, "{line}"),
             Level::Debug => tracing::debug!(task, run, source = tag, "{line}"),

@@ -60,19 +60,19 @@ impl CompileCache {
             .join(format!("{content_hash}-{}.cwasm", self.engine_fingerprint))
     }
 
-    /// The component for `bytes` (whose SHA-256 is `content_hash`), from the
-    /// cache when a valid entry exists, else compiled and stored.
-    pub fn load(
+    /// The component whose bytes have the SHA-256 `content_hash`, from the
+    /// cache when a valid entry exists, else from `compile` and stored.
+    pub fn load<E>(
         &self,
         engine: &Engine,
         content_hash: &str,
-        bytes: &[u8],
-    ) -> wasmtime::Result<(Component, Source)> {
+        compile: impl FnOnce() -> Result<Component, E>,
+    ) -> Result<(Component, Source), E> {
         let path = self.path(content_hash);
         if let Some(component) = self.read(engine, &path) {
             return Ok((component, Source::Cached));
         }
-        let component = Component::new(engine, bytes)?;
+        let component = compile()?;
         if let Err(e) = self.write(&path, &component) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the compile cache entry");
         }

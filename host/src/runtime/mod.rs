@@ -7,6 +7,7 @@
 
 pub(crate) mod bindings;
 mod cache;
+pub mod compile;
 pub(crate) mod limits;
 pub mod report;
 
@@ -17,12 +18,14 @@ use crate::manifest::{DatabaseGrant, DirGrant, MAX_MEMORY_BYTES, Manifest};
 use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
 use bindings::housekeeper::task::types;
 use chrono::{DateTime, Utc};
+use compile::{CompileError, CompileLimits};
 use limits::{DeadlineExceeded, MemoryLimiter};
 use sha2::{Digest, Sha256};
+use std::io::Read as _;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -62,6 +65,8 @@ pub struct RuntimeOptions {
     pub connections: Connections,
     /// Caps on each SQL call.
     pub sql: SqlLimits,
+    /// Bounds on compiling a component.
+    pub compile: CompileLimits,
 }
 
 impl Default for RuntimeOptions {
@@ -74,6 +79,7 @@ impl Default for RuntimeOptions {
             cache_dir: None,
             connections: Connections::default(),
             sql: SqlLimits::default(),
+            compile: CompileLimits::default(),
         }
     }
 }
@@ -96,6 +102,12 @@ pub enum LoadError {
     Invalid { what: String, message: String },
     #[error("{what} is not a housekeeper task (world housekeeper:task/task@0.1.0): {message}")]
     WrongWorld { what: String, message: String },
+    #[error(
+        "{what} is {size} bytes, more than the {max} a component may have (HOUSEKEEPER_MAX_COMPONENT_SIZE)"
+    )]
+    TooLarge { what: String, size: u64, max: u64 },
+    #[error("{what} was not loaded: {message}")]
+    CompileBound { what: String, message: String },
 }
 
 /// A compiled, pre-linked component, ready to instantiate for each run.
@@ -244,6 +256,7 @@ impl Runtime {
     /// (`spawn_blocking`) in a server.
     pub fn load(&self, what: &str, bytes: &[u8]) -> Result<TaskComponent, LoadError> {
         let what = what.to_owned();
+        self.check_size(&what, bytes.len() as u64)?;
         check_header(&what, bytes)?;
         let hash = hex::encode(Sha256::digest(bytes));
         let shared = self
@@ -260,15 +273,23 @@ impl Runtime {
                 cached: false,
             });
         }
+        let engine = &self.inner.engine;
+        let compile = || compile::compile(engine, bytes, &self.inner.options.compile);
         let compiled = match &self.inner.cache {
             Some(cache) => cache
-                .load(&self.inner.engine, &hash, bytes)
+                .load(engine, &hash, compile)
                 .map(|(c, source)| (c, source == cache::Source::Cached)),
-            None => Component::new(&self.inner.engine, bytes).map(|c| (c, false)),
+            None => compile().map(|c| (c, false)),
         };
-        let (component, cached) = compiled.map_err(|e| LoadError::Invalid {
-            what: what.clone(),
-            message: one_line(&e),
+        let (component, cached) = compiled.map_err(|e| match e {
+            CompileError::Invalid(message) => LoadError::Invalid {
+                what: what.clone(),
+                message,
+            },
+            CompileError::Bound(message) => LoadError::CompileBound {
+                what: what.clone(),
+                message,
+            },
         })?;
         let pre = self
             .inner
@@ -288,11 +309,32 @@ impl Runtime {
 
     pub fn load_file(&self, path: &Path) -> Result<TaskComponent, LoadError> {
         let what = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let read_error = |source| LoadError::Read {
             path: what.clone(),
             source,
-        })?;
+        };
+        // Refuse an oversized file before reading it; `take` holds the read
+        // to the limit should the file grow meanwhile.
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let size = file.metadata().map_err(read_error)?.len();
+        self.check_size(&what, size)?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(self.inner.options.compile.max_size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
         self.load(&what, &bytes)
+    }
+
+    fn check_size(&self, what: &str, size: u64) -> Result<(), LoadError> {
+        let max = self.inner.options.compile.max_size;
+        if size > max {
+            return Err(LoadError::TooLarge {
+                what: what.to_owned(),
+                size,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Calls the component's `describe()` with no grants and small limits.
@@ -511,7 +553,7 @@ impl Runtime {
     }
 }
 
-fn engine_config(pool: Option<&RuntimeOptions>) -> Config {
+pub(crate) fn engine_config(pool: Option<&RuntimeOptions>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.consume_fuel(true);
@@ -561,7 +603,7 @@ fn check_header(what: &str, bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn one_line(e: &wasmtime::Error) -> String {
+pub(crate) fn one_line(e: &wasmtime::Error) -> String {
     format!("{e:#}")
         .lines()
         .next()

@@ -1,0 +1,91 @@
+//! Text a task wrote, made safe to print on an operator's terminal.
+//!
+//! A task's summary, errors, log lines and `describe()` fields are whatever
+//! its author chose, escape sequences included: printed raw they can clear
+//! the screen, retitle the window, hide lines (`\r`) or reorder text (bidi
+//! overrides). Every control character (C0, DEL, C1) and every bidi
+//! formatting character is shown as an escape (`\x1b`, `\u{202e}`) instead.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// `text` on one line: line breaks are escaped too.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    escape_with(text, false)
+}
+
+/// `text` with its line breaks kept (and every other control escaped).
+pub fn escape_lines(text: &str) -> Cow<'_, str> {
+    escape_with(text, true)
+}
+
+fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| (c != '\n' || !keep_newlines) && c != '\t' && needs_escape(c);
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_untouched() {
+        for text in [
+            "",
+            "deleted 42 files",
+            "Größe: 3 MiB — ok",
+            "tab\tseparated",
+        ] {
+            assert!(matches!(escape(text), Cow::Borrowed(_)), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_control_character_is_shown_not_sent() {
+        for code in (0u32..0x20).chain(0x7f..0xa0) {
+            let c = char::from_u32(code).unwrap();
+            if c == '\t' {
+                continue;
+            }
+            let text = format!("a{c}b");
+            let shown = escape(&text);
+            assert!(!shown.contains(c), "{code:#x} -> {shown:?}");
+            assert!(shown.chars().all(|c| !c.is_control()), "{code:#x}");
+        }
+        assert_eq!(
+            escape("\x1b[2J\x1b]0;owned\x07"),
+            "\\x1b[2J\\x1b]0;owned\\x07"
+        );
+        assert_eq!(escape("over\rwrite"), "over\\x0dwrite");
+        assert_eq!(escape("\u{9b}31m"), "\\u{9b}31m");
+    }
+
+    #[test]
+    fn bidi_overrides_are_shown() {
+        assert_eq!(escape("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
+    }
+
+    #[test]
+    fn line_breaks_are_kept_only_where_asked() {
+        assert_eq!(escape("a\nb"), "a\\x0ab");
+        assert_eq!(escape_lines("a\nb\x1b"), "a\nb\\x1b");
+    }
+}
