@@ -652,15 +652,16 @@ fn print_plan(plan: &Plan, url: &str, dry_run: bool) {
         },
         redact(url)
     );
+    // Task names and errors come from the reference database as they were.
     for line in plan.summary() {
-        println!("  {line}");
+        println!("  {}", escape(&line));
     }
     println!(
         "statements, in one transaction{}:",
         if dry_run { "" } else { " (committed)" }
     );
     for statement in &plan.statements {
-        println!("{statement};");
+        println!("{};", escape_lines(statement));
     }
     if dry_run {
         println!("dry run: nothing was changed");
