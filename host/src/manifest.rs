@@ -114,6 +114,7 @@ pub struct History {
 pub struct Limits {
     pub fuel: u64,
     pub memory_bytes: u64,
+    pub resources: ResourceLimits,
 }
 
 impl Default for Limits {
@@ -121,9 +122,43 @@ impl Default for Limits {
         Limits {
             fuel: 5_000_000_000,
             memory_bytes: 128 << 20,
+            resources: ResourceLimits::default(),
         }
     }
 }
+
+/// What one run may hold on the host and write through its grants. Past a
+/// cap the guest gets an error (`quota`) and the run's output names the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// `limits.descriptors`: files and directories open at once, besides the
+    /// preopened grants.
+    pub descriptors: u32,
+    /// `limits.write_bytes`: bytes written to files plus bytes files grew by
+    /// without being written (`set-size`, writing past the end).
+    pub write_bytes: u64,
+    /// `limits.dir_streams`: directory listings open at once; each holds its
+    /// whole listing in host memory.
+    pub dir_streams: u32,
+    /// `limits.handles`: host resources of any kind held at once
+    /// (descriptors, streams, listings, pollables, errors).
+    pub handles: u32,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        ResourceLimits {
+            descriptors: 256,
+            write_bytes: 1 << 30,
+            dir_streams: 32,
+            handles: 1024,
+        }
+    }
+}
+
+/// The largest `limits.descriptors`, `limits.dir_streams` and
+/// `limits.handles` a manifest may ask for.
+pub const MAX_HANDLES: u32 = 1 << 20;
 
 /// A validated manifest. Optional fields that the task's `describe()` or the
 /// host configuration can fill in stay `None` here.
@@ -297,9 +332,13 @@ impl Default for RawHistory {
 struct RawLimits {
     fuel: Option<u64>,
     memory: Option<MemorySize>,
+    descriptors: Option<u32>,
+    write_bytes: Option<MemorySize>,
+    dir_streams: Option<u32>,
+    handles: Option<u32>,
 }
 
-/// `memory = "128MiB"` or a plain number of bytes.
+/// `memory = "128MiB"` (also `write_bytes`) or a plain number of bytes.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum MemorySize {
@@ -330,6 +369,16 @@ struct RawDatabase {
     connection: String,
     #[serde(default)]
     tables: BTreeMap<String, Vec<SqlVerb>>,
+}
+
+impl MemorySize {
+    fn bytes(self, key: &str, example: &str) -> Result<u64, String> {
+        match self {
+            MemorySize::Bytes(b) => Ok(b),
+            MemorySize::Text(t) => parse_size::parse_size(&t)
+                .map_err(|e| format!("`{key}`: invalid size {t:?} ({e}); use e.g. \"{example}\"")),
+        }
+    }
 }
 
 fn main_connection() -> String {
@@ -411,12 +460,7 @@ impl RawManifest {
             limits.fuel = fuel;
         }
         if let Some(memory) = self.limits.memory {
-            let bytes = match memory {
-                MemorySize::Bytes(b) => b,
-                MemorySize::Text(t) => parse_size::parse_size(&t).map_err(|e| {
-                    format!("`limits.memory`: invalid size {t:?} ({e}); use e.g. \"128MiB\"")
-                })?,
-            };
+            let bytes = memory.bytes("limits.memory", "128MiB")?;
             if bytes < (1 << 20) || bytes > MAX_MEMORY_BYTES {
                 return Err(format!(
                     "`limits.memory`: {bytes} bytes is outside 1MiB..=4GiB"
@@ -424,6 +468,31 @@ impl RawManifest {
             }
             limits.memory_bytes = bytes;
         }
+        if let Some(written) = self.limits.write_bytes {
+            limits.resources.write_bytes = written.bytes("limits.write_bytes", "1GiB")?;
+        }
+        let count = |key: &str, value: Option<u32>, min: u32, default: u32| match value {
+            None => Ok(default),
+            Some(n) if (min..=MAX_HANDLES).contains(&n) => Ok(n),
+            Some(n) => Err(format!("`{key}`: {n} is outside {min}..={MAX_HANDLES}")),
+        };
+        let defaults = ResourceLimits::default();
+        limits.resources.descriptors = count(
+            "limits.descriptors",
+            self.limits.descriptors,
+            1,
+            defaults.descriptors,
+        )?;
+        limits.resources.dir_streams = count(
+            "limits.dir_streams",
+            self.limits.dir_streams,
+            1,
+            defaults.dir_streams,
+        )?;
+        // Every run holds a few handles before it opens anything (its
+        // preopens, stdout, stderr).
+        limits.resources.handles =
+            count("limits.handles", self.limits.handles, 16, defaults.handles)?;
 
         let mut dirs: Vec<DirGrant> = Vec::new();
         for (i, dir) in self.grants.dirs.into_iter().enumerate() {
@@ -546,6 +615,10 @@ mod tests {
         [limits]
         fuel = 5_000_000_000
         memory = "64MiB"
+        descriptors = 64
+        write_bytes = "10MiB"
+        dir_streams = 4
+        handles = 512
 
         [grants.database]
         connection = "main"
@@ -600,7 +673,13 @@ mod tests {
             m.limits,
             Limits {
                 fuel: 5_000_000_000,
-                memory_bytes: 64 << 20
+                memory_bytes: 64 << 20,
+                resources: ResourceLimits {
+                    descriptors: 64,
+                    write_bytes: 10 << 20,
+                    dir_streams: 4,
+                    handles: 512,
+                },
             }
         );
         assert_eq!(
@@ -676,6 +755,13 @@ mod tests {
             ("[limits]\nmemory = \"lots\"", "`limits.memory`"),
             ("[limits]\nmemory = \"16GiB\"", "`limits.memory`"),
             ("[limits]\nfuel = 0", "`limits.fuel`"),
+            ("[limits]\ndescriptors = 0", "`limits.descriptors`"),
+            ("[limits]\ndescriptors = 2000000", "`limits.descriptors`"),
+            ("[limits]\ndescriptors = -1", "descriptors"),
+            ("[limits]\nwrite_bytes = \"a lot\"", "`limits.write_bytes`"),
+            ("[limits]\ndir_streams = 0", "`limits.dir_streams`"),
+            ("[limits]\nhandles = 8", "`limits.handles`"),
+            ("[limits]\nhandles = 4294967295", "`limits.handles`"),
             ("[limits]\nfuel = -1", "fuel"),
             ("name = \"../evil\"", "`name`"),
             ("component = \"../other.wasm\"", "`component`"),
@@ -718,6 +804,27 @@ mod tests {
             assert!(err.contains(needle), "{text:?}: {err}");
             assert!(err.contains("/tasks/sample.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn resource_limits_default_to_safe_caps() {
+        let limits = parse("").unwrap().limits.resources;
+        assert_eq!(limits.descriptors, 256);
+        assert_eq!(limits.write_bytes, 1 << 30);
+        assert_eq!(limits.dir_streams, 32);
+        assert_eq!(limits.handles, 1024);
+        // A manifest may lower the write budget to nothing: a task that must
+        // not write at all.
+        let limits = parse("[limits]\nwrite_bytes = 0").unwrap().limits.resources;
+        assert_eq!(limits.write_bytes, 0);
+        assert_eq!(
+            parse("[limits]\nwrite_bytes = \"2GiB\"")
+                .unwrap()
+                .limits
+                .resources
+                .write_bytes,
+            2 << 30
+        );
     }
 
     #[test]

@@ -233,6 +233,10 @@ async fn task_details_show_manifest_grants_and_history() {
     assert_eq!(body["schedule"], "0 3 * * *");
     assert_eq!(body["setup"]["overlap"], "skip");
     assert_eq!(body["setup"]["limits"]["memoryBytes"], 128 << 20);
+    assert_eq!(body["setup"]["limits"]["descriptors"], 256);
+    assert_eq!(body["setup"]["limits"]["writeBytes"], 1u64 << 30);
+    assert_eq!(body["setup"]["limits"]["dirStreams"], 32);
+    assert_eq!(body["setup"]["limits"]["handles"], 1024);
     assert!(
         body["setup"]["grants"]["dirs"]
             .as_array()

@@ -471,3 +471,290 @@ async fn what_describe_says_is_capped_and_marked() {
             .contains("9936 more capabilities")
     );
 }
+
+// ---- Special files, descriptors, listings, handles and disk (fs-hog) ----
+
+fn fs_hog_request(mode: &str, path: &str, count: u64, dirs: Vec<DirGrant>) -> RunRequest {
+    let mut request = RunRequest::from_manifest(
+        &Manifest::implicit("fs-hog", "fs-hog.wasm"),
+        housekeeper::cli::new_run_id(),
+        Trigger::Manual,
+    );
+    request.timeout = Duration::from_secs(30);
+    request.dirs = dirs;
+    for (key, value) in [("mode", mode), ("path", path)] {
+        request
+            .config
+            .insert(key.into(), ConfigValue::Text(value.into()));
+    }
+    request
+        .config
+        .insert("count".into(), ConfigValue::Integer(count as i64));
+    request
+}
+
+/// Runs fs-hog on a thread of its own and waits a bounded time for it: a
+/// guest that blocks its thread fails the test instead of hanging it.
+fn fs_hog(request: RunRequest) -> RunResult {
+    let c = component(&fixture_path("fs-hog"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = tx.send(rt.block_on(runtime().run(&c, request)));
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the run returns (its thread is not blocked in the host)")
+}
+
+fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {} (run the tests as root): {e}", path.display()));
+}
+
+#[test]
+fn special_files_in_a_grant_are_refused_at_open() {
+    let t = tree();
+    mknod(&t.data.join("fifo"), rustix::fs::FileType::Fifo, 0, 0);
+    let _socket = std::os::unix::net::UnixListener::bind(t.data.join("socket")).unwrap();
+    // /dev/zero: endless reads; /dev/null; a loop block device.
+    mknod(
+        &t.data.join("zero"),
+        rustix::fs::FileType::CharacterDevice,
+        1,
+        5,
+    );
+    mknod(
+        &t.data.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        1,
+        3,
+    );
+    mknod(
+        &t.data.join("loop"),
+        rustix::fs::FileType::BlockDevice,
+        7,
+        0,
+    );
+    std::os::unix::fs::symlink("fifo", t.data.join("fifo-link")).unwrap();
+    let grant = grant(&t.data, "/data", DirMode::Rw);
+    for (name, kind) in [
+        ("fifo", "a FIFO"),
+        ("fifo-link", "a FIFO"),
+        ("socket", "a socket"),
+        ("zero", "a character device"),
+        ("null", "a character device"),
+        ("loop", "a block device"),
+    ] {
+        for mode in ["open", "open-write"] {
+            let path = format!("/data/{name}");
+            let result = fs_hog(fs_hog_request(mode, &path, 1, grant.clone()));
+            assert_eq!(
+                result.status,
+                RunStatus::Error,
+                "{mode} {name}: {result:#?}"
+            );
+            assert!(
+                result.error.as_deref().unwrap().contains(&path),
+                "{result:#?}"
+            );
+            assert!(
+                result.output.contains("refused to open") && result.output.contains(kind),
+                "{mode} {name}: {}",
+                result.output
+            );
+        }
+    }
+    // A symlink to a device outside the grant: the path sandbox refuses it
+    // before anything is opened.
+    std::os::unix::fs::symlink("/dev/zero", t.data.join("zero-link")).unwrap();
+    let result = fs_hog(fs_hog_request("open", "/data/zero-link", 1, grant.clone()));
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert!(
+        !result.output.contains("refused to open"),
+        "{}",
+        result.output
+    );
+    // A regular file beside them opens, for reading and for writing.
+    for mode in ["open", "open-write"] {
+        let result = fs_hog(fs_hog_request(mode, "/data/inside.txt", 1, grant.clone()));
+        assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    }
+}
+
+#[test]
+fn open_descriptors_are_capped_per_run() {
+    let t = tree();
+    let grant = grant(&t.data, "/data", DirMode::Ro);
+    for mode in ["hold-files", "hold-streams"] {
+        let result = fs_hog(fs_hog_request(mode, "/data/inside.txt", 300, grant.clone()));
+        assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+        let error = result.error.unwrap();
+        assert!(error.starts_with("held 256 "), "{mode}: {error}");
+        assert!(error.contains("quota"), "{error}");
+        assert!(
+            result.output.contains("limits.descriptors"),
+            "{}",
+            result.output
+        );
+    }
+    // The manifest can grant more.
+    let mut request = fs_hog_request("hold-files", "/data/inside.txt", 300, grant.clone());
+    request.resources.descriptors = 300;
+    let result = fs_hog(request);
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    // Closed descriptors give their place back.
+    let result = fs_hog(fs_hog_request("reopen", "/data/inside.txt", 1000, grant));
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+}
+
+#[test]
+fn directory_listings_are_capped_per_run() {
+    let t = tree();
+    let grant = grant(&t.data, "/data", DirMode::Ro);
+    let result = fs_hog(fs_hog_request("hold-listings", "/data", 100, grant.clone()));
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    let error = result.error.unwrap();
+    assert!(error.starts_with("held 32 listings"), "{error}");
+    assert!(error.contains("quota"), "{error}");
+    assert!(
+        result.output.contains("limits.dir_streams"),
+        "{}",
+        result.output
+    );
+    let result = fs_hog(fs_hog_request("relist", "/data", 100, grant));
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+}
+
+#[test]
+fn host_handles_are_capped_per_run() {
+    let t = tree();
+    let grant = grant(&t.data, "/data", DirMode::Ro);
+    // Streams of one file: no descriptor more, a handle each.
+    let result = fs_hog(fs_hog_request(
+        "hold-handles",
+        "/data/inside.txt",
+        5000,
+        grant.clone(),
+    ));
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    let error = result.error.unwrap();
+    assert!(error.contains("quota"), "{error}");
+    assert!(
+        result.output.contains("limits.handles"),
+        "{}",
+        result.output
+    );
+    // Clock pollables: the interface has no error to give, so the run stops.
+    let result = fs_hog(fs_hog_request("hold-pollables", "", 5000, grant.clone()));
+    assert_eq!(result.status, RunStatus::Trapped, "{result:#?}");
+    assert!(result.error.unwrap().contains("limits.handles"));
+    // Each clock pollable holds two handles: its deadline and the pollable.
+    let mut request = fs_hog_request("hold-pollables", "", 5000, grant);
+    request.resources.handles = 11_000;
+    let result = fs_hog(request);
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+}
+
+/// Every way to write a file: the descriptor's `write`, each output stream
+/// call (plain, blocking, zeroes, splice) and appending.
+const WRITE_PATHS: [&str; 8] = [
+    "write-descriptor",
+    "stream",
+    "blocking",
+    "zeroes",
+    "blocking-zeroes",
+    "splice",
+    "blocking-splice",
+    "append",
+];
+
+fn write_request(how: &str, path: &str, count: u64, dirs: Vec<DirGrant>) -> RunRequest {
+    let mut request = fs_hog_request(how, path, count, dirs);
+    request
+        .config
+        .insert("source".into(), ConfigValue::Text("/data/source".into()));
+    request
+}
+
+#[test]
+fn every_write_path_spends_the_write_budget() {
+    let t = tree();
+    std::fs::write(t.data.join("source"), vec![b's'; 100_000]).unwrap();
+    let grant = grant(&t.data, "/data", DirMode::Rw);
+    let file = t.data.join("out");
+    for how in WRITE_PATHS {
+        let mut request = write_request(how, "/data/out", 4 << 20, grant.clone());
+        request.resources.write_bytes = 1 << 20;
+        let result = fs_hog(request);
+        assert_eq!(result.status, RunStatus::Error, "{how}: {result:#?}");
+        assert!(
+            result.error.as_deref().unwrap().contains("quota"),
+            "{how}: {result:#?}"
+        );
+        assert!(
+            result.output.contains("limits.write_bytes"),
+            "{how}: {}",
+            result.output
+        );
+        let written = std::fs::metadata(&file).unwrap().len();
+        assert!(written <= 1 << 20, "{how} wrote {written} bytes");
+
+        // The default budget lets the same write through.
+        let result = fs_hog(write_request(how, "/data/out", 4 << 20, grant.clone()));
+        assert_eq!(result.status, RunStatus::Success, "{how}: {result:#?}");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 4 << 20, "{how}");
+    }
+}
+
+#[test]
+fn growing_a_file_without_writing_it_spends_the_write_budget() {
+    let t = tree();
+    let grant = grant(&t.data, "/data", DirMode::Rw);
+    let file = t.data.join("sparse");
+    // A 1 TiB file by set-size, or by one byte written 1 TiB in.
+    for how in ["set-size", "sparse"] {
+        let result = fs_hog(write_request(how, "/data/sparse", 1 << 40, grant.clone()));
+        assert_eq!(result.status, RunStatus::Error, "{how}: {result:#?}");
+        assert!(
+            result.error.as_deref().unwrap().contains("quota"),
+            "{result:#?}"
+        );
+        assert!(
+            result.output.contains("limits.write_bytes"),
+            "{}",
+            result.output
+        );
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "{how}");
+
+        let result = fs_hog(write_request(how, "/data/sparse", 1 << 20, grant.clone()));
+        assert_eq!(result.status, RunStatus::Success, "{how}: {result:#?}");
+        assert!(std::fs::metadata(&file).unwrap().len() >= 1 << 20, "{how}");
+    }
+}
+
+#[test]
+fn the_write_budget_is_one_per_run_across_files_and_grants() {
+    let t = tree();
+    let other = t.root.join("outside");
+    let mut dirs = grant(&t.data, "/data", DirMode::Rw);
+    dirs.extend(grant(&other, "/other", DirMode::Rw));
+    let mut request = write_request("blocking", "/data/one,/other/two", 600 << 10, dirs);
+    request.resources.write_bytes = 1 << 20;
+    let result = fs_hog(request);
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    assert_eq!(
+        std::fs::metadata(t.data.join("one")).unwrap().len(),
+        600 << 10
+    );
+    let two = std::fs::metadata(other.join("two")).unwrap().len();
+    assert!(two <= (1 << 20) - (600 << 10), "{two}");
+}

@@ -375,6 +375,10 @@ async fn task_detail(
         limits: LimitsView {
             fuel: m.limits.fuel,
             memory_bytes: m.limits.memory_bytes,
+            descriptors: m.limits.resources.descriptors,
+            write_bytes: m.limits.resources.write_bytes,
+            dir_streams: m.limits.resources.dir_streams,
+            handles: m.limits.resources.handles,
         },
         grants: Grants {
             dirs: m

@@ -94,6 +94,16 @@ pub struct LimitsView {
     pub fuel: u64,
     #[serde(rename = "memoryBytes")]
     pub memory_bytes: u64,
+    /// Files and directories open at once.
+    pub descriptors: u32,
+    /// Bytes written, and grown without writing, across `rw` grants.
+    #[serde(rename = "writeBytes")]
+    pub write_bytes: u64,
+    /// Directory listings open at once.
+    #[serde(rename = "dirStreams")]
+    pub dir_streams: u32,
+    /// Host resources of any kind held at once.
+    pub handles: u32,
 }
 
 #[derive(Serialize, ToSchema)]

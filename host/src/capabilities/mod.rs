@@ -3,6 +3,7 @@
 //! its `add_to_linker`.
 
 pub mod config;
+pub mod filesystem;
 pub mod log;
 pub mod output;
 pub mod sql;
@@ -29,9 +30,10 @@ impl RunCapabilities {
         config: ConfigMap,
         output: &Output,
         sql: sql::SqlCapability,
+        fs_limits: filesystem::FsLimits,
     ) -> anyhow::Result<Self> {
         Ok(RunCapabilities {
-            wasi: wasi::WasiCapability::new(dirs, dry_run, fs_on_guest_thread, output)?,
+            wasi: wasi::WasiCapability::new(dirs, dry_run, fs_on_guest_thread, output, fs_limits)?,
             log: log::LogCapability::new(output.clone()),
             config: config::ConfigCapability::new(config),
             sql,
@@ -44,9 +46,12 @@ pub trait HasCapabilities: Send + 'static {
     fn capabilities(&mut self) -> &mut RunCapabilities;
 }
 
-/// Adds the housekeeper interfaces. WASI is added by the runtime, which owns
-/// the store type that implements `WasiView`.
+/// Adds the housekeeper interfaces and puts the capped
+/// `wasi:filesystem/types` in place of wasmtime-wasi's. The rest of WASI is
+/// added by the runtime, which owns the store type that implements
+/// `WasiView`, before this is called.
 pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    filesystem::add_to_linker(linker, |t: &mut T| t.capabilities().wasi.filesystem())?;
     log::add_to_linker(linker, |t: &mut T| &mut t.capabilities().log)?;
     config::add_to_linker(linker, |t: &mut T| &mut t.capabilities().config)?;
     sql::add_to_linker(linker, |t: &mut T| &mut t.capabilities().sql)?;

@@ -1,6 +1,7 @@
 //! Per-run limits and how a run that hit one is classified.
 
 use crate::model::RunStatus;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{ResourceLimiter, Trap};
 
 /// Caps the run's memory: every linear memory and table of every instance
@@ -128,6 +129,23 @@ impl std::error::Error for DeadlineExceeded {}
 pub fn classify(error: &wasmtime::Error, memory_denied: bool) -> (RunStatus, String) {
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
         return (RunStatus::Timeout, "the run's deadline passed".into());
+    }
+    // A host call found the run's resource table full where its interface
+    // has no error to give the guest (e.g. a pollable).
+    let table_full = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    });
+    if table_full {
+        return (
+            RunStatus::Trapped,
+            format!(
+                "the run asked for more host resources than limits.handles allows: {}",
+                root_message(error)
+            ),
+        );
     }
     let trap = error.downcast_ref::<Trap>().copied();
     let status = match trap {

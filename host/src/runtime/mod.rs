@@ -11,10 +11,11 @@ pub mod compile;
 pub(crate) mod limits;
 pub mod report;
 
+use crate::capabilities::filesystem::FsLimits;
 use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
 use crate::capabilities::sql::{Connections, SqlCapability, SqlLimits};
 use crate::capabilities::{self, HasCapabilities, RunCapabilities};
-use crate::manifest::{DatabaseGrant, DirGrant, MAX_MEMORY_BYTES, Manifest};
+use crate::manifest::{DatabaseGrant, DirGrant, MAX_MEMORY_BYTES, Manifest, ResourceLimits};
 use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
 use bindings::housekeeper::task::types;
 use chrono::{DateTime, Utc};
@@ -65,6 +66,10 @@ pub struct RuntimeOptions {
     pub connections: Connections,
     /// Caps on each SQL call.
     pub sql: SqlLimits,
+    /// The most files and directories one run may hold open, whatever its
+    /// manifest says (`None`: its manifest decides). A service sets it to
+    /// its share of the process's open-file limit.
+    pub descriptors_per_run: Option<u32>,
     /// Bounds on compiling a component.
     pub compile: CompileLimits,
 }
@@ -79,6 +84,7 @@ impl Default for RuntimeOptions {
             cache_dir: None,
             connections: Connections::default(),
             sql: SqlLimits::default(),
+            descriptors_per_run: None,
             compile: CompileLimits::default(),
         }
     }
@@ -148,6 +154,8 @@ pub struct RunRequest {
     pub timeout: Duration,
     pub fuel: u64,
     pub memory_bytes: u64,
+    /// Descriptors, listings, handles and bytes written.
+    pub resources: ResourceLimits,
     pub dirs: Vec<DirGrant>,
     pub database: Option<DatabaseGrant>,
     /// Connections for this run instead of the runtime's own.
@@ -168,6 +176,7 @@ impl RunRequest {
             timeout: manifest.timeout,
             fuel: manifest.limits.fuel,
             memory_bytes: manifest.limits.memory_bytes,
+            resources: manifest.limits.resources,
             dirs: manifest.dirs.clone(),
             database: manifest.database.clone(),
             connections: None,
@@ -351,8 +360,10 @@ impl Runtime {
             output.clone(),
             SqlLimits::default(),
         );
-        let capabilities = RunCapabilities::new(&[], true, false, ConfigMap::new(), &output, sql)
-            .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
+        let fs_limits = FsLimits::new(ResourceLimits::default(), None);
+        let capabilities =
+            RunCapabilities::new(&[], true, false, ConfigMap::new(), &output, sql, fs_limits)
+                .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
         let mut store = self.store(capabilities, 64 << 20, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
         let call = async {
             let task = component.pre.instantiate_async(&mut store).await?;
@@ -422,6 +433,7 @@ impl Runtime {
             request.config.clone(),
             &output,
             sql,
+            FsLimits::new(request.resources, self.inner.options.descriptors_per_run),
         ) {
             Err(e) => Err((RunStatus::Error, format!("{e:#}"), 0)),
             Ok(capabilities) => self.call_run(component, &request, capabilities).await,
