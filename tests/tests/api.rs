@@ -542,3 +542,107 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert!(doc["components"]["schemas"]["TaskList"].is_object());
 }
+
+/// Holds the guest worker it runs on until released, then runs the task:
+/// from outside, a run blocked inside a host call that its deadline cannot
+/// stop.
+#[derive(Clone)]
+struct Blocking {
+    release: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl housekeeper::scheduler::Executor for Blocking {
+    fn execute(
+        &self,
+        component: housekeeper::runtime::TaskComponent,
+        request: housekeeper::runtime::RunRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = housekeeper::model::RunResult> + Send>>
+    {
+        let this = self.clone();
+        Box::pin(async move {
+            let _ = this.release.lock().unwrap().recv();
+            runtime().run(&component, request).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn health_is_degraded_while_a_guest_worker_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hk.db").display());
+    let store = Store::open(&url, "api-test", &StoreOptions::default())
+        .await
+        .unwrap();
+    let guests = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (release, held) = std::sync::mpsc::channel();
+    let scheduler = Scheduler::new(
+        Arc::new(Blocking {
+            release: Arc::new(std::sync::Mutex::new(held)),
+        }),
+        store.clone(),
+        Arc::new(SystemClock),
+        SchedulerConfig {
+            run_handle: Some(guests.handle().clone()),
+            stuck_after: Duration::from_millis(100),
+            ..SchedulerConfig::default()
+        },
+    );
+    let task = def("stuck", "noop", |m| m.timeout = Duration::from_millis(100)).await;
+    scheduler.register(vec![task]).await.unwrap();
+    scheduler.start().await.unwrap();
+    let a = Api {
+        _dir: dir,
+        router: router(AppState {
+            store,
+            scheduler,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            load_errors: Default::default(),
+            reloader: None,
+            api_token: None,
+            stats_cache: Default::default(),
+        }),
+        token: None,
+    };
+    let (status, started) = a
+        .call(Method::POST, "/api/housekeeper/tasks/stuck/run", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+
+    let health = a.wait_for_health("degraded").await;
+    assert_eq!(health["stuckRuns"][0]["task"], "stuck", "{health}");
+    assert_eq!(
+        health["stuckRuns"][0]["runId"], started["runId"],
+        "{health}"
+    );
+    let (_, status) = a.get("/api/housekeeper/status").await;
+    assert_eq!(status["status"], "degraded", "{status}");
+
+    // Once the worker is free again, so is the service.
+    release.send(()).unwrap();
+    let health = a.wait_for_health("healthy").await;
+    assert_eq!(health["stuckRuns"], serde_json::json!([]), "{health}");
+    guests.shutdown_background();
+}
+
+impl Api {
+    async fn wait_for_health(&self, wanted: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, health) = self.get("/health").await;
+            assert_eq!(status, StatusCode::OK, "{health}");
+            if health["status"] == wanted {
+                return health;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/health never said {wanted}: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

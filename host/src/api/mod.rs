@@ -157,11 +157,28 @@ async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Re
 /// Liveness.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health(State(state): State<AppState>) -> Json<Health> {
+    let stuck = state.scheduler.stuck_runs();
+    if !stuck.is_empty() {
+        tracing::warn!(runs = ?stuck, "guest workers are stuck in runs past their deadline");
+    }
     Json(Health {
-        status: "healthy".into(),
+        status: if stuck.is_empty() {
+            "healthy"
+        } else {
+            "degraded"
+        }
+        .into(),
         service: "housekeeper".into(),
         uptime: state.started.elapsed().as_secs(),
         timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        stuck_runs: stuck
+            .into_iter()
+            .map(|r| StuckRunView {
+                task: r.task,
+                run_id: r.run_id,
+                overdue_seconds: r.overdue.as_secs(),
+            })
+            .collect(),
     })
 }
 
@@ -625,7 +642,8 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
         })
         .collect();
     let errors = load_errors(&state);
-    let healthy = failing.is_empty() && errors.is_empty();
+    let healthy =
+        failing.is_empty() && errors.is_empty() && state.scheduler.stuck_runs().is_empty();
     let failed_only = errors
         .keys()
         .filter(|n| !views.iter().any(|t| &t.name == *n))

@@ -14,12 +14,27 @@ pub struct ErrorBody {
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// Always `healthy` when the process answers.
+    /// `healthy` when the process answers; `degraded` while a guest worker
+    /// is stuck (`stuckRuns`).
     pub status: String,
     pub service: String,
     /// Seconds since start.
     pub uptime: u64,
     pub timestamp: String,
+    /// Runs whose guest has not returned long after their timeout: each
+    /// holds a guest worker that the deadline could not free.
+    #[serde(rename = "stuckRuns")]
+    pub stuck_runs: Vec<StuckRunView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StuckRunView {
+    pub task: String,
+    #[serde(rename = "runId")]
+    pub run_id: i64,
+    /// Seconds past the run's timeout.
+    #[serde(rename = "overdueSeconds")]
+    pub overdue_seconds: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -240,8 +255,8 @@ pub struct LoadErrorView {
 
 #[derive(Serialize, ToSchema)]
 pub struct Status {
-    /// `healthy`, or `degraded` when a task failed to load or its last run
-    /// did not succeed.
+    /// `healthy`, or `degraded` when a task failed to load, its last run
+    /// did not succeed, or a guest worker is stuck (see `/health`).
     pub status: String,
     pub uptime: u64,
     pub database: String,

@@ -39,6 +39,9 @@ pub struct SchedulerConfig {
     pub run_handle: Option<tokio::runtime::Handle>,
     /// Updated as runs finish.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// How long past its timeout a run may take to return before the worker
+    /// running it counts as stuck (see [`Scheduler::stuck_runs`]).
+    pub stuck_after: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -50,6 +53,7 @@ impl Default for SchedulerConfig {
             heartbeat_interval: Duration::from_secs(15),
             run_handle: None,
             metrics: None,
+            stuck_after: Duration::from_secs(10),
         }
     }
 }
@@ -129,6 +133,37 @@ pub enum SchedulerError {
     UnknownTask(String),
 }
 
+/// A run whose guest has not returned although its timeout, and then
+/// `stuck_after`, have passed: the worker running it is held by something
+/// the deadline cannot stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckRun {
+    pub task: String,
+    pub run_id: i64,
+    /// How long past its timeout it is.
+    pub overdue: Duration,
+}
+
+/// Runs handed to the executor and not yet returned, by key.
+type InFlight = Arc<Mutex<BTreeMap<u64, (String, i64, tokio::time::Instant)>>>;
+
+/// Holds a run's place in [`InFlight`] for as long as its future exists. The
+/// future is dropped when the run returns, or when it is aborted and its
+/// worker gets to drop it: a worker blocked inside the run keeps it listed.
+struct InFlightEntry {
+    in_flight: InFlight,
+    key: u64,
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
 /// A task as the scheduler sees it right now.
 #[derive(Clone)]
 pub struct TaskView {
@@ -163,6 +198,7 @@ struct Inner {
     /// Bumped after every change this process writes to run history or
     /// settings, so readers can cache what they derive from the store.
     changes: std::sync::atomic::AtomicU64,
+    in_flight: InFlight,
 }
 
 struct Slot {
@@ -217,6 +253,7 @@ impl Scheduler {
                 loops: TaskTracker::new(),
                 jobs: TaskTracker::new(),
                 changes: std::sync::atomic::AtomicU64::new(0),
+                in_flight: Default::default(),
                 started: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -458,6 +495,28 @@ impl Scheduler {
                 def: slot.def.clone(),
             })
             .collect()
+    }
+
+    /// Runs whose guest has not returned long after their timeout, oldest
+    /// first. A run stays here until its worker lets go of it, even after
+    /// it was cancelled or recorded `interrupted`.
+    pub fn stuck_runs(&self) -> Vec<StuckRun> {
+        let now = tokio::time::Instant::now();
+        let mut stuck: Vec<StuckRun> = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(_, _, stuck_at)| now >= *stuck_at)
+            .map(|(task, run_id, stuck_at)| StuckRun {
+                task: task.clone(),
+                run_id: *run_id,
+                overdue: now - *stuck_at + self.inner.config.stuck_after,
+            })
+            .collect();
+        stuck.sort_by(|a, b| b.overdue.cmp(&a.overdue));
+        stuck
     }
 
     /// Grows whenever this process records a run or a setting.
@@ -853,7 +912,21 @@ impl Inner {
         request.scheduled_for = fire.scheduled_for;
         request.last_success = last_success;
 
+        let key = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stuck_at = tokio::time::Instant::now() + request.timeout + self.config.stuck_after;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (name.to_owned(), id, stuck_at));
+        let entry = InFlightEntry {
+            in_flight: self.in_flight.clone(),
+            key,
+        };
         let run = self.executor.execute(def.component.clone(), request);
+        let run = async move {
+            let _entry = entry;
+            run.await
+        };
         let mut handle = match &self.config.run_handle {
             Some(h) => h.spawn(run),
             None => tokio::spawn(run),
