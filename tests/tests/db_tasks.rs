@@ -501,6 +501,46 @@ async fn expired_tokens_and_abandoned_sessions_go(pool: PgPool) {
     assert_eq!(left, ["done", "fresh"]);
 }
 
+/// The task writes `$1` and `$2` as on PostgreSQL; on SQLite the SDK sends
+/// them numbered as written, `$1` used twice, the batch size bound last.
+#[sqlx::test(migrations = false)]
+async fn expired_tokens_on_sqlite(pool: SqlitePool) {
+    sqlx::raw_sql(
+        "CREATE TABLE access_tokens (token_hash TEXT PRIMARY KEY, expires_at TEXT NOT NULL, revoked_at TEXT);
+         CREATE TABLE oauth_sessions (state TEXT PRIMARY KEY, created_at TEXT NOT NULL, completed_at TEXT);
+         INSERT INTO access_tokens VALUES
+             ('old1', datetime('now', '-3 days'), NULL),
+             ('old2', datetime('now', '-4 days'), NULL),
+             ('old3', datetime('now', '-5 days'), NULL),
+             ('revoked', datetime('now', '+3 days'), datetime('now', '-3 days')),
+             ('live', datetime('now', '+3 days'), NULL);
+         INSERT INTO oauth_sessions VALUES
+             ('abandoned', datetime('now', '-3 days'), NULL),
+             ('done', datetime('now', '-3 days'), datetime('now', '-3 days')),
+             ('fresh', datetime('now', '+1 hours'), NULL);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut run =
+        tokens(&PgPool::connect_lazy("postgres://unused/x").unwrap()).config("batch_size", 2);
+    run.connection = Connection::sqlite(pool.clone());
+    let r = run.go().await;
+    ok(&r);
+    assert_eq!(metric(&r, "tokens_deleted"), 4.0);
+    assert_eq!(metric(&r, "sessions_deleted"), 1.0);
+    let left: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM access_tokens ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["live"]);
+    let left: Vec<String> = sqlx::query_scalar("SELECT state FROM oauth_sessions ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["done", "fresh"]);
+}
+
 #[sqlx::test]
 async fn api_keys_rotate_archive_audit_and_revoke(pool: PgPool) {
     schema(&pool).await;

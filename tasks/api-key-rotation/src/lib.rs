@@ -17,16 +17,11 @@
 //! Grants: `devices` select+update, `device_api_key_history`
 //! select+insert+update, `audit_logs` insert.
 
-use housekeeper_sdk::partition::{self, Age};
 use housekeeper_sdk::sql::{self, Value};
+use housekeeper_sdk::time::{self, Age};
 use housekeeper_sdk::{Context, Error, Info, Report, Task, config, log, random_bytes};
 
 struct ApiKeyRotation;
-
-fn age(key: &str, default: &str) -> Result<Age, Error> {
-    Age::parse(&config::string_or(key, default)?)
-        .map_err(|e| Error::InvalidConfig(format!("`{key}`: {e}")))
-}
 
 /// A new key and its bcrypt hash. The plaintext never leaves this function
 /// except as the hash: devices obtain new keys through the platform's own
@@ -35,14 +30,14 @@ fn new_key_hash(cost: u32) -> Result<String, Error> {
     let key = hex::encode(random_bytes(32));
     let salt: [u8; 16] = random_bytes(16)
         .try_into()
-        .map_err(|_| Error::failed("the random source returned too few bytes"))?;
+        .map_err(|_| Error::from("the random source returned too few bytes"))?;
     bcrypt::hash_with_salt(key.as_bytes(), cost, salt)
         .map(|h| h.format_for_version(bcrypt::Version::TwoB))
-        .map_err(|e| Error::failed(format!("bcrypt: {e}")))
+        .map_err(|e| Error::from(format!("bcrypt: {e}")))
 }
 
-fn later(age: Age, now: partition::NaiveDateTime) -> i64 {
-    partition::to_millis(age.after(now))
+fn later(age: Age, now: time::NaiveDateTime) -> i64 {
+    time::to_millis(age.after(now))
 }
 
 impl Task for ApiKeyRotation {
@@ -58,9 +53,9 @@ impl Task for ApiKeyRotation {
     }
 
     fn run(ctx: &Context) -> Result<Report, Error> {
-        let rotate_within = age("rotate_within", "7 days")?;
-        let lifetime = age("key_lifetime", "90 days")?;
-        let grace = age("grace", "7 days")?;
+        let rotate_within = config::age_or("rotate_within", Age::Days(7))?;
+        let lifetime = config::age_or("key_lifetime", Age::Days(90))?;
+        let grace = config::age_or("grace", Age::Days(7))?;
         let cost = config::u64("bcrypt_cost")?.unwrap_or(10);
         if !(4..=16).contains(&cost) {
             return Err(Error::InvalidConfig(format!(
@@ -68,8 +63,8 @@ impl Task for ApiKeyRotation {
             )));
         }
         let max_devices = config::u64("max_devices")?.unwrap_or(1000) as i64;
-        let now = partition::now();
-        let now_ms = partition::to_millis(now);
+        let now = time::now();
+        let now_ms = time::to_millis(now);
 
         let mut rotated = 0u64;
         let mut failed = Vec::new();
@@ -156,11 +151,11 @@ impl Task for ApiKeyRotation {
             revoked = counts.get(1).copied().unwrap_or(0);
         }
 
-        let summary = if ctx.dry_run {
-            format!("would rotate {rotated} device keys, would revoke {revoked} old keys")
-        } else {
-            format!("rotated {rotated} device keys, revoked {revoked} old keys")
-        };
+        let summary = format!(
+            "{} {rotated} device keys, {} {revoked} old keys",
+            ctx.verb("rotated", "would rotate"),
+            ctx.verb("revoked", "would revoke"),
+        );
         if !failed.is_empty() {
             return Err(Error::failed(format!(
                 "{summary}; {} devices failed: {}",
@@ -169,8 +164,8 @@ impl Task for ApiKeyRotation {
             )));
         }
         Ok(Report::new(summary)
-            .metric("keys_rotated", rotated as f64)
-            .metric("keys_revoked", revoked as f64))
+            .metric("keys_rotated", rotated)
+            .metric("keys_revoked", revoked))
     }
 }
 

@@ -8,55 +8,29 @@
 //! not completed this long after creation), `batch_size` (default 10000).
 //! Grants: both tables need `delete`.
 
-use housekeeper_sdk::partition::{self, Age};
-use housekeeper_sdk::sql::{self, Dialect, Value, quote_ident};
-use housekeeper_sdk::{Context, Error, Info, Report, Task, config, identifier};
+use housekeeper_sdk::sql::{self, Ident, Value};
+use housekeeper_sdk::time::Age;
+use housekeeper_sdk::{Context, Error, Info, Report, Task, config};
 
 struct CleanupExpiredTokens;
-
-fn age(key: &str, default: &str) -> Result<Value, Error> {
-    let text = config::string_or(key, default)?;
-    let age = Age::parse(&text).map_err(|e| Error::InvalidConfig(format!("`{key}`: {e}")))?;
-    Ok(Value::Timestamp(partition::to_millis(
-        age.before(partition::now()),
-    )))
-}
 
 /// Deletes rows of `table` matching `condition` (with `$1` the cutoff) in
 /// batches; in a dry-run, once, since the host rolls it back.
 fn delete(
-    table: &str,
+    table: &Ident,
     condition: &str,
-    cutoff: &Value,
+    cutoff: Value,
     batch: u64,
     dry_run: bool,
 ) -> Result<u64, Error> {
-    let postgres = sql::dialect()? == Dialect::Postgres;
-    let condition = if postgres {
-        condition.to_owned()
-    } else {
-        condition.replace("$1", "?1")
-    };
+    let cutoff = [cutoff];
     if dry_run {
         return Ok(sql::execute(
             &format!("DELETE FROM {table} WHERE {condition}"),
-            &[cutoff.clone()],
+            &cutoff,
         )?);
     }
-    let statement = if postgres {
-        format!(
-            "DELETE FROM {table} WHERE ctid = ANY (ARRAY (SELECT ctid FROM {table} WHERE {condition} LIMIT $2))"
-        )
-    } else {
-        format!(
-            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?2)"
-        )
-    };
-    let (n, _) = sql::in_batches(
-        batch,
-        || sql::execute(&statement, &[cutoff.clone(), Value::Integer(batch as i64)]),
-        |_| true,
-    )?;
+    let (n, _) = sql::delete_in_batches(table, condition, &cutoff, batch, |_| true)?;
     Ok(n)
 }
 
@@ -73,42 +47,32 @@ impl Task for CleanupExpiredTokens {
     }
 
     fn run(ctx: &Context) -> Result<Report, Error> {
-        let tokens = quote_ident(&identifier(
-            "tokens_table",
-            &config::string_or("tokens_table", "access_tokens")?,
-        )?);
-        let sessions = quote_ident(&identifier(
-            "sessions_table",
-            &config::string_or("sessions_table", "oauth_sessions")?,
-        )?);
-        let grace = age("grace", "1 day")?;
-        let abandoned = age("abandoned_after", "1 day")?;
+        let tokens = config::ident_or("tokens_table", "access_tokens")?;
+        let sessions = config::ident_or("sessions_table", "oauth_sessions")?;
+        let grace = Value::Timestamp(config::age_or("grace", Age::Days(1))?.ago());
+        let abandoned = Value::Timestamp(config::age_or("abandoned_after", Age::Days(1))?.ago());
         let batch = config::u64("batch_size")?.unwrap_or(10_000).max(1);
 
         let tokens_deleted = delete(
             &tokens,
             "expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)",
-            &grace,
+            grace,
             batch,
             ctx.dry_run,
         )?;
         let sessions_deleted = delete(
             &sessions,
             "completed_at IS NULL AND created_at < $1",
-            &abandoned,
+            abandoned,
             batch,
             ctx.dry_run,
         )?;
-        let verb = if ctx.dry_run {
-            "would delete"
-        } else {
-            "deleted"
-        };
         Ok(Report::new(format!(
-            "{verb} {tokens_deleted} expired tokens and {sessions_deleted} abandoned OAuth sessions"
+            "{} {tokens_deleted} expired tokens and {sessions_deleted} abandoned OAuth sessions",
+            ctx.verb("deleted", "would delete")
         ))
-        .metric("tokens_deleted", tokens_deleted as f64)
-        .metric("sessions_deleted", sessions_deleted as f64))
+        .metric("tokens_deleted", tokens_deleted)
+        .metric("sessions_deleted", sessions_deleted))
     }
 }
 

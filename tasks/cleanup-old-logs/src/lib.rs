@@ -6,11 +6,9 @@
 //! `max_total_bytes`.
 
 use housekeeper_sdk::retention::{self, Policy, Scan};
+use housekeeper_sdk::time::{self, DAY_MS};
 use housekeeper_sdk::{Context, Error, Info, Report, Task, config, log};
 use std::path::Path;
-use std::time::SystemTime;
-
-const DAY_MS: i64 = 86_400_000;
 
 struct CleanupOldLogs;
 
@@ -41,8 +39,8 @@ impl Task for CleanupOldLogs {
         }
 
         let files = retention::scan(Path::new(&dir), &scan)
-            .map_err(|e| Error::failed(format!("cannot read {dir}: {e}")))?;
-        let now = retention::millis(SystemTime::now());
+            .map_err(|e| Error::from(format!("cannot read {dir}: {e}")))?;
+        let now = time::now_millis();
         let selection = policy.select(files, now);
 
         let mut deleted = 0u64;
@@ -74,19 +72,15 @@ impl Task for CleanupOldLogs {
         }
 
         let kept = selection.keep.len() as u64 + failed;
-        let verb = if ctx.dry_run {
-            "would delete"
-        } else {
-            "deleted"
-        };
+        let verb = ctx.verb("deleted", "would delete");
         let report = Report::new(format!(
             "{verb} {deleted} files ({freed} bytes) in {dir}, kept {kept}"
         ))
-        .metric("files_deleted", deleted as f64)
-        .metric("bytes_freed", freed as f64)
-        .metric("files_kept", kept as f64);
+        .metric("files_deleted", deleted)
+        .metric("bytes_freed", freed)
+        .metric("files_kept", kept);
         if failed > 0 {
-            return Err(Error::failed(format!(
+            return Err(Error::from(format!(
                 "{failed} files could not be deleted ({verb} {deleted}, {freed} bytes)"
             )));
         }

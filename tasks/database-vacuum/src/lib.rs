@@ -5,30 +5,10 @@
 //! (default true), `full` (default false: `VACUUM FULL` rewrites tables and
 //! locks them). Grants: each table needs `vacuum` (and `analyze`).
 
-use housekeeper_sdk::sql::{self, Dialect, quote_ident};
-use housekeeper_sdk::{Context, Error, Info, Report, Task, config, identifier, log};
+use housekeeper_sdk::sql::{self, Dialect, Ident};
+use housekeeper_sdk::{Context, Error, Info, Report, Task, config, log};
 
 struct DatabaseVacuum;
-
-fn tables() -> Result<Vec<String>, Error> {
-    let raw = match config::get("tables") {
-        None => return Ok(Vec::new()),
-        Some(config::RawValue::Text(text)) => text,
-        Some(config::RawValue::Json(json)) => {
-            json.trim_matches(|c| c == '[' || c == ']').replace('"', "")
-        }
-        Some(_) => {
-            return Err(Error::InvalidConfig(
-                "`tables` must be a list of table names".into(),
-            ));
-        }
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| identifier("tables", t))
-        .collect()
-}
 
 impl Task for DatabaseVacuum {
     fn describe() -> Info {
@@ -38,7 +18,7 @@ impl Task for DatabaseVacuum {
     }
 
     fn run(ctx: &Context) -> Result<Report, Error> {
-        let tables = tables()?;
+        let tables = config::idents("tables")?;
         let analyze = config::bool_or("analyze", true)?;
         let full = config::bool_or("full", false)?;
         let sqlite = sql::dialect()? == Dialect::Sqlite;
@@ -49,7 +29,7 @@ impl Task for DatabaseVacuum {
             (false, false, true) => "VACUUM (ANALYZE)".to_owned(),
             (false, false, false) => "VACUUM".to_owned(),
         };
-        let targets: Vec<Option<&String>> = if tables.is_empty() || sqlite {
+        let targets: Vec<Option<&Ident>> = if tables.is_empty() || sqlite {
             vec![None]
         } else {
             tables.iter().map(Some).collect()
@@ -58,23 +38,19 @@ impl Task for DatabaseVacuum {
         let mut failures = Vec::new();
         for target in &targets {
             let statement = match target {
-                Some(t) => format!("{command} {}", quote_ident(t)),
+                Some(t) => format!("{command} {t}"),
                 None => command.clone(),
             };
             match sql::execute(&statement, &[]) {
                 Ok(_) => done += 1,
                 Err(e) => {
-                    let what = target.map(String::as_str).unwrap_or("the database");
+                    let what = target.map(Ident::name).unwrap_or("the database");
                     log::error(format!("{what}: {}", e.message()));
                     failures.push(format!("{what}: {}", e.message()));
                 }
             }
         }
-        let verb = if ctx.dry_run {
-            "would vacuum"
-        } else {
-            "vacuumed"
-        };
+        let verb = ctx.verb("vacuumed", "would vacuum");
         let what = if tables.is_empty() {
             "the database".to_owned()
         } else {
@@ -86,7 +62,7 @@ impl Task for DatabaseVacuum {
                 failures.join("; ")
             )));
         }
-        Ok(Report::new(format!("{verb} {what}")).metric("tables_vacuumed", done as f64))
+        Ok(Report::new(format!("{verb} {what}")).metric("tables_vacuumed", done))
     }
 }
 

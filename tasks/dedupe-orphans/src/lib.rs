@@ -8,17 +8,10 @@
 //! in `table`; no parent: no orphan cleanup).
 //! Grants: `table` needs `delete`; `parent_table` needs `select`.
 
-use housekeeper_sdk::sql::{self, quote_ident};
-use housekeeper_sdk::{Context, Error, Info, Report, Task, config, identifier};
+use housekeeper_sdk::sql;
+use housekeeper_sdk::{Context, Error, Info, Report, Task, config};
 
 struct DedupeOrphans;
-
-fn column(key: &str, default: &str) -> Result<String, Error> {
-    Ok(quote_ident(&identifier(
-        key,
-        &config::string_or(key, default)?,
-    )?))
-}
 
 impl Task for DedupeOrphans {
     fn describe() -> Info {
@@ -32,18 +25,14 @@ impl Task for DedupeOrphans {
     }
 
     fn run(ctx: &Context) -> Result<Report, Error> {
-        let table = config::string("table")?
-            .ok_or_else(|| Error::InvalidConfig("`table` is required".into()))?;
-        let table = quote_ident(&identifier("table", &table)?);
-        let id = column("id", "id")?;
+        let table = config::table("table")?;
+        let id = config::ident_or("id", "id")?;
 
         let mut duplicates = 0;
-        if let Some(key) = config::string("key")? {
-            let keys = key
-                .split(',')
-                .map(|k| identifier("key", k.trim()).map(|k| quote_ident(&k)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let newest = column("newest_by", "reported_at")?;
+        let keys = config::idents("key")?;
+        if !keys.is_empty() {
+            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+            let newest = config::ident_or("newest_by", "reported_at")?;
             duplicates = sql::execute(
                 &format!(
                     "DELETE FROM {table} WHERE {id} IN (
@@ -59,12 +48,10 @@ impl Task for DedupeOrphans {
         }
 
         let mut orphans = 0;
-        if let Some(parent) = config::string("parent_table")? {
-            let parent = quote_ident(&identifier("parent_table", &parent)?);
-            let parent_column = column("parent_column", "id")?;
-            let child_column = config::string("column")?
+        if let Some(parent) = config::ident("parent_table")? {
+            let parent_column = config::ident_or("parent_column", "id")?;
+            let child_column = config::ident("column")?
                 .ok_or_else(|| Error::InvalidConfig("`column` (the column that references the parent) is required with `parent_table`".into()))?;
-            let child_column = quote_ident(&identifier("column", &child_column)?);
             orphans = sql::execute(
                 &format!(
                     "DELETE FROM {table} WHERE {child_column} IS NOT NULL AND NOT EXISTS (
@@ -73,16 +60,12 @@ impl Task for DedupeOrphans {
                 &[],
             )?;
         }
-        let verb = if ctx.dry_run {
-            "would delete"
-        } else {
-            "deleted"
-        };
         Ok(Report::new(format!(
-            "{table}: {verb} {duplicates} duplicates and {orphans} orphans"
+            "{table}: {} {duplicates} duplicates and {orphans} orphans",
+            ctx.verb("deleted", "would delete")
         ))
-        .metric("duplicates_deleted", duplicates as f64)
-        .metric("orphans_deleted", orphans as f64))
+        .metric("duplicates_deleted", duplicates)
+        .metric("orphans_deleted", orphans))
     }
 }
 

@@ -19,9 +19,10 @@
 //! alone. Grants: the table needs `select`, `create_partition` and
 //! `drop_partition`; the default partition needs `select` for the check.
 
-use housekeeper_sdk::partition::{self, Age, Interval, Partition};
-use housekeeper_sdk::sql::{self, SqlError, Value, quote_ident};
-use housekeeper_sdk::{Context, Error, Info, Report, Task, config, identifier, log};
+use housekeeper_sdk::partition::{self, Interval, Partition};
+use housekeeper_sdk::sql::{self, Ident, SqlError, Value};
+use housekeeper_sdk::time::{self, Age};
+use housekeeper_sdk::{Context, Error, Info, Report, Task, config, log};
 use std::collections::BTreeSet;
 
 struct PartitionMaintenance;
@@ -36,7 +37,7 @@ enum Mode {
 }
 
 struct Settings {
-    table: String,
+    table: Ident,
     interval: Interval,
     premake: u32,
     retention: Option<Age>,
@@ -44,9 +45,7 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings, Error> {
-    let table = config::string("table")?
-        .ok_or_else(|| Error::InvalidConfig("`table` is required".into()))?;
-    let table = identifier("table", &table)?;
+    let table = config::table("table")?;
     let interval = Interval::parse(&config::string_or("interval", "daily")?)
         .map_err(|e| Error::InvalidConfig(format!("`interval`: {e}")))?;
     let premake = match config::u64("premake")? {
@@ -55,10 +54,8 @@ fn settings() -> Result<Settings, Error> {
     }
     .map(|n| n.min(10_000) as u32)
     .unwrap_or(interval.default_premake());
-    let retention = match config::string("retention")? {
-        Some(text) => {
-            Some(Age::parse(&text).map_err(|e| Error::InvalidConfig(format!("`retention`: {e}")))?)
-        }
+    let retention = match config::age("retention")? {
+        Some(age) => Some(age),
         None => config::u64("retention_days")?.map(|d| Age::Days(d as u32)),
     };
     let mode = match config::string_or("retention_mode", "drop")?.as_str() {
@@ -77,14 +74,6 @@ fn settings() -> Result<Settings, Error> {
         retention,
         mode,
     })
-}
-
-/// `name` in the same schema as `table`.
-fn sibling(table: &str, name: &str) -> String {
-    match table.rsplit_once('.') {
-        Some((schema, _)) => format!("{schema}.{name}"),
-        None => name.to_owned(),
-    }
 }
 
 /// Runs `statements` in one transaction; if that fails, one by one, so
@@ -125,7 +114,7 @@ impl Task for PartitionMaintenance {
 
     fn run(ctx: &Context) -> Result<Report, Error> {
         let s = settings()?;
-        let table_q = quote_ident(&s.table);
+        let table_q = s.table.to_string();
         let partitioned = sql::scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1))",
             &[Value::Text(table_q.clone())],
@@ -133,9 +122,9 @@ impl Task for PartitionMaintenance {
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
         if !partitioned {
-            return Err(Error::failed(format!(
+            return Err(Error::from(format!(
                 "`{}` is not a partitioned table (or does not exist)",
-                s.table
+                s.table.name()
             )));
         }
         let children = sql::query(
@@ -154,8 +143,8 @@ impl Task for PartitionMaintenance {
             existing.insert(name);
         }
 
-        let now = partition::now();
-        let wanted = partition::wanted(&s.table, s.interval, now, s.premake);
+        let now = time::now();
+        let wanted = partition::wanted(s.table.name(), s.interval, now, s.premake);
         let creates: Vec<(String, String)> = wanted
             .iter()
             .filter(|p| !existing.contains(&p.name))
@@ -164,7 +153,7 @@ impl Task for PartitionMaintenance {
                     p.name.clone(),
                     format!(
                         "CREATE TABLE {} PARTITION OF {table_q} {}",
-                        quote_ident(&sibling(&s.table, &p.name)),
+                        s.table.sibling(&p.name),
                         p.bounds_sql()
                     ),
                 )
@@ -177,13 +166,13 @@ impl Task for PartitionMaintenance {
             let cutoff = age.before(now);
             let expired: Vec<Partition> = existing
                 .iter()
-                .filter_map(|name| Partition::parse(&s.table, s.interval, name))
+                .filter_map(|name| Partition::parse(s.table.name(), s.interval, name))
                 .filter(|p| p.end <= cutoff)
                 .collect();
             let removals: Vec<(String, String)> = expired
                 .iter()
                 .map(|p| {
-                    let name = quote_ident(&sibling(&s.table, &p.name));
+                    let name = s.table.sibling(&p.name);
                     let statement = match s.mode {
                         Mode::Drop => format!("DROP TABLE {name}"),
                         Mode::Detach => format!("ALTER TABLE {table_q} DETACH PARTITION {name}"),
@@ -201,7 +190,7 @@ impl Task for PartitionMaintenance {
             let counted = sql::scalar(
                 &format!(
                     "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {DEFAULT_ROWS_CAP}) AS d",
-                    quote_ident(&sibling(&s.table, &default))
+                    s.table.sibling(&default)
                 ),
                 &[],
             );
@@ -233,10 +222,13 @@ impl Task for PartitionMaintenance {
         let mut summary = if ctx.dry_run {
             format!(
                 "{}: would create {created}, would {removal} {removed}",
-                s.table
+                s.table.name()
             )
         } else {
-            format!("{}: created {created}, {removed_word} {removed}", s.table)
+            format!(
+                "{}: created {created}, {removed_word} {removed}",
+                s.table.name()
+            )
         };
         if default_rows > 0 {
             summary.push_str(&format!("; {default_rows} rows in the default partition"));
@@ -245,16 +237,16 @@ impl Task for PartitionMaintenance {
             for f in &failures {
                 log::error(f);
             }
-            return Err(Error::failed(format!(
+            return Err(Error::from(format!(
                 "{summary}; failed: {}",
                 failures.join("; ")
             )));
         }
         Ok(Report::new(summary)
-            .metric("partitions_created", created as f64)
-            .metric(removed_metric, removed as f64)
-            .metric("partitions_ahead", ahead as f64)
-            .metric("default_partition_rows", default_rows as f64))
+            .metric("partitions_created", created)
+            .metric(removed_metric, removed)
+            .metric("partitions_ahead", ahead)
+            .metric("default_partition_rows", default_rows))
     }
 }
 

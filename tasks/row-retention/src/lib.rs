@@ -17,9 +17,8 @@
 //! back, so the task issues one unbatched delete to report how many rows
 //! would go.
 
-use housekeeper_sdk::partition::{self, Age};
-use housekeeper_sdk::sql::{self, Dialect, Value, quote_ident};
-use housekeeper_sdk::{Context, Error, Info, Report, Task, config, identifier, log};
+use housekeeper_sdk::sql::{self, Dialect, Ident, Value};
+use housekeeper_sdk::{Context, Error, Info, Report, Task, config, log};
 use std::time::Duration;
 
 struct RowRetention;
@@ -35,35 +34,22 @@ impl Task for RowRetention {
     }
 
     fn run(ctx: &Context) -> Result<Report, Error> {
-        let table = config::string("table")?
-            .ok_or_else(|| Error::InvalidConfig("`table` is required".into()))?;
-        let table = quote_ident(&identifier("table", &table)?);
-        let column = quote_ident(&identifier(
-            "column",
-            &config::string_or("column", "created_at")?,
-        )?);
-        let older_than = config::string("older_than")?.ok_or_else(|| {
+        let table = config::table("table")?;
+        let column = config::ident_or("column", "created_at")?;
+        let older_than = config::age("older_than")?.ok_or_else(|| {
             Error::InvalidConfig("`older_than` is required, e.g. \"90 days\"".into())
         })?;
-        let age = Age::parse(&older_than)
-            .map_err(|e| Error::InvalidConfig(format!("`older_than`: {e}")))?;
         let batch_size = config::u64("batch_size")?.unwrap_or(10_000).max(1);
         let pause = Duration::from_millis(config::u64("pause_ms")?.unwrap_or(0));
-        let cutoff = Value::Timestamp(partition::to_millis(age.before(partition::now())));
+        let cutoff = Value::Timestamp(older_than.ago());
 
-        let (key, placeholder) = match sql::dialect()? {
-            Dialect::Postgres => ("ctid", ["$1", "$2"]),
-            Dialect::Sqlite => ("rowid", ["?1", "?2"]),
-        };
+        let condition = format!("{column} < $1");
         if ctx.dry_run {
-            let n = sql::execute(
-                &format!("DELETE FROM {table} WHERE {column} < {}", placeholder[0]),
-                &[cutoff],
-            )?;
+            let n = sql::execute(&format!("DELETE FROM {table} WHERE {condition}"), &[cutoff])?;
             return Ok(Report::new(format!(
                 "{table}: would delete {n} rows older than {older_than}"
             ))
-            .metric("rows_deleted", n as f64));
+            .metric("rows_deleted", n));
         }
         let strategy = config::string_or("strategy", "blocks")?;
         let between = |total: u64| {
@@ -73,27 +59,12 @@ impl Task for RowRetention {
             }
             true
         };
-        let (deleted, batches) = match (key, strategy.as_str()) {
-            ("ctid", "blocks") => by_blocks(&table, &column, &cutoff, batch_size, between)?,
-            ("ctid", "limit") => {
-                let batch = format!(
-                    "DELETE FROM {table} WHERE ctid = ANY (ARRAY (SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2))"
-                );
-                sql::in_batches(
-                    batch_size,
-                    || sql::execute(&batch, &[cutoff.clone(), Value::Integer(batch_size as i64)]),
-                    between,
-                )?
+        let (deleted, batches) = match (sql::dialect()?, strategy.as_str()) {
+            (Dialect::Postgres, "blocks") => {
+                by_blocks(&table, &column, &cutoff, batch_size, between)?
             }
-            ("rowid", _) => {
-                let batch = format!(
-                    "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
-                );
-                sql::in_batches(
-                    batch_size,
-                    || sql::execute(&batch, &[cutoff.clone(), Value::Integer(batch_size as i64)]),
-                    between,
-                )?
+            (Dialect::Postgres, "limit") | (Dialect::Sqlite, _) => {
+                sql::delete_in_batches(&table, &condition, &[cutoff], batch_size, between)?
             }
             (_, other) => {
                 return Err(Error::InvalidConfig(format!(
@@ -104,8 +75,8 @@ impl Task for RowRetention {
         Ok(Report::new(format!(
             "{table}: deleted {deleted} rows older than {older_than} in {batches} batches"
         ))
-        .metric("rows_deleted", deleted as f64)
-        .metric("batches", batches as f64))
+        .metric("rows_deleted", deleted)
+        .metric("batches", batches))
     }
 }
 
@@ -117,8 +88,8 @@ const BLOCK_SIZE: i64 = 8192;
 /// `batch_size` rows judging by the range before it, then once more past
 /// the last block seen (rows added meanwhile).
 fn by_blocks(
-    table: &str,
-    column: &str,
+    table: &Ident,
+    column: &Ident,
     cutoff: &Value,
     batch_size: u64,
     mut between: impl FnMut(u64) -> bool,
@@ -126,12 +97,12 @@ fn by_blocks(
     let shape = sql::query(
         "SELECT pg_relation_size(c.oid), c.reltuples::float8, c.relpages::int8
          FROM pg_class c WHERE c.oid = to_regclass($1)",
-        &[Value::Text(table.to_owned())],
+        &[Value::Text(table.to_string())],
     )?;
     let row = shape
         .rows
         .first()
-        .ok_or_else(|| Error::failed(format!("table {table} does not exist")))?;
+        .ok_or_else(|| Error::from(format!("table {table} does not exist")))?;
     let blocks = row[0].as_i64().unwrap_or(0) / BLOCK_SIZE;
     let tuples = row[1].as_f64().unwrap_or(0.0);
     let pages = row[2].as_i64().unwrap_or(0);

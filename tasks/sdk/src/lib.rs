@@ -26,6 +26,7 @@ pub mod log;
 pub mod partition;
 pub mod retention;
 pub mod sql;
+pub mod time;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -43,28 +44,6 @@ use bindings::housekeeper::task::types;
 /// `n` bytes from the host's cryptographically secure random source.
 pub fn random_bytes(n: u64) -> Vec<u8> {
     bindings::wasi::random::random::get_random_bytes(n)
-}
-
-/// Checks that `name` is a plain SQL identifier (letters, digits, `_`,
-/// optionally `schema.name`), so a task can build statements from its
-/// `[config]` without quoting surprises. Errors name the config key.
-pub fn identifier(key: &str, name: &str) -> Result<String, Error> {
-    let part_ok = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 63
-            && p.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() <= 2 && parts.iter().all(|p| part_ok(p)) {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(Error::InvalidConfig(format!(
-            "`{key}` = {name:?} is not a plain table or column name"
-        )))
-    }
 }
 
 /// Why this run was started.
@@ -89,6 +68,14 @@ pub struct Context {
     pub scheduled_for: Option<i64>,
     /// Milliseconds since the Unix epoch.
     pub last_success: Option<i64>,
+}
+
+impl Context {
+    /// `done` in a real run, `would` in a dry run: for summaries such as
+    /// "deleted 3 files" / "would delete 3 files".
+    pub fn verb<'a>(&self, done: &'a str, would: &'a str) -> &'a str {
+        if self.dry_run { would } else { done }
+    }
 }
 
 /// What a task says about itself (informational; the operator's manifest
@@ -151,11 +138,30 @@ impl Report {
         }
     }
 
-    pub fn metric(mut self, name: impl Into<String>, value: impl Into<f64>) -> Self {
-        self.metrics.push((name.into(), value.into()));
+    /// A named number: any integer or float (`u64`, `usize`, `i64`, `f64`, …).
+    pub fn metric(mut self, name: impl Into<String>, value: impl MetricValue) -> Self {
+        self.metrics.push((name.into(), value.to_f64()));
         self
     }
 }
+
+/// A number a metric can hold. Metrics are `f64` on the wire; counts past
+/// 2^53 lose their last digits.
+pub trait MetricValue {
+    fn to_f64(self) -> f64;
+}
+
+macro_rules! metric_value {
+    ($($t:ty),*) => {
+        $(impl MetricValue for $t {
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+        })*
+    };
+}
+
+metric_value!(f64, f32, i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,26 +189,62 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Failed(e.to_string())
+    }
+}
+
+/// `Err("…".into())` or `Err(format!(…).into())`: the task failed.
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error::Failed(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error::Failed(message.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn identifiers_are_plain_names_only() {
-        assert_eq!(identifier("t", "Events").unwrap(), "events");
-        assert_eq!(
-            identifier("t", "app.device_logs").unwrap(),
-            "app.device_logs"
-        );
-        for bad in ["", "a b", "x;drop", "1abc", "a.b.c", "\"q\"", "a-b"] {
-            assert!(identifier("t", bad).is_err(), "{bad}");
-        }
+    fn metrics_take_integers_and_floats() {
+        let report = Report::new("x")
+            .metric("a", 3u64)
+            .metric("b", 2usize)
+            .metric("c", -1i64)
+            .metric("d", 1.5)
+            .metric("e", 7);
+        let values: Vec<f64> = report.metrics.iter().map(|(_, v)| *v).collect();
+        assert_eq!(values, [3.0, 2.0, -1.0, 1.5, 7.0]);
     }
-}
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Failed(e.to_string())
+    #[test]
+    fn text_becomes_a_failure() {
+        assert_eq!(Error::from("gone"), Error::Failed("gone".into()));
+        assert_eq!(
+            Error::from(format!("{} left", 2)),
+            Error::Failed("2 left".into())
+        );
+    }
+
+    #[test]
+    fn summaries_say_what_a_dry_run_would_do() {
+        let mut ctx = Context {
+            run_id: "1".into(),
+            dry_run: false,
+            triggered_by: Trigger::Manual,
+            scheduled_for: None,
+            last_success: None,
+        };
+        assert_eq!(ctx.verb("deleted", "would delete"), "deleted");
+        ctx.dry_run = true;
+        assert_eq!(ctx.verb("deleted", "would delete"), "would delete");
     }
 }
 

@@ -1,9 +1,10 @@
 //! Range-partition arithmetic shared by partition tasks: period starts and
 //! ends, names (`<table>_YYYY_MM_DD`, `<table>_YYYY_MM_DD_HH`,
-//! `<table>_YYYY_MM`), and ages such as `90 days`. Times are UTC.
+//! `<table>_YYYY_MM`). Times are UTC; ages and the clock are in
+//! [`crate::time`].
 
-pub use chrono::NaiveDateTime;
-use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, Timelike};
+pub use crate::time::NaiveDateTime;
+use chrono::{Datelike, Duration, Months, NaiveDate, Timelike};
 
 /// How much time one partition covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,76 +138,6 @@ pub fn wanted(table: &str, interval: Interval, now: NaiveDateTime, premake: u32)
     out
 }
 
-/// An age such as `90 days`, `12 hours`, `6 months` or `2 weeks`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Age {
-    Hours(u32),
-    Days(u32),
-    Months(u32),
-}
-
-impl Age {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let n: u32 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not an age; use e.g. \"90 days\""))?;
-        match unit.trim().to_ascii_lowercase().as_str() {
-            "h" | "hour" | "hours" => Ok(Age::Hours(n)),
-            "d" | "day" | "days" => Ok(Age::Days(n)),
-            "w" | "week" | "weeks" => Ok(Age::Days(n * 7)),
-            "month" | "months" | "mon" => Ok(Age::Months(n)),
-            "y" | "year" | "years" => Ok(Age::Months(n * 12)),
-            other => Err(format!(
-                "unknown unit {other:?} in {text:?}; use hours, days, weeks, months or years"
-            )),
-        }
-    }
-
-    /// `now` plus this age.
-    pub fn after(self, now: NaiveDateTime) -> NaiveDateTime {
-        match self {
-            Age::Hours(n) => now + Duration::hours(n.into()),
-            Age::Days(n) => now + Duration::days(n.into()),
-            Age::Months(n) => now + Months::new(n),
-        }
-    }
-
-    /// `now` minus this age.
-    pub fn before(self, now: NaiveDateTime) -> NaiveDateTime {
-        match self {
-            Age::Hours(n) => now - Duration::hours(n.into()),
-            Age::Days(n) => now - Duration::days(n.into()),
-            Age::Months(n) => now - Months::new(n),
-        }
-    }
-}
-
-/// Milliseconds since the epoch as a UTC date-time.
-pub fn from_millis(ms: i64) -> NaiveDateTime {
-    DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .naive_utc()
-}
-
-/// A UTC date-time as milliseconds since the epoch.
-pub fn to_millis(t: NaiveDateTime) -> i64 {
-    t.and_utc().timestamp_millis()
-}
-
-/// The current time, from the host's wall clock.
-pub fn now() -> NaiveDateTime {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    from_millis(ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,29 +191,5 @@ mod tests {
         let w = wanted("e", Interval::Monthly, t("2026-11-25 13:45"), 2);
         let names: Vec<_> = w.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["e_2026_11", "e_2026_12", "e_2027_01"]);
-    }
-
-    #[test]
-    fn ages() {
-        let now = t("2026-03-31 12:00");
-        assert_eq!(
-            Age::parse("90 days").unwrap().before(now),
-            t("2025-12-31 12:00")
-        );
-        assert_eq!(
-            Age::parse("12h").unwrap().before(now),
-            t("2026-03-31 00:00")
-        );
-        assert_eq!(
-            Age::parse("1 month").unwrap().before(now),
-            t("2026-02-28 12:00")
-        );
-        assert_eq!(Age::parse("2 weeks").unwrap(), Age::Days(14));
-        assert_eq!(
-            Age::parse("1 month").unwrap().after(now),
-            t("2026-04-30 12:00")
-        );
-        assert!(Age::parse("ninety days").is_err());
-        assert!(Age::parse("90 fortnights").is_err());
     }
 }

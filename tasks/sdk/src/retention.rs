@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A file that matched the pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,26 +132,18 @@ pub fn scan(dir: &Path, rules: &Scan) -> std::io::Result<Vec<Candidate>> {
             found.push(Candidate {
                 path: dir.join(&child),
                 size: meta.len(),
-                modified_ms: meta.modified().map(millis).unwrap_or(0),
+                modified_ms: meta.modified().map(crate::time::millis).unwrap_or(0),
             });
         }
     }
     Ok(found)
 }
 
-/// Milliseconds since the Unix epoch (negative before it).
-pub fn millis(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DAY: i64 = 86_400_000;
+    use crate::time::DAY_MS as DAY;
     const NOW: i64 = 100 * DAY;
 
     fn file(name: &str, age_days: i64, size: u64) -> Candidate {

@@ -3,6 +3,10 @@
 //! a trap. Each call is its own transaction; use [`transaction`] for several
 //! statements that must succeed together.
 //!
+//! Write placeholders as `$1`, `$2`, … on both databases: on SQLite they
+//! are sent as `?1`, `?2`, … Table and column names from config go through
+//! [`Ident`] (see [`crate::config::table`]), never straight into the text.
+//!
 //! ```ignore
 //! use housekeeper_sdk::sql::{self, Value};
 //! let n = sql::execute(
@@ -13,22 +17,94 @@
 
 use crate::Error;
 use crate::bindings::housekeeper::task::sql as host;
+use std::borrow::Cow;
+use std::cell::Cell;
 
 pub use host::{DatabaseError, Denial, Rows, SqlDialect as Dialect, SqlError, Value};
 
+thread_local! {
+    // A run is one instance with one connection, so its dialect never
+    // changes; asked once instead of before every statement.
+    static DIALECT: Cell<Option<Dialect>> = const { Cell::new(None) };
+}
+
 /// The granted connection's SQL flavour.
 pub fn dialect() -> Result<Dialect, SqlError> {
-    host::dialect()
+    if let Some(d) = DIALECT.get() {
+        return Ok(d);
+    }
+    let d = host::dialect()?;
+    DIALECT.set(Some(d));
+    Ok(d)
+}
+
+/// `sql` as the connection expects its placeholders. Without a connection
+/// the text goes unchanged, and the host answers the call with why.
+fn for_connection(sql: &str) -> Cow<'_, str> {
+    match dialect() {
+        Ok(Dialect::Sqlite) => sqlite_placeholders(sql),
+        _ => Cow::Borrowed(sql),
+    }
+}
+
+/// `$1` → `?1` outside string literals, quoted identifiers and comments.
+/// SQLite reads `$1` as a parameter named `$1`, numbered by where it first
+/// appears rather than by its digits, so the rewrite keeps `$2 … $1` bound
+/// as written.
+pub fn sqlite_placeholders(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        let skip_to = match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                // A doubled quote inside is two literals back to back: the
+                // same skip handles it.
+                sql[i + 1..].find(q as char).map(|j| i + 1 + j + 1)
+            }
+            b'[' => sql[i..].find(']').map(|j| i + j + 1),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                Some(sql[i..].find('\n').map_or(bytes.len(), |j| i + j + 1))
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => Some(
+                sql[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |j| i + 2 + j + 2),
+            ),
+            b'$' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+                && !(i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_')) =>
+            {
+                out.push_str(&sql[copied..i]);
+                out.push('?');
+                copied = i + 1;
+                Some(i + 1)
+            }
+            _ => None,
+        };
+        i = match skip_to {
+            Some(j) => j,
+            // An unterminated literal or comment: nothing after it is a
+            // placeholder; the database reports the syntax error.
+            None if matches!(bytes[i], b'\'' | b'"' | b'`' | b'[') => bytes.len(),
+            None => i + 1,
+        };
+    }
+    out.push_str(&sql[copied..]);
+    Cow::Owned(out)
 }
 
 /// Runs one statement and returns its rows.
 pub fn query(sql: &str, params: &[Value]) -> Result<Rows, SqlError> {
-    host::query(sql, params)
+    host::query(&for_connection(sql), params)
 }
 
 /// Runs one statement and returns how many rows it changed.
 pub fn execute(sql: &str, params: &[Value]) -> Result<u64, SqlError> {
-    host::execute(sql, params)
+    host::execute(&for_connection(sql), params)
 }
 
 /// Runs every statement in one transaction: all succeed or none does.
@@ -36,7 +112,7 @@ pub fn transaction(statements: &[(&str, Vec<Value>)]) -> Result<Vec<u64>, SqlErr
     let statements: Vec<host::Statement> = statements
         .iter()
         .map(|(sql, params)| host::Statement {
-            sql: (*sql).to_owned(),
+            sql: for_connection(sql).into_owned(),
             params: params.clone(),
         })
         .collect();
@@ -161,6 +237,85 @@ pub fn quote_ident(name: &str) -> String {
         .join(".")
 }
 
+/// A checked table or column name: a plain identifier (letters, digits,
+/// `_`, not starting with a digit, at most 63 bytes) or `schema.name`,
+/// folded to lower case as PostgreSQL folds unquoted names. It prints
+/// quoted, so it goes into a statement as it is:
+/// `format!("DELETE FROM {table}")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ident(String);
+
+impl Ident {
+    /// Checks `name`, read from config key `key`; the error names both.
+    pub fn parse(key: &str, name: &str) -> Result<Ident, Error> {
+        let part_ok = |p: &str| {
+            p.len() <= 63
+                && p.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() <= 2 && parts.iter().all(|p| part_ok(p)) {
+            Ok(Ident(name.to_ascii_lowercase()))
+        } else {
+            Err(Error::InvalidConfig(format!(
+                "`{key}` = {name:?} is not a plain table or column name"
+            )))
+        }
+    }
+
+    /// The name unquoted, e.g. `app.events`.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The name without its schema, e.g. `events`.
+    pub fn bare(&self) -> &str {
+        self.0.rsplit('.').next().unwrap_or(&self.0)
+    }
+
+    /// `name` in the same schema, quoted.
+    pub fn sibling(&self, name: &str) -> String {
+        match self.0.rsplit_once('.') {
+            Some((schema, _)) => quote_ident(&format!("{schema}.{name}")),
+            None => quote_ident(name),
+        }
+    }
+}
+
+impl std::fmt::Display for Ident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&quote_ident(&self.0))
+    }
+}
+
+/// Deletes the rows of `table` matching `condition` in batches of
+/// `batch_size`, one statement each, picking rows by `ctid` (PostgreSQL)
+/// or `rowid` (SQLite). `condition` uses `$1`… for `params`; the batch
+/// size is bound after them. `between` is as for [`in_batches`]. Returns
+/// the total deleted and the number of batches.
+pub fn delete_in_batches(
+    table: &Ident,
+    condition: &str,
+    params: &[Value],
+    batch_size: u64,
+    between: impl FnMut(u64) -> bool,
+) -> Result<(u64, u64), SqlError> {
+    let limit = format!("${}", params.len() + 1);
+    let statement = match dialect()? {
+        Dialect::Postgres => format!(
+            "DELETE FROM {table} WHERE ctid = ANY (ARRAY (SELECT ctid FROM {table} WHERE {condition} LIMIT {limit}))"
+        ),
+        Dialect::Sqlite => format!(
+            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT {limit})"
+        ),
+    };
+    let mut params = params.to_vec();
+    params.push(Value::Integer(batch_size as i64));
+    in_batches(batch_size, || execute(&statement, &params), between)
+}
+
 /// Deletes in batches of `batch_size` rows until a batch deletes fewer,
 /// calling `between` after each full batch (to pause, log or stop: return
 /// `false` to stop). `delete` runs one batch and returns the rows it
@@ -196,10 +351,72 @@ mod tests {
     }
 
     #[test]
-    fn identifiers_are_quoted_per_part() {
+    fn names_are_quoted_per_part() {
         assert_eq!(quote_ident("events"), "\"events\"");
         assert_eq!(quote_ident("app.Events"), "\"app\".\"Events\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn identifiers_are_plain_or_schema_qualified_names_only() {
+        let t = Ident::parse("t", "Events").unwrap();
+        assert_eq!((t.name(), t.to_string()), ("events", "\"events\"".into()));
+        let t = Ident::parse("t", "app.device_logs").unwrap();
+        assert_eq!(t.to_string(), "\"app\".\"device_logs\"");
+        assert_eq!(t.bare(), "device_logs");
+        assert_eq!(
+            t.sibling("device_logs_2026"),
+            "\"app\".\"device_logs_2026\""
+        );
+        assert_eq!(Ident::parse("t", "_x1").unwrap().sibling("y"), "\"y\"");
+        assert!(Ident::parse("t", &"a".repeat(63)).is_ok());
+        for bad in [
+            "",
+            "a b",
+            "x;drop",
+            "1abc",
+            "a.b.c",
+            "\"q\"",
+            "a-b",
+            ".a",
+            "a.",
+            "a..b",
+            "é",
+            "a\"b",
+            "a/*",
+            "t--",
+            "a\0",
+            &"a".repeat(64),
+        ] {
+            let e = Ident::parse("tokens_table", bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidConfig(m) if m.starts_with("`tokens_table` = ")),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_placeholders_are_numbered_as_written() {
+        assert_eq!(
+            sqlite_placeholders("DELETE FROM t WHERE a < $1 AND b = $12 LIMIT $2"),
+            "DELETE FROM t WHERE a < ?1 AND b = ?12 LIMIT ?2"
+        );
+        assert!(matches!(sqlite_placeholders("SELECT ?1"), Cow::Borrowed(_)));
+        for kept in [
+            "SELECT '$1', 'it''s $2'",
+            "SELECT \"$1\" FROM [$2] JOIN `$3`",
+            "SELECT 1 -- $1\n",
+            "SELECT /* $1 */ 1",
+            "SELECT a$1, $x, $ FROM t",
+            "SELECT 'open $1",
+        ] {
+            assert_eq!(sqlite_placeholders(kept), kept);
+        }
+        assert_eq!(
+            sqlite_placeholders("SELECT '$1' || $1 -- $2\n, $2 /* $3 */ , $3"),
+            "SELECT '$1' || ?1 -- $2\n, ?2 /* $3 */ , ?3"
+        );
     }
 
     #[test]
