@@ -1,6 +1,8 @@
 //! Loading the tasks directory: compile and describe every task it defines.
 //! `serve` calls it at start and hot reload on every rescan; failures are
 //! values by task name, so one broken file never stops the others.
+//! `describe()` is guest code: it runs on the runtime the caller gives for
+//! guests, never on the caller's (which serves HTTP in `serve`).
 
 use crate::catalog::{Catalog, TaskEntry};
 use crate::runtime::Runtime;
@@ -8,15 +10,18 @@ use crate::scheduler::TaskDef;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use tokio::runtime::Handle;
 
 /// Load errors by task (or file) name, shared with the API.
 pub type LoadErrors = Arc<RwLock<BTreeMap<String, String>>>;
 
-/// Compiles and describes every task in `dir`. Failures are returned by
-/// task (or file) name; the caller decides what to log.
+/// Compiles and describes every task in `dir`, calling `describe()` on
+/// `guests`. Failures are returned by task (or file) name; the caller
+/// decides what to log.
 pub async fn load_tasks(
     runtime: &Runtime,
     dir: &Path,
+    guests: &Handle,
 ) -> anyhow::Result<(Vec<TaskDef>, BTreeMap<String, String>)> {
     let catalog = Catalog::scan(dir).map_err(|e| {
         anyhow::anyhow!(
@@ -35,7 +40,7 @@ pub async fn load_tasks(
     }
     let mut defs = Vec::new();
     for (name, entry) in catalog.tasks {
-        match load_one(runtime, &entry).await {
+        match load_one(runtime, &entry, guests).await {
             Ok(def) => defs.push(def),
             Err(e) => {
                 errors.insert(name, e);
@@ -45,16 +50,22 @@ pub async fn load_tasks(
     Ok((defs, errors))
 }
 
-async fn load_one(runtime: &Runtime, entry: &TaskEntry) -> Result<TaskDef, String> {
+async fn load_one(
+    runtime: &Runtime,
+    entry: &TaskEntry,
+    guests: &Handle,
+) -> Result<TaskDef, String> {
     let rt = runtime.clone();
     let path = entry.component_path.clone();
     let component = tokio::task::spawn_blocking(move || rt.load_file(&path))
         .await
         .map_err(|e| format!("compiling panicked: {e}"))?
         .map_err(|e| e.to_string())?;
-    let info = runtime
-        .describe(&component)
+    let (rt, described) = (runtime.clone(), component.clone());
+    let info = guests
+        .spawn(async move { rt.describe(&described).await })
         .await
+        .map_err(|e| format!("describe() did not finish: {e}"))?
         .map_err(|(status, message)| format!("{message} ({status})"))?;
     Ok(TaskDef {
         manifest: entry.manifest.clone(),

@@ -98,6 +98,8 @@ pub struct ReloadSummary {
 
 pub struct Reloader {
     runtime: Runtime,
+    /// Where `describe()` runs: the guests' runtime.
+    guests: tokio::runtime::Handle,
     dir: PathBuf,
     scheduler: Scheduler,
     load_errors: LoadErrors,
@@ -109,6 +111,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         runtime: Runtime,
+        guests: tokio::runtime::Handle,
         dir: PathBuf,
         scheduler: Scheduler,
         load_errors: LoadErrors,
@@ -116,6 +119,7 @@ impl Reloader {
     ) -> Self {
         Reloader {
             runtime,
+            guests,
             dir,
             scheduler,
             load_errors,
@@ -128,7 +132,7 @@ impl Reloader {
         let _one_at_a_time = self.busy.lock().await;
         self.metrics.rescanned(cause.as_str());
         tracing::debug!(cause = cause.as_str(), "rescanning the tasks directory");
-        let (defs, errors) = loader::load_tasks(&self.runtime, &self.dir).await?;
+        let (defs, errors) = loader::load_tasks(&self.runtime, &self.dir, &self.guests).await?;
         let registered: BTreeSet<String> =
             self.scheduler.tasks().into_iter().map(|t| t.name).collect();
         let keep: BTreeSet<String> = errors

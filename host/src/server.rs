@@ -44,7 +44,8 @@ pub async fn run(
         compile: args.compile.limits()?,
         ..RuntimeOptions::default()
     })?;
-    let (defs, load_errors) = loader::load_tasks(&runtime, &args.tasks_dir).await?;
+    let (defs, load_errors) =
+        loader::load_tasks(&runtime, &args.tasks_dir, guests.handle()).await?;
     loader::log_changes(&Default::default(), &load_errors);
     tracing::info!(tasks = defs.len(), failed = load_errors.len(), dir = %args.tasks_dir.display(), "tasks loaded");
 
@@ -69,6 +70,7 @@ pub async fn run(
     let load_errors: LoadErrors = Arc::new(std::sync::RwLock::new(load_errors));
     let reloader = Arc::new(Reloader::new(
         runtime_for_reload,
+        guests.handle().clone(),
         args.tasks_dir.clone(),
         scheduler.clone(),
         load_errors.clone(),

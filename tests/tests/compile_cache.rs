@@ -1,4 +1,5 @@
-//! The on-disk compile cache and the sharing of compiled code.
+//! Loading components: the on-disk compile cache, the sharing of compiled
+//! code, and the runtime `describe()` runs on.
 
 use housekeeper::manifest::Manifest;
 use housekeeper::model::{RunStatus, Trigger};
@@ -131,4 +132,32 @@ fn the_same_bytes_share_one_compiled_copy() {
         )
         .unwrap();
     assert!(!a.shares_code_with(&other));
+}
+
+/// The loader calls `describe()` on the runtime it is given for guests, not
+/// on its caller's (in `serve`, the one serving HTTP). The caller here has
+/// no timer, which `describe()` needs: run there, it would panic.
+#[test]
+fn describe_runs_on_the_guests_runtime() {
+    let guests = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_path("noop"), dir.path().join("noop.wasm")).unwrap();
+    let rt = runtime_with_cache(&dir.path().join("cache"));
+    let (defs, errors) = caller
+        .block_on(housekeeper::loader::load_tasks(
+            &rt,
+            dir.path(),
+            guests.handle(),
+        ))
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let names: Vec<&str> = defs.iter().map(|d| d.info.name.as_str()).collect();
+    assert_eq!(names, ["noop"]);
 }
