@@ -511,6 +511,54 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "DELETE");
 }
 
+/// `{registered, running, scheduled}` as the reference service answers it.
+#[tokio::test]
+async fn task_status_says_registered_running_and_scheduled() {
+    let a = api(None).await;
+    let status_of = |name: &'static str| {
+        let a = &a;
+        async move {
+            let (status, body) = a
+                .get(&format!("/api/housekeeper/tasks/{name}/status"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let shape = |registered: bool, running: bool, scheduled: bool| serde_json::json!({"registered": registered, "running": running, "scheduled": scheduled});
+    assert_eq!(status_of("noop").await, shape(true, false, true));
+    // `slow` has no schedule; it runs once triggered.
+    assert_eq!(status_of("slow").await, shape(true, false, false));
+    let (status, body) = a
+        .call(Method::POST, "/api/housekeeper/tasks/slow/run", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(status_of("slow").await, shape(true, true, false));
+    let id = body["runId"].as_i64().unwrap();
+    a.call(
+        Method::POST,
+        &format!("/api/housekeeper/runs/{id}/cancel"),
+        None,
+    )
+    .await;
+    a.finished_run("slow", id).await;
+    assert_eq!(status_of("slow").await, shape(true, false, false));
+
+    let (status, body) = a
+        .call(
+            Method::PATCH,
+            "/api/housekeeper/tasks/noop/toggle",
+            Some(r#"{"enabled": false}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status_of("noop").await, shape(true, false, false));
+
+    // A task whose files fail to load, and a name never seen.
+    assert_eq!(status_of("broken").await, shape(false, false, false));
+    assert_eq!(status_of("nope").await, shape(false, false, false));
+}
+
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let a = api(Some("k")).await;
@@ -530,6 +578,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/housekeeper/tasks/{name}", "get"),
         ("/api/housekeeper/tasks/{name}/run", "post"),
         ("/api/housekeeper/tasks/{name}/toggle", "patch"),
+        ("/api/housekeeper/tasks/{name}/status", "get"),
         ("/api/housekeeper/tasks/{name}/runs", "get"),
         ("/api/housekeeper/tasks/{name}/runs/{run_id}", "get"),
         ("/api/housekeeper/runs/{run_id}/cancel", "post"),
@@ -541,6 +590,7 @@ async fn the_openapi_document_covers_every_route() {
         );
     }
     assert!(doc["components"]["schemas"]["TaskList"].is_object());
+    assert!(doc["components"]["schemas"]["TaskStatus"].is_object());
 }
 
 /// Holds the guest worker it runs on until released, then runs the task:

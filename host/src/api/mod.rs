@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{name}", get(task_detail))
         .route("/tasks/{name}/run", post(run_task))
         .route("/tasks/{name}/toggle", patch(toggle_task))
+        .route("/tasks/{name}/status", get(task_status))
         .route("/tasks/{name}/runs", get(task_runs))
         .route("/tasks/{name}/runs/{run_id}", get(task_run))
         .route("/runs/{run_id}/cancel", post(cancel_run))
@@ -235,7 +236,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "housekeeper", description = "Sandboxed maintenance tasks: schedule, trigger, toggle, history."),
-    paths(health, ready, metrics, openapi, list_tasks, task_detail, run_task, toggle_task, task_runs, task_run, cancel_run, status, reload),
+    paths(health, ready, metrics, openapi, list_tasks, task_detail, task_status, run_task, toggle_task, task_runs, task_run, cancel_run, status, reload),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -524,6 +525,21 @@ struct PageParams {
     /// Runs to skip, newest first (default 0).
     #[param(minimum = 0)]
     offset: Option<i64>,
+}
+
+/// Whether a task is registered, running and scheduled, in the shape of
+/// the reference service; an unknown name answers `registered: false`.
+#[utoipa::path(get, path = "/api/housekeeper/tasks/{name}/status", security(("bearer" = [])),
+    params(("name" = String, Path, description = "task name")),
+    responses((status = 200, body = TaskStatus), (status = 401, body = ErrorBody)))]
+async fn task_status(State(state): State<AppState>, Path(name): Path<String>) -> Json<TaskStatus> {
+    let view = state.scheduler.tasks().into_iter().find(|t| t.name == name);
+    Json(TaskStatus {
+        registered: view.is_some(),
+        running: view.as_ref().is_some_and(|t| t.running > 0),
+        scheduled: state.scheduler.scheduling()
+            && view.is_some_and(|t| t.enabled && t.next_fire.is_some()),
+    })
 }
 
 /// A page of the task's runs, newest first.

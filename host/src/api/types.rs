@@ -75,6 +75,18 @@ pub struct TaskSummary {
     pub stats: Stats,
 }
 
+/// `GET /tasks/{name}/status`, as the reference service answers it.
+#[derive(Serialize, ToSchema)]
+pub struct TaskStatus {
+    /// The task is loaded (one whose files fail to load is not).
+    pub registered: bool,
+    /// A run of it is in progress in this process.
+    pub running: bool,
+    /// It fires on a schedule: enabled, with a next fire, and scheduling
+    /// is on (`HOUSEKEEPER_ENABLED`).
+    pub scheduled: bool,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskSummary>,

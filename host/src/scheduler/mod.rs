@@ -481,6 +481,11 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Whether tasks fire on their schedules (`HOUSEKEEPER_ENABLED`).
+    pub fn scheduling(&self) -> bool {
+        self.inner.config.enabled
+    }
+
     pub fn tasks(&self) -> Vec<TaskView> {
         self.inner
             .lock()
