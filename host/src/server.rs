@@ -2,6 +2,7 @@
 //! scheduler and serves HTTP until the shutdown future resolves, then drains.
 
 use crate::api::{self, AppState};
+use crate::capabilities::filesystem;
 use crate::config::ServeArgs;
 use crate::loader::{self, LoadErrors};
 use crate::metrics::Metrics;
@@ -36,8 +37,21 @@ pub async fn run(
         .worker_threads(args.max_concurrent_runs.clamp(1, 16) as usize)
         .enable_all()
         .build()?;
+    // Guests open files out of this process's own limit: raise it as far as
+    // allowed, and keep half of it for the service itself.
+    let open_files = filesystem::raise_open_file_limit().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)");
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    });
+    let descriptors_per_run = filesystem::descriptors_per_run(open_files, args.max_concurrent_runs);
+    tracing::info!(
+        ?open_files,
+        ?descriptors_per_run,
+        "open-file limit; each run holds at most its share"
+    );
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: (args.max_concurrent_runs + 16).max(64),
+        descriptors_per_run,
         cache_dir: Some(args.db.data_dir.join("cache")),
         connections: args.db.connections()?,
         sql: args.db.sql_limits(),

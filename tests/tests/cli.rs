@@ -436,3 +436,54 @@ fn a_task_s_text_reaches_the_terminal_escaped() {
         .unwrap();
     assert!(!stdout(&check).contains('\x1b'));
 }
+
+#[test]
+fn run_returns_when_the_task_opens_a_fifo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("spool");
+    std::fs::create_dir_all(&data).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &data.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+    let copy = tmp.path().join("reader.wasm");
+    std::fs::copy(fixture_path("fs-hog"), &copy).unwrap();
+    std::fs::write(
+        tmp.path().join("reader.toml"),
+        format!(
+            "timeout = \"5s\"\n\n[[grants.dirs]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"rw\"\n\n[config]\nmode = \"open\"\npath = \"/data/fifo\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    // Run it in the background and wait a bounded time: a run blocked in
+    // open(2) would never return.
+    let mut child = Command::new(binary())
+        .args(["run", copy.to_str().unwrap(), "--no-record"])
+        .env_remove("HOUSEKEEPER_TASKS_DIR")
+        .env_remove("DATABASE_URL")
+        .env_remove("DB_HOST")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`housekeeper run` did not return");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("refused to open") && stdout(&o).contains("a FIFO"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -740,3 +740,161 @@ async fn a_compile_bomb_is_a_load_error_while_other_tasks_keep_running() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "{}", s.log());
 }
+
+/// A directory beside the service's own, for a task to be granted.
+fn grant_dir(s: &Service, name: &str) -> PathBuf {
+    let dir = s.tasks.parent().unwrap().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn until_exit(child: &mut Running) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_for("the service to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+#[tokio::test]
+async fn a_fifo_in_a_grant_neither_hangs_its_run_nor_holds_a_guest_worker() {
+    let s = Service::new();
+    let data = grant_dir(&s, "spool");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &data.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+    s.task(
+        "fifo",
+        "fs-hog",
+        &format!(
+            "run_on_startup = true\ntimeout = \"5s\"\n\n[[grants.dirs]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"rw\"\n\n[config]\nmode = \"open\"\npath = \"/data/fifo\"\n",
+            data.display()
+        ),
+    );
+    s.task("after", "noop", "schedule = \"* * * * * *\"\n");
+    // One guest worker and one run at a time: a run blocked in open(2)
+    // would hold both for good.
+    let (mut child, port) = s.start(&[
+        ("HOUSEKEEPER_MAX_CONCURRENT_RUNS", "1"),
+        ("HOUSEKEEPER_SHUTDOWN_GRACE", "2s"),
+    ]);
+    let runs = wait_for_runs(&s, "fifo", "the FIFO run to end", |r| {
+        r.iter().any(|r| r.status != "running")
+    })
+    .await;
+    let fifo = &runs[0];
+    assert_eq!(fifo.status, "error", "{fifo:#?}");
+    assert!(
+        fifo.error.as_deref().unwrap().contains("/data/fifo"),
+        "{fifo:#?}"
+    );
+    let output = fifo.output.as_deref().unwrap_or_default();
+    assert!(
+        output.contains("refused to open") && output.contains("a FIFO"),
+        "{output}"
+    );
+    let ended = fifo.completed_at.unwrap();
+    wait_for_runs(&s, "after", "another task to run after it", |r| {
+        r.iter()
+            .any(|r| r.status == "success" && r.started_at > ended)
+    })
+    .await;
+    let health: serde_json::Value = serde_json::from_str(&get(port, "/health").unwrap().1).unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+    signal(&child, "-TERM");
+    assert!(until_exit(&mut child).success(), "{}", s.log());
+}
+
+#[tokio::test]
+async fn a_run_hoarding_files_leaves_the_service_its_own() {
+    use std::os::unix::process::CommandExt;
+    let s = Service::new();
+    let data = grant_dir(&s, "files");
+    std::fs::write(data.join("f"), "x").unwrap();
+    // Asks for far more than the service can give: its share bounds it.
+    s.task(
+        "hog",
+        "fs-hog",
+        &format!(
+            "run_on_startup = true\ntimeout = \"60s\"\n\n[limits]\ndescriptors = 100000\n\n[[grants.dirs]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"ro\"\n\n[config]\nmode = \"hold-files\"\npath = \"/data/f\"\ncount = 100000\nlinger_ms = 3000\n",
+            data.display()
+        ),
+    );
+    s.task("tick", "noop", "schedule = \"* * * * * *\"\n");
+    let port = free_port();
+    let mut cmd = s.command(port);
+    cmd.env("HOUSEKEEPER_MAX_CONCURRENT_RUNS", "2");
+    // A low soft limit under a higher hard one, as many systems start
+    // services with.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: Some(128),
+                    maximum: Some(512),
+                },
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = Running(cmd.spawn().unwrap());
+    wait_for("the service to answer /health", || {
+        get(port, "/health").is_some()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["512", "512"],
+        "{open_files}"
+    );
+
+    // While the hog holds all it could get, the service keeps answering.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let hog = loop {
+        assert!(
+            get(port, "/health").is_some(),
+            "/health stopped answering: {}",
+            s.log()
+        );
+        let runs = s.runs("hog").await;
+        if let Some(done) = runs.iter().find(|r| r.status != "running") {
+            break done.clone();
+        }
+        assert!(Instant::now() < deadline, "the hog never ended: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hog.status, "error", "{hog:#?}");
+    // Half of 512 for guests, two runs at a time.
+    assert!(
+        hog.error.as_deref().unwrap().starts_with("held 128 files"),
+        "{hog:#?}"
+    );
+    assert!(
+        hog.output.as_deref().unwrap().contains("RLIMIT_NOFILE"),
+        "{hog:#?}"
+    );
+    let (from, to) = (hog.started_at, hog.completed_at.unwrap());
+    wait_for_runs(
+        &s,
+        "tick",
+        "a run of another task while the hog held its files",
+        |r| {
+            r.iter()
+                .any(|r| r.status == "success" && r.started_at > from && r.started_at < to)
+        },
+    )
+    .await;
+    signal(&child, "-TERM");
+    assert!(until_exit(&mut child).success(), "{}", s.log());
+}

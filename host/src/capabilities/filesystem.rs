@@ -809,3 +809,62 @@ fn special_kind_std(file_type: std::fs::FileType) -> &'static str {
         "a special file"
     }
 }
+
+/// Raises this process's soft limit on open files to its hard limit and
+/// returns the limit now in force (`None`: unlimited).
+pub fn raise_open_file_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_some() && limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
+}
+
+/// How many files and directories each of `concurrent_runs` runs may hold
+/// when the process may have `limit` open: half goes to guests, split
+/// evenly; the other half is the service's own reserve (its listener and
+/// connections, the store, connection pools, the compile cache, the
+/// watcher).
+pub fn descriptors_per_run(limit: Option<u64>, concurrent_runs: u32) -> Option<u32> {
+    let share = limit? / 2 / u64::from(concurrent_runs.max(1));
+    Some(u32::try_from(share).unwrap_or(u32::MAX).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_share_half_of_the_open_file_limit() {
+        assert_eq!(descriptors_per_run(Some(1024), 4), Some(128));
+        assert_eq!(descriptors_per_run(Some(1_048_576), 1), Some(524_288));
+        assert_eq!(descriptors_per_run(Some(4), 16), Some(1));
+        assert_eq!(descriptors_per_run(Some(u64::MAX), 1), Some(u32::MAX));
+        assert_eq!(descriptors_per_run(None, 4), None);
+    }
+
+    #[test]
+    fn the_write_budget_refuses_what_would_pass_it_and_says_so_once() {
+        let output = Output::new("t", "r", 1 << 16);
+        let budget = WriteBudget {
+            cap: 100,
+            used: AtomicU64::new(0),
+            output: output.clone(),
+            warned: AtomicBool::new(false),
+        };
+        assert!(budget.charge(60).is_ok());
+        assert!(budget.charge(41).is_err());
+        assert!(budget.charge(40).is_ok());
+        assert!(budget.charge(1).is_err());
+        assert!(budget.charge(0).is_ok());
+        let text = output.finish();
+        assert_eq!(text.matches("limits.write_bytes").count(), 1, "{text}");
+    }
+}
