@@ -123,6 +123,44 @@ impl Drop for Running {
     }
 }
 
+/// The demo `scripts/start.sh` serves, set up by `scripts/demo.sh` over a
+/// tasks directory holding a manifest-less bundled component (as earlier
+/// versions of the script left it), starts healthy: the component is gone,
+/// the startup run succeeds, nothing fails to load.
+#[tokio::test]
+async fn the_demo_starts_healthy() {
+    let s = Service::new();
+    let dir = s.tasks.parent().unwrap();
+    std::fs::copy(
+        housekeeper_tests::task_path("partition-maintenance"),
+        s.tasks.join("partition-maintenance.wasm"),
+    )
+    .unwrap();
+    let setup = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo.sh"))
+        .arg(dir)
+        .env("CARGO_TARGET_DIR", housekeeper_tests::target_dir())
+        .output()
+        .unwrap();
+    assert!(setup.status.success(), "{setup:?}");
+    assert!(!s.tasks.join("partition-maintenance.wasm").exists());
+    let logs = dir.join("data/demo-logs");
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 30);
+
+    let (_service, port) = s.start(&[]);
+    let runs = wait_for_runs(&s, "cleanup-old-logs", "the startup run", |runs| {
+        runs.iter().any(|r| r.status != "running")
+    })
+    .await;
+    assert_eq!(runs[0].status, "success", "{:?}", runs[0]);
+    // Older than 7 days, or past the 20 newest.
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 7);
+    let (code, body) = get(port, "/api/housekeeper/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["status"], "healthy", "{status}");
+    assert_eq!(status["tasks"], 1, "{status}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
