@@ -696,3 +696,54 @@ impl Api {
         }
     }
 }
+
+/// The listing is served from its last serialization while nothing it is
+/// made of changed; every change shows at once, including a return to an
+/// earlier state (not running → running → not running).
+#[tokio::test]
+async fn the_task_listing_follows_every_change_at_once() {
+    let a = api(None).await;
+    let slow = |list: &Value| list["tasks"][2].clone();
+    let (_, first) = a.get("/api/housekeeper/tasks").await;
+    assert_eq!(slow(&first)["name"], "slow");
+    assert_eq!(slow(&first)["isRunning"], false);
+    let (_, again) = a.get("/api/housekeeper/tasks").await;
+    assert_eq!(again, first);
+
+    let (_, body) = a
+        .call(Method::POST, "/api/housekeeper/tasks/slow/run", None)
+        .await;
+    let id = body["runId"].as_i64().unwrap();
+    let (_, running) = a.get("/api/housekeeper/tasks").await;
+    assert_eq!(slow(&running)["isRunning"], true);
+    assert_eq!(running["runningTasks"], 1);
+
+    a.call(
+        Method::POST,
+        &format!("/api/housekeeper/runs/{id}/cancel"),
+        None,
+    )
+    .await;
+    a.finished_run("slow", id).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = a.get("/api/housekeeper/tasks").await;
+        if slow(&list)["isRunning"] == false {
+            assert_eq!(list["runningTasks"], 0);
+            // The run is counted: the stats moved on too.
+            assert_ne!(slow(&list)["stats"], slow(&first)["stats"], "{list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shown running: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    a.call(
+        Method::PATCH,
+        "/api/housekeeper/tasks/noop/toggle",
+        Some(r#"{"enabled": false}"#),
+    )
+    .await;
+    let (_, toggled) = a.get("/api/housekeeper/tasks").await;
+    assert_eq!(toggled["tasks"][1]["enabled"], false);
+}

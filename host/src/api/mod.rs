@@ -56,7 +56,8 @@ pub struct AppState {
 
 /// Per-task stats as last read, reused while this process has recorded
 /// nothing new and for at most [`StatsCache::MAX_AGE`] (other processes may
-/// write to a shared PostgreSQL store).
+/// write to a shared PostgreSQL store); and the task listing last
+/// serialized from them, reused while its inputs are the same.
 #[derive(Default)]
 pub struct StatsCache {
     entry: std::sync::Mutex<
@@ -66,6 +67,18 @@ pub struct StatsCache {
             Arc<std::collections::HashMap<String, TaskStats>>,
         )>,
     >,
+    /// `GET /tasks` as sent, with the key of what it was made from.
+    listing: std::sync::Mutex<Option<(ListingKey, bytes::Bytes)>>,
+}
+
+/// Everything a task listing is made of: the scheduler's view
+/// ([`Scheduler::fingerprint`]), the load errors, and the stats snapshot
+/// (by identity: a new read is a new `Arc`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ListingKey {
+    tasks: u64,
+    load_errors: u64,
+    stats: usize,
 }
 
 impl StatsCache {
@@ -300,10 +313,53 @@ fn failed_summary(name: &str, error: &str, stats: Option<&TaskStats>) -> TaskSum
 /// Every task, loaded or failing to load, with its stats.
 #[utoipa::path(get, path = "/api/housekeeper/tasks", security(("bearer" = [])),
     responses((status = 200, body = TaskList), (status = 401, body = ErrorBody)))]
-async fn list_tasks(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
+async fn list_tasks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let stats = state.stats_cache.get(&state).await?;
-    let views = state.scheduler.tasks();
     let errors = load_errors(&state);
+    let key = ListingKey {
+        tasks: state.scheduler.fingerprint(),
+        load_errors: {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            errors.hash(&mut h);
+            h.finish()
+        },
+        stats: Arc::as_ptr(&stats) as usize,
+    };
+    let cached = state
+        .stats_cache
+        .listing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let body = match &*cached {
+        Some((k, body)) if *k == key => body.clone(),
+        _ => {
+            drop(cached);
+            let body = bytes::Bytes::from(
+                serde_json::to_vec(&task_list(&state, &stats, &errors))
+                    .expect("a task list serializes"),
+            );
+            // Kept only if the scheduler did not change while it was built,
+            // so the body is what the key describes.
+            if state.scheduler.fingerprint() == key.tasks {
+                *state
+                    .stats_cache
+                    .listing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((key, body.clone()));
+            }
+            body
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn task_list(
+    state: &AppState,
+    stats: &std::collections::HashMap<String, TaskStats>,
+    errors: &BTreeMap<String, String>,
+) -> TaskList {
+    let views = state.scheduler.tasks();
     let mut tasks: Vec<TaskSummary> = views
         .iter()
         .map(|t| TaskSummary {
@@ -319,11 +375,11 @@ async fn list_tasks(State(state): State<AppState>) -> Result<Json<TaskList>, Api
     }
     tasks.sort_by(|a, b| a.name.cmp(&b.name));
     let running = views.iter().filter(|t| t.running > 0).count();
-    Ok(Json(TaskList {
+    TaskList {
         total_tasks: tasks.len() as u64,
         running_tasks: running as u64,
         tasks,
-    }))
+    }
 }
 
 fn find(state: &AppState, name: &str) -> Result<TaskView, ApiError> {

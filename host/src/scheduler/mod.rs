@@ -502,6 +502,24 @@ impl Scheduler {
             .collect()
     }
 
+    /// A hash of everything [`Scheduler::tasks`] would return, computed
+    /// without copying it: equal fingerprints mean equal views (the same
+    /// task versions, schedules, toggles, running counts and next fires).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, slot) in self.inner.lock().iter() {
+            name.hash(&mut h);
+            (Arc::as_ptr(&slot.def) as usize).hash(&mut h);
+            slot.schedule.as_ref().map(|s| s.as_str()).hash(&mut h);
+            slot.timezone.name().hash(&mut h);
+            slot.enabled.hash(&mut h);
+            slot.active.len().hash(&mut h);
+            slot.next_fire.hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// Runs whose guest has not returned long after their timeout, oldest
     /// first. A run stays here until its worker lets go of it, even after
     /// it was cancelled or recorded `interrupted`.
