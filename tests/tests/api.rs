@@ -671,6 +671,8 @@ async fn health_is_degraded_while_a_guest_worker_is_stuck() {
     );
     let (_, status) = a.get("/api/housekeeper/status").await;
     assert_eq!(status["status"], "degraded", "{status}");
+    let (_, doc) = a.get("/api/openapi.json").await;
+    assert!(doc["components"]["schemas"]["StuckRunView"].is_object());
 
     // Once the worker is free again, so is the service.
     release.send(()).unwrap();
