@@ -4,11 +4,13 @@
 //! `describe()` is guest code: it runs on the runtime the caller gives for
 //! guests, never on the caller's (which serves HTTP in `serve`).
 
-use crate::catalog::{Catalog, TaskEntry};
-use crate::runtime::Runtime;
+use crate::catalog::Catalog;
+use crate::model::TaskInfo;
+use crate::runtime::{Runtime, TaskComponent};
 use crate::scheduler::TaskDef;
+use futures_util::StreamExt;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::runtime::Handle;
 
@@ -38,26 +40,48 @@ pub async fn load_tasks(
             .unwrap_or_default();
         errors.insert(name, problem.message.clone());
     }
+    // Each distinct component is compiled and described once, several at a
+    // time: a component that is slow to compile (up to the compile bounds)
+    // does not hold up the others' compiling.
+    let paths: std::collections::BTreeSet<PathBuf> = catalog
+        .tasks
+        .values()
+        .map(|e| e.component_path.clone())
+        .collect();
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let loaded: BTreeMap<PathBuf, Result<(TaskComponent, TaskInfo), String>> =
+        futures_util::stream::iter(paths)
+            .map(|path| async move {
+                let result = load_component(runtime, &path, guests).await;
+                (path, result)
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
     let mut defs = Vec::new();
     for (name, entry) in catalog.tasks {
-        match load_one(runtime, &entry, guests).await {
-            Ok(def) => defs.push(def),
+        match &loaded[&entry.component_path] {
+            Ok((component, info)) => defs.push(TaskDef {
+                manifest: entry.manifest,
+                component: component.clone(),
+                info: info.clone(),
+            }),
             Err(e) => {
-                errors.insert(name, e);
+                errors.insert(name, e.clone());
             }
         }
     }
     Ok((defs, errors))
 }
 
-async fn load_one(
+async fn load_component(
     runtime: &Runtime,
-    entry: &TaskEntry,
+    path: &Path,
     guests: &Handle,
-) -> Result<TaskDef, String> {
+) -> Result<(TaskComponent, TaskInfo), String> {
     let rt = runtime.clone();
-    let path = entry.component_path.clone();
-    let component = tokio::task::spawn_blocking(move || rt.load_file(&path))
+    let file = path.to_owned();
+    let component = tokio::task::spawn_blocking(move || rt.load_file(&file))
         .await
         .map_err(|e| format!("compiling panicked: {e}"))?
         .map_err(|e| e.to_string())?;
@@ -67,11 +91,7 @@ async fn load_one(
         .await
         .map_err(|e| format!("describe() did not finish: {e}"))?
         .map_err(|(status, message)| format!("{message} ({status})"))?;
-    Ok(TaskDef {
-        manifest: entry.manifest.clone(),
-        component,
-        info,
-    })
+    Ok((component, info))
 }
 
 /// Logs the load errors in `now` that are new or differ from `before`, and
