@@ -161,3 +161,37 @@ fn describe_runs_on_the_guests_runtime() {
     let names: Vec<&str> = defs.iter().map(|d| d.info.name.as_str()).collect();
     assert_eq!(names, ["noop"]);
 }
+
+/// Compiled in a bounded child process of the real binary: the worker's
+/// output is what the cache stores, and a restart loads it from there.
+#[tokio::test]
+async fn a_compile_worker_s_output_is_cached_and_loads_back() {
+    use housekeeper::runtime::compile::{CompileLimits, Isolated};
+    let dir = tempfile::tempdir().unwrap();
+    let isolated = || {
+        Runtime::new(RuntimeOptions {
+            cache_dir: Some(dir.path().to_owned()),
+            compile: CompileLimits {
+                isolated: Some(Isolated {
+                    program: housekeeper_tests::binary(),
+                    timeout: std::time::Duration::from_secs(120),
+                    memory: 4 << 30,
+                }),
+                ..CompileLimits::default()
+            },
+            ..RuntimeOptions::default()
+        })
+        .unwrap()
+    };
+    let bytes = std::fs::read(fixture_path("noop")).unwrap();
+    let rt = isolated();
+    let first = rt.load("noop.wasm", &bytes).unwrap();
+    assert!(!first.from_disk_cache());
+    runs(&rt, &first).await;
+    assert_eq!(entries(dir.path()).len(), 1);
+
+    let rt = isolated();
+    let second = rt.load("noop.wasm", &bytes).unwrap();
+    assert!(second.from_disk_cache());
+    runs(&rt, &second).await;
+}

@@ -62,18 +62,21 @@ impl CompileCache {
 
     /// The component whose bytes have the SHA-256 `content_hash`, from the
     /// cache when a valid entry exists, else from `compile` and stored.
+    ///
+    /// `compile` may hand back the component's serialized form too (a compile
+    /// worker's output is exactly that), which is then stored as it is.
     pub fn load<E>(
         &self,
         engine: &Engine,
         content_hash: &str,
-        compile: impl FnOnce() -> Result<Component, E>,
+        compile: impl FnOnce() -> Result<(Component, Option<Vec<u8>>), E>,
     ) -> Result<(Component, Source), E> {
         let path = self.path(content_hash);
         if let Some(component) = self.read(engine, &path) {
             return Ok((component, Source::Cached));
         }
-        let component = compile()?;
-        if let Err(e) = self.write(&path, &component) {
+        let (component, serialized) = compile()?;
+        if let Err(e) = self.write(&path, &component, serialized) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the compile cache entry");
         }
         Ok((component, Source::Compiled))
@@ -99,11 +102,22 @@ impl CompileCache {
         }
     }
 
-    fn write(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
-        let payload = component.serialize().map_err(anyhow::Error::from)?;
+    fn write(
+        &self,
+        path: &Path,
+        component: &Component,
+        serialized: Option<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        let payload = match serialized {
+            Some(bytes) => bytes,
+            None => component.serialize().map_err(anyhow::Error::from)?,
+        };
         let mut entry = Sha256::digest(&payload).to_vec();
         entry.extend_from_slice(&payload);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per write: two loads of the same content may race here.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         std::fs::write(&tmp, &entry)?;
         std::fs::rename(&tmp, path)?;
         Ok(())

@@ -75,25 +75,29 @@ pub enum CompileError {
     Bound(String),
 }
 
-/// Compiles `bytes` for `engine` within `limits`.
+/// Compiles `bytes` for `engine` within `limits`; with the compiled form
+/// when a compile worker made it (ready for the on-disk cache as it is).
 pub fn compile(
     engine: &Engine,
     bytes: &[u8],
     limits: &CompileLimits,
-) -> Result<Component, CompileError> {
+) -> Result<(Component, Option<Vec<u8>>), CompileError> {
     let Some(isolated) = &limits.isolated else {
-        return Component::new(engine, bytes).map_err(|e| CompileError::Invalid(one_line(&e)));
+        return Component::new(engine, bytes)
+            .map(|c| (c, None))
+            .map_err(|e| CompileError::Invalid(one_line(&e)));
     };
     let serialized = compile_in_child(isolated, bytes)?;
     // SAFETY: the bytes are what our own binary's `precompile_component`
     // wrote to the pipe just now, and wasmtime checks they were made by a
     // compatible engine before using them.
-    unsafe { Component::deserialize(engine, &serialized) }.map_err(|e| {
+    let component = unsafe { Component::deserialize(engine, &serialized) }.map_err(|e| {
         CompileError::Invalid(format!(
             "the compile worker's output is unusable: {}",
             one_line(&e)
         ))
-    })
+    })?;
+    Ok((component, Some(serialized)))
 }
 
 fn compile_in_child(isolated: &Isolated, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {

@@ -288,7 +288,7 @@ impl Runtime {
             Some(cache) => cache
                 .load(engine, &hash, compile)
                 .map(|(c, source)| (c, source == cache::Source::Cached)),
-            None => compile().map(|c| (c, false)),
+            None => compile().map(|(c, _)| (c, false)),
         };
         let (component, cached) = compiled.map_err(|e| match e {
             CompileError::Invalid(message) => LoadError::Invalid {
