@@ -538,7 +538,7 @@ impl Scheduler {
                 overdue: now - *stuck_at + self.inner.config.stuck_after,
             })
             .collect();
-        stuck.sort_by(|a, b| b.overdue.cmp(&a.overdue));
+        stuck.sort_by_key(|r| std::cmp::Reverse(r.overdue));
         stuck
     }
 
