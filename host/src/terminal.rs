@@ -37,9 +37,25 @@ fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Controls, and the invisible formatting characters that reorder, join,
+/// break or hide text: bidi marks, embeddings, overrides and isolates
+/// (U+061C, U+200E/F, U+202A–E, U+2066–9), line and paragraph separators
+/// (U+2028/9), zero-width characters (U+200B–D, U+2060–4, U+FEFF),
+/// deprecated format controls (U+206A–F) and interlinear annotations
+/// (U+FFF9–B).
 fn needs_escape(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
 }
 
 #[cfg(test)]
@@ -81,6 +97,22 @@ mod tests {
     #[test]
     fn bidi_overrides_are_shown() {
         assert_eq!(escape("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
+    }
+
+    #[test]
+    fn every_invisible_formatting_character_is_shown() {
+        for c in [
+            '\u{061c}', '\u{180e}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}',
+            '\u{2028}', '\u{2029}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+            '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}', '\u{2064}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{206a}', '\u{206f}', '\u{feff}', '\u{fff9}', '\u{fffa}',
+            '\u{fffb}',
+        ] {
+            let text = format!("a{c}b");
+            let shown = escape_lines(&text);
+            assert!(!shown.contains(c), "{:x}", c as u32);
+            assert_eq!(shown, format!("a\\u{{{:x}}}b", c as u32));
+        }
     }
 
     #[test]

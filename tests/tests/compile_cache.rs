@@ -195,3 +195,55 @@ async fn a_compile_worker_s_output_is_cached_and_loads_back() {
     assert!(second.from_disk_cache());
     runs(&rt, &second).await;
 }
+
+/// A component that hit a compile bound is not compiled again by the same
+/// runtime: a rescan of a directory holding it costs nothing more.
+#[test]
+fn a_component_over_a_compile_bound_is_not_compiled_again() {
+    use housekeeper::runtime::LoadError;
+    use housekeeper::runtime::compile::{CompileLimits, Isolated};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A compile worker that counts how often it is started.
+    let worker = dir.path().join("worker.sh");
+    let count = dir.path().join("count");
+    std::fs::write(
+        &worker,
+        format!(
+            "#!/bin/sh\necho started >> {}\nexec {} \"$@\"\n",
+            count.display(),
+            housekeeper_tests::binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rt = Runtime::new(RuntimeOptions {
+        compile: CompileLimits {
+            isolated: Some(Isolated {
+                program: worker,
+                timeout: std::time::Duration::from_secs(120),
+                memory: 64 << 20,
+            }),
+            ..CompileLimits::default()
+        },
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let bomb = housekeeper_tests::compile_bomb(300_000);
+    for _ in 0..3 {
+        let err = rt
+            .load("bomb.wasm", &bomb)
+            .err()
+            .expect("the bomb is refused");
+        assert!(matches!(err, LoadError::CompileBound { .. }), "{err}");
+        assert!(
+            err.to_string().contains("HOUSEKEEPER_COMPILE_MEMORY"),
+            "{err}"
+        );
+    }
+    let started = std::fs::read_to_string(&count).unwrap();
+    assert_eq!(started.lines().count(), 1, "{started}");
+    // Other bytes still compile.
+    let noop = std::fs::read(fixture_path("noop")).unwrap();
+    rt.load("noop.wasm", &noop).unwrap();
+}

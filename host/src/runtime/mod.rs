@@ -218,7 +218,15 @@ struct Inner {
     /// Components loaded and still in use, by content hash: the same bytes
     /// share one compiled copy.
     loaded: std::sync::Mutex<std::collections::HashMap<String, Weak<bindings::TaskPre<StoreData>>>>,
+    /// Content hashes whose compile hit a bound, with the error: the same
+    /// bytes fail the same way under the same bounds, so a rescan does not
+    /// spend the compile timeout on them again.
+    over_bounds: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// At most this many remembered compile failures; past it they are
+/// forgotten (and would be compiled again).
+const MAX_REMEMBERED_FAILURES: usize = 1024;
 
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
@@ -250,6 +258,7 @@ impl Runtime {
             pooling,
             cache,
             loaded: Default::default(),
+            over_bounds: Default::default(),
         });
         start_epoch_ticker(Arc::downgrade(&inner));
         Ok(Runtime { inner })
@@ -282,6 +291,16 @@ impl Runtime {
                 cached: false,
             });
         }
+        let failed_before = self
+            .inner
+            .over_bounds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            .cloned();
+        if let Some(message) = failed_before {
+            return Err(LoadError::CompileBound { what, message });
+        }
         let engine = &self.inner.engine;
         let compile = || compile::compile(engine, bytes, &self.inner.options.compile);
         let compiled = match &self.inner.cache {
@@ -295,10 +314,21 @@ impl Runtime {
                 what: what.clone(),
                 message,
             },
-            CompileError::Bound(message) => LoadError::CompileBound {
-                what: what.clone(),
-                message,
-            },
+            CompileError::Bound(message) => {
+                let mut failed = self
+                    .inner
+                    .over_bounds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if failed.len() >= MAX_REMEMBERED_FAILURES {
+                    failed.clear();
+                }
+                failed.insert(hash.clone(), message.clone());
+                LoadError::CompileBound {
+                    what: what.clone(),
+                    message,
+                }
+            }
         })?;
         let pre = self
             .inner
