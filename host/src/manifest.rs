@@ -135,7 +135,8 @@ pub struct ResourceLimits {
     /// preopened grants.
     pub descriptors: u32,
     /// `limits.write_bytes`: bytes written to files plus bytes files grew by
-    /// without being written (`set-size`, writing past the end).
+    /// without being written (`set-size`, writing past the end), plus 4 KiB
+    /// and the name (and a symlink's target) for every new directory entry.
     pub write_bytes: u64,
     /// `limits.dir_streams`: directory listings open at once; each holds its
     /// whole listing in host memory.

@@ -758,3 +758,99 @@ fn the_write_budget_is_one_per_run_across_files_and_grants() {
     let two = std::fs::metadata(other.join("two")).unwrap().len();
     assert!(two <= (1 << 20) - (600 << 10), "{two}");
 }
+
+/// Every call that makes a directory entry: a directory, a symlink, a hard
+/// link, a file created by `open-at` (plain and exclusive).
+const ENTRY_PATHS: [&str; 5] = ["mkdir", "symlink", "link", "create", "create-exclusive"];
+
+fn entry_request(how: &str, count: u64, write_bytes: u64, dirs: Vec<DirGrant>) -> RunRequest {
+    let mut request = fs_hog_request(how, "/data/made", count, dirs);
+    request.config.insert(
+        "source".into(),
+        ConfigValue::Text("/data/inside.txt".into()),
+    );
+    request.resources.write_bytes = write_bytes;
+    request
+}
+
+/// How many entries the run said it made before it was stopped.
+fn entries_made(result: &RunResult) -> u64 {
+    let error = result.error.as_deref().unwrap_or_default();
+    let held = error
+        .strip_prefix("held ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{result:#?}"));
+    held.parse().unwrap()
+}
+
+#[test]
+fn every_new_directory_entry_spends_the_write_budget() {
+    for how in ENTRY_PATHS {
+        let t = tree();
+        std::fs::create_dir(t.data.join("made")).unwrap();
+        let grant = grant(&t.data, "/data", DirMode::Rw);
+        let made = || std::fs::read_dir(t.data.join("made")).unwrap().count();
+
+        // No writing means no new entries either.
+        let result = fs_hog(entry_request(how, 100, 0, grant.clone()));
+        assert_eq!(result.status, RunStatus::Error, "{how}: {result:#?}");
+        let error = result.error.as_deref().unwrap();
+        assert!(error.starts_with("held 0 entries"), "{how}: {error}");
+        assert!(error.contains("quota"), "{how}: {error}");
+        assert_eq!(
+            result.output.matches("limits.write_bytes").count(),
+            1,
+            "{how}: {}",
+            result.output
+        );
+        assert_eq!(made(), 0, "{how}");
+
+        // A budget of 64 KiB makes at most 16 entries of 4 KiB each.
+        let result = fs_hog(entry_request(how, 100, 64 << 10, grant.clone()));
+        assert_eq!(result.status, RunStatus::Error, "{how}: {result:#?}");
+        let n = entries_made(&result);
+        assert!((10..16).contains(&n), "{how}: made {n}");
+        assert_eq!(made() as u64, n, "{how}");
+        assert!(result.output.contains("limits.write_bytes"), "{how}");
+
+        // The default budget lets them all through.
+        std::fs::remove_dir_all(t.data.join("made")).unwrap();
+        std::fs::create_dir(t.data.join("made")).unwrap();
+        let result = fs_hog(entry_request(how, 100, 1 << 30, grant));
+        assert_eq!(result.status, RunStatus::Success, "{how}: {result:#?}");
+        assert_eq!(made(), 100, "{how}");
+    }
+}
+
+#[test]
+fn a_symlink_spends_the_write_budget_for_its_target() {
+    let t = tree();
+    std::fs::create_dir(t.data.join("made")).unwrap();
+    let grant = grant(&t.data, "/data", DirMode::Rw);
+    let mut request = entry_request("symlink", 100, 64 << 10, grant);
+    request
+        .config
+        .insert("target_len".into(), ConfigValue::Integer(4000));
+    let result = fs_hog(request);
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    // About 8 KiB each: the entry and its target.
+    let n = entries_made(&result);
+    assert!((6..9).contains(&n), "made {n}");
+}
+
+#[test]
+fn opening_a_file_that_exists_makes_no_entry_and_costs_nothing() {
+    let t = tree();
+    std::fs::create_dir(t.data.join("made")).unwrap();
+    for i in 0..100 {
+        std::fs::write(t.data.join(format!("made/e{i}")), "").unwrap();
+    }
+    let grant = grant(&t.data, "/data", DirMode::Rw);
+    let result = fs_hog(entry_request("create", 100, 0, grant.clone()));
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    assert!(
+        !result.output.contains("limits.write_bytes"),
+        "{}",
+        result.output
+    );
+}

@@ -8,7 +8,8 @@
 //!   is);
 //! - counts what one run holds and writes: open descriptors
 //!   (`limits.descriptors`), open directory listings (`limits.dir_streams`),
-//!   bytes written through every write path (`limits.write_bytes`);
+//!   bytes written through every write path (`limits.write_bytes`), and
+//!   every new directory entry from the same budget (see [`entry_cost`]);
 //! - turns a full resource table (`limits.handles`, enforced by wasmtime's
 //!   `ResourceTable`) into an error the guest sees where the interface has
 //!   one.
@@ -207,6 +208,23 @@ impl WriteBudget {
         self.used.store(used + bytes, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Gives back what a call that then made nothing was charged.
+    fn refund(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What one new directory entry costs the disk before any byte is written
+/// to it: the inode a file, directory or symlink takes, or the block its
+/// directory grows by. Filesystems allocate both in 4 KiB units.
+const ENTRY_BYTES: u64 = 4096;
+
+/// What the budget is charged for a new entry named by `path` (the name
+/// stored in its directory, counted whole) whose content is `target` (a
+/// symlink's target; empty otherwise).
+fn entry_cost(path: &str, target: &str) -> u64 {
+    ENTRY_BYTES + path.len() as u64 + target.len() as u64
 }
 
 /// What writing `len` bytes at `offset` costs: the bytes, plus the hole
@@ -283,7 +301,8 @@ impl HostDescriptor for GuardedFs<'_> {
             return Err(self.guard.descriptors_exhausted());
         }
         let blocking = self.guard.blocking_current_thread;
-        let opened = match open_at(dir, path_flags, path, oflags, flags, blocking).await {
+        let budget = self.guard.budget.clone();
+        let opened = match open_at(dir, path_flags, path, oflags, flags, blocking, budget).await {
             Ok(opened) => opened,
             Err(Refused::Error(code)) => return Err(code.into()),
             Err(Refused::Special { path, kind }) => {
@@ -433,7 +452,9 @@ impl HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        self.fs.create_directory_at(fd, path).await
+        let cost = self.charge_entry(&fd, entry_cost(&path, ""))?;
+        let made = self.fs.create_directory_at(fd, path).await;
+        self.refund_unless_made(made, cost)
     }
 
     async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
@@ -468,9 +489,13 @@ impl HostDescriptor for GuardedFs<'_> {
         new_descriptor: Resource<Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        self.fs
+        // A hard link takes no inode, but an entry in its directory.
+        let cost = self.charge_entry(&new_descriptor, entry_cost(&new_path, ""))?;
+        let made = self
+            .fs
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
-            .await
+            .await;
+        self.refund_unless_made(made, cost)
     }
 
     async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
@@ -492,6 +517,8 @@ impl HostDescriptor for GuardedFs<'_> {
         new_fd: Resource<Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        // Not charged: a rename removes the entry it adds, and moves no
+        // inode, so the run holds no more entries than it was charged for.
         self.fs.rename_at(fd, old_path, new_fd, new_path).await
     }
 
@@ -501,7 +528,10 @@ impl HostDescriptor for GuardedFs<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
-        self.fs.symlink_at(fd, src_path, dest_path).await
+        // The target is stored with the link: `src_path` is its content.
+        let cost = self.charge_entry(&fd, entry_cost(&dest_path, &src_path))?;
+        let made = self.fs.symlink_at(fd, src_path, dest_path).await;
+        self.refund_unless_made(made, cost)
     }
 
     async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
@@ -549,6 +579,31 @@ impl HostDirectoryEntryStream for GuardedFs<'_> {
 }
 
 impl GuardedFs<'_> {
+    /// Charges the write budget `cost` for a new entry in the directory
+    /// `fd`, before it is made. Returns what was charged: nothing where
+    /// wasmtime-wasi will refuse the call itself (not a directory, a
+    /// read-only grant).
+    fn charge_entry(&mut self, fd: &Resource<Descriptor>, cost: u64) -> FsResult<u64> {
+        match self.fs.table.get(fd)? {
+            Descriptor::Dir(d) if !d.perms.write_not_permitted() => {
+                self.guard
+                    .budget
+                    .charge(cost)
+                    .map_err(|_| ErrorCode::Quota)?;
+                Ok(cost)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Gives back an entry's charge if the call failed: nothing was made.
+    fn refund_unless_made(&mut self, made: FsResult<()>, cost: u64) -> FsResult<()> {
+        if made.is_err() {
+            self.guard.budget.refund(cost);
+        }
+        made
+    }
+
     /// Replaces the stream wasmtime-wasi made with one that charges the
     /// run's write budget for every byte, whichever call writes it.
     fn budgeted(
@@ -671,7 +726,8 @@ impl From<rustix::io::Errno> for Refused {
 /// guest could wait for forever; with it, the open returns at once (or
 /// fails, `ENXIO`, for a FIFO opened to write or a socket), and checking the
 /// type of what was opened — not of what a path named a moment earlier —
-/// leaves nothing to race.
+/// leaves nothing to race. An open that creates a file spends the write
+/// budget's charge for a new entry first (given back if the open fails).
 async fn open_at(
     dir: Dir,
     path_flags: types::PathFlags,
@@ -679,6 +735,7 @@ async fn open_at(
     oflags: types::OpenFlags,
     flags: types::DescriptorFlags,
     blocking_current_thread: bool,
+    budget: Arc<WriteBudget>,
 ) -> Result<Descriptor, Refused> {
     use cap_primitives::fs::{FollowSymlinks, OpenOptions};
     use types::{DescriptorFlags, OpenFlags, PathFlags};
@@ -740,8 +797,29 @@ async fn open_at(
     }
     let start = dir.dir.clone();
     let want_dir = oflags.contains(OpenFlags::DIRECTORY);
+    let exclusive = oflags.contains(OpenFlags::EXCLUSIVE);
     let open = move || -> Result<Opened, Refused> {
-        let file = match cap_primitives::fs::open(&start, path.as_ref(), &opts) {
+        // Whether this open makes a new entry: an exclusive create always
+        // does; a plain one when nothing is there yet.
+        let charged = if create
+            && (exclusive
+                || matches!(
+                    cap_primitives::fs::stat(&start, path.as_ref(), follow),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound
+                )) {
+            let cost = entry_cost(&path, "");
+            budget
+                .charge(cost)
+                .map_err(|_| Refused::Error(ErrorCode::Quota))?;
+            cost
+        } else {
+            0
+        };
+        let opened = cap_primitives::fs::open(&start, path.as_ref(), &opts);
+        if opened.is_err() {
+            budget.refund(charged);
+        }
+        let file = match opened {
             Ok(file) => file,
             // What the kernel says when a socket or a FIFO without a reader
             // is opened without blocking.
