@@ -139,7 +139,7 @@ pub struct ResourceLimits {
     /// and the name (and a symlink's target) for every new directory entry.
     pub write_bytes: u64,
     /// `limits.dir_streams`: directory listings open at once; each holds its
-    /// whole listing in host memory.
+    /// whole listing in host memory, which counts against `limits.memory`.
     pub dir_streams: u32,
     /// `limits.handles`: host resources of any kind held at once
     /// (descriptors, streams, listings, pollables, errors).

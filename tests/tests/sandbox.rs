@@ -854,3 +854,80 @@ fn opening_a_file_that_exists_makes_no_entry_and_costs_nothing() {
         result.output
     );
 }
+
+/// A granted directory `/data/big` of `entries` empty files.
+fn big_directory(entries: usize) -> (Tree, Vec<DirGrant>) {
+    let t = tree();
+    let big = t.data.join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..entries {
+        std::fs::File::create(big.join(format!("f{i:05}"))).unwrap();
+    }
+    let grant = grant(&t.data, "/data", DirMode::Ro);
+    (t, grant)
+}
+
+fn listing_request(mode: &str, count: u64, memory: u64, dirs: Vec<DirGrant>) -> RunRequest {
+    let mut request = fs_hog_request(mode, "/data/big", count, dirs);
+    request.memory_bytes = memory;
+    request
+}
+
+#[test]
+fn what_directory_listings_hold_on_the_host_counts_against_limits_memory() {
+    // 40,000 entries: about 10 MB of host memory per listing.
+    let (_t, grant) = big_directory(40_000);
+
+    // Under 8 MiB the listing does not fit; under 32 MiB it does.
+    let result = fs_hog(listing_request("hold-listings", 1, 8 << 20, grant.clone()));
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    let error = result.error.as_deref().unwrap();
+    assert!(error.starts_with("held 0 listings"), "{error}");
+    assert!(error.contains("insufficient-memory"), "{error}");
+    assert!(result.output.contains("limits.memory"), "{}", result.output);
+    let result = fs_hog(listing_request("hold-listings", 1, 32 << 20, grant.clone()));
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+
+    // Listings held together share the budget, with the guest's own
+    // memory: under 48 MiB the fifth does not fit, well under
+    // limits.dir_streams.
+    let result = fs_hog(listing_request(
+        "hold-listings",
+        10,
+        48 << 20,
+        grant.clone(),
+    ));
+    assert_eq!(result.status, RunStatus::Error, "{result:#?}");
+    let error = result.error.as_deref().unwrap();
+    assert!(error.starts_with("held 4 listings"), "{error}");
+    assert!(error.contains("insufficient-memory"), "{error}");
+    assert_eq!(
+        result.output.matches("limits.memory").count(),
+        1,
+        "{}",
+        result.output
+    );
+
+    // A dropped listing gives its memory back: twenty, one at a time, fit
+    // where two at once do not.
+    let result = fs_hog(listing_request("relist", 20, 16 << 20, grant));
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+}
+
+#[test]
+fn linear_memory_cannot_grow_into_what_listings_hold() {
+    let (_t, grant) = big_directory(40_000);
+    let request = |listings: u64| {
+        let mut request = listing_request("hold-listings", listings, 32 << 20, grant.clone());
+        request
+            .config
+            .insert("alloc_mib".into(), ConfigValue::Integer(24));
+        request
+    };
+    // 24 MiB fit beside the guest under 32 MiB, but not beside a listing
+    // of about 10 MB as well.
+    let result = fs_hog(request(0));
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    let result = fs_hog(request(1));
+    assert_eq!(result.status, RunStatus::OutOfMemory, "{result:#?}");
+}

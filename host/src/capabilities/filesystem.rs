@@ -7,7 +7,9 @@
 //!   (`not-permitted`, and a line in the run's output saying what the file
 //!   is);
 //! - counts what one run holds and writes: open descriptors
-//!   (`limits.descriptors`), open directory listings (`limits.dir_streams`),
+//!   (`limits.descriptors`), open directory listings (`limits.dir_streams`)
+//!   and the host memory they hold (`limits.memory`, shared with the run's
+//!   linear memories; see [`listing_cost`]),
 //!   bytes written through every write path (`limits.write_bytes`), and
 //!   every new directory entry from the same budget (see [`entry_cost`]);
 //! - turns a full resource table (`limits.handles`, enforced by wasmtime's
@@ -21,7 +23,9 @@
 
 use super::output::{Level, Output};
 use crate::manifest::ResourceLimits;
+use crate::runtime::MemoryBudget;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -37,19 +41,27 @@ use wasmtime_wasi::p2::{
 use wasmtime_wasi::{FsPerms, OpenMode};
 
 /// What the filesystem of one run may hold and write.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FsLimits {
     pub resources: ResourceLimits,
     /// The most descriptors any run may hold, whatever its manifest says:
     /// the service's share of its own open-file limit. `None`: no ceiling.
     pub descriptor_ceiling: Option<u32>,
+    /// The run's `limits.memory`, which its directory listings share with
+    /// its linear memories.
+    pub memory: Arc<MemoryBudget>,
 }
 
 impl FsLimits {
-    pub fn new(resources: ResourceLimits, descriptor_ceiling: Option<u32>) -> Self {
+    pub fn new(
+        resources: ResourceLimits,
+        descriptor_ceiling: Option<u32>,
+        memory: Arc<MemoryBudget>,
+    ) -> Self {
         FsLimits {
             resources,
             descriptor_ceiling,
+            memory,
         }
     }
 }
@@ -65,11 +77,15 @@ pub struct FsGuard {
     /// upgradable.
     opened: Vec<Weak<std::fs::File>>,
     listings: u32,
+    /// What each open listing holds of `memory`, by its handle.
+    listing_bytes: HashMap<u32, usize>,
+    memory: Arc<MemoryBudget>,
     budget: Arc<WriteBudget>,
     output: Output,
     blocking_current_thread: bool,
     warned_descriptors: bool,
     warned_listings: bool,
+    warned_memory: bool,
     warned_handles: bool,
 }
 
@@ -84,6 +100,8 @@ impl FsGuard {
             descriptors_by_service,
             opened: Vec::new(),
             listings: 0,
+            listing_bytes: HashMap::new(),
+            memory: limits.memory,
             budget: Arc::new(WriteBudget {
                 cap: resources.write_bytes,
                 used: AtomicU64::new(0),
@@ -94,6 +112,7 @@ impl FsGuard {
             blocking_current_thread,
             warned_descriptors: false,
             warned_listings: false,
+            warned_memory: false,
             warned_handles: false,
         }
     }
@@ -138,6 +157,20 @@ impl FsGuard {
             );
         }
         ErrorCode::Quota.into()
+    }
+
+    fn listing_memory_exhausted(&mut self, entries: u64, bytes: usize) -> FsError {
+        if !std::mem::replace(&mut self.warned_memory, true) {
+            self.output.log(
+                Level::Warn,
+                &format!(
+                    "limits.memory: a listing of {entries} entries would hold about {bytes} bytes of host memory, and the run already uses {} of its {} bytes; listing fails with `insufficient-memory`",
+                    self.memory.used(),
+                    self.memory.max()
+                ),
+            );
+        }
+        ErrorCode::InsufficientMemory.into()
     }
 
     /// A push into a full resource table is a trap in wasmtime-wasi; here
@@ -225,6 +258,32 @@ const ENTRY_BYTES: u64 = 4096;
 /// symlink's target; empty otherwise).
 fn entry_cost(path: &str, target: &str) -> u64 {
     ENTRY_BYTES + path.len() as u64 + target.len() as u64
+}
+
+/// What one entry of a listing costs the host besides its name: the entry
+/// and its `Result` in wasmtime-wasi's vector (which may be twice as long as
+/// it holds while it grows), the name's allocation, the allocator's
+/// overhead.
+const LISTING_ENTRY_BYTES: usize = 256;
+
+/// How many entries a listing of `dir` will have and about how many bytes
+/// of host memory wasmtime-wasi's listing will hold for them. Reads the
+/// directory through a fixed buffer, holding no entry.
+fn listing_cost(dir: &std::fs::File) -> std::io::Result<(u64, usize)> {
+    let mut entries = 0u64;
+    let mut bytes = 0usize;
+    // Its own open file description, so the guest's descriptor keeps its
+    // offset.
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        entries += 1;
+        bytes = bytes.saturating_add(LISTING_ENTRY_BYTES + name.len());
+    }
+    Ok((entries, bytes))
 }
 
 /// What writing `len` bytes at `offset` costs: the bytes, plus the hole
@@ -334,12 +393,35 @@ impl HostDescriptor for GuardedFs<'_> {
         if self.guard.listings >= self.guard.limits.dir_streams {
             return Err(self.guard.listings_exhausted());
         }
+        // wasmtime-wasi reads the whole directory into host memory at once:
+        // what that will hold is counted first, without holding it, and
+        // taken from the run's memory budget until the listing is dropped.
+        let (entries, bytes) = match self.fs.table.get(&fd)? {
+            Descriptor::Dir(d) => {
+                let dir = d.dir.clone();
+                let count = move || listing_cost(&dir);
+                if self.guard.blocking_current_thread {
+                    count()?
+                } else {
+                    wasmtime_wasi::runtime::spawn_blocking(count).await?
+                }
+            }
+            // wasmtime-wasi refuses it.
+            Descriptor::File(_) => (0, 0),
+        };
+        if !self.guard.memory.take(bytes) {
+            return Err(self.guard.listing_memory_exhausted(entries, bytes));
+        }
         match self.fs.read_directory(fd).await {
             Ok(stream) => {
                 self.guard.listings += 1;
+                self.guard.listing_bytes.insert(stream.rep(), bytes);
                 Ok(stream)
             }
-            Err(e) => Err(self.guard.fs_error(e)),
+            Err(e) => {
+                self.guard.memory.give_back(bytes);
+                Err(self.guard.fs_error(e))
+            }
         }
     }
 
@@ -572,8 +654,12 @@ impl HostDirectoryEntryStream for GuardedFs<'_> {
     }
 
     fn drop(&mut self, stream: Resource<ReaddirIterator>) -> wasmtime::Result<()> {
+        let rep = stream.rep();
         HostDirectoryEntryStream::drop(&mut self.fs, stream)?;
         self.guard.listings = self.guard.listings.saturating_sub(1);
+        if let Some(bytes) = self.guard.listing_bytes.remove(&rep) {
+            self.guard.memory.give_back(bytes);
+        }
         Ok(())
     }
 }

@@ -1,18 +1,61 @@
 //! Per-run limits and how a run that hit one is classified.
 
 use crate::model::RunStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::component::ResourceTableError;
 use wasmtime::{ResourceLimiter, Trap};
 
+/// A run's `limits.memory`: the host memory the run may make the host hold.
+/// Its linear memories and tables take from it (through [`MemoryLimiter`]),
+/// and so do the directory listings the host holds for it
+/// (`capabilities/filesystem.rs`); whichever asks last past the cap is
+/// refused.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(max_bytes: u64) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            max: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes `bytes` from the budget, or nothing if they do not fit.
+    pub fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    /// Gives back bytes taken earlier.
+    pub fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
 /// Caps the run's memory: every linear memory and table of every instance
 /// in the store counts against one budget (a component can hold several
-/// core memories; each must not get the whole cap). Remembers whether the
-/// guest asked for more so that the resulting trap is reported as
-/// `out_of_memory`.
+/// core memories; each must not get the whole cap), which it shares with
+/// what the host holds for the run (see [`MemoryBudget`]). Remembers
+/// whether the guest asked for more so that the resulting trap is reported
+/// as `out_of_memory`.
 pub struct MemoryLimiter {
-    max_bytes: usize,
-    /// Bytes of memories and tables granted so far.
-    used: usize,
+    budget: Arc<MemoryBudget>,
     /// The last grant, taken back if the engine then fails to grow.
     last_grant: usize,
     denied: bool,
@@ -32,10 +75,9 @@ const MAX_MEMORIES: usize = 16;
 const MAX_TABLES: usize = 256;
 
 impl MemoryLimiter {
-    pub fn new(max_bytes: u64) -> Self {
+    pub fn new(budget: Arc<MemoryBudget>) -> Self {
         MemoryLimiter {
-            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            used: 0,
+            budget,
             last_grant: 0,
             denied: false,
         }
@@ -47,21 +89,17 @@ impl MemoryLimiter {
 
     fn grow(&mut self, current: usize, desired: usize) -> bool {
         let more = desired.saturating_sub(current);
-        match self.used.checked_add(more) {
-            Some(total) if total <= self.max_bytes => {
-                self.used = total;
-                self.last_grant = more;
-                true
-            }
-            _ => {
-                self.denied = true;
-                false
-            }
+        if self.budget.take(more) {
+            self.last_grant = more;
+            true
+        } else {
+            self.denied = true;
+            false
         }
     }
 
     fn grow_failed(&mut self) {
-        self.used -= std::mem::take(&mut self.last_grant);
+        self.budget.give_back(std::mem::take(&mut self.last_grant));
     }
 }
 
@@ -188,7 +226,7 @@ mod tests {
 
     #[test]
     fn memory_above_the_cap_is_refused_and_remembered() {
-        let mut limiter = MemoryLimiter::new(1 << 20);
+        let mut limiter = MemoryLimiter::new(MemoryBudget::new(1 << 20));
         assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
         assert!(!limiter.denied());
         assert!(!limiter.memory_growing(1 << 20, 2 << 20, None).unwrap());
@@ -197,14 +235,14 @@ mod tests {
 
     #[test]
     fn every_memory_and_table_shares_one_budget() {
-        let mut limiter = MemoryLimiter::new(10 << 20);
+        let mut limiter = MemoryLimiter::new(MemoryBudget::new(10 << 20));
         // Two memories of 4 MiB fit; a third memory's 4 MiB does not.
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(!limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(limiter.denied());
         // Tables count by their elements' size.
-        let mut limiter = MemoryLimiter::new(8 << 20);
+        let mut limiter = MemoryLimiter::new(MemoryBudget::new(8 << 20));
         assert!(limiter.memory_growing(0, 7 << 20, None).unwrap());
         assert!(
             !limiter
@@ -216,13 +254,30 @@ mod tests {
 
     #[test]
     fn a_grant_the_engine_could_not_use_is_taken_back() {
-        let mut limiter = MemoryLimiter::new(4 << 20);
+        let mut limiter = MemoryLimiter::new(MemoryBudget::new(4 << 20));
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         limiter
             .memory_grow_failed(wasmtime::Error::msg("no room"))
             .unwrap();
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(!limiter.denied());
+    }
+
+    #[test]
+    fn what_the_host_holds_for_the_run_shares_the_budget() {
+        let budget = MemoryBudget::new(8 << 20);
+        let mut limiter = MemoryLimiter::new(budget.clone());
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        // A listing held on the host takes 3 MiB: the memory cannot grow by
+        // 2 MiB more, and a second listing of 3 MiB does not fit either.
+        assert!(budget.take(3 << 20));
+        assert!(!budget.take(3 << 20));
+        assert!(!limiter.memory_growing(4 << 20, 6 << 20, None).unwrap());
+        assert!(limiter.denied());
+        // Once the listing is gone the memory may grow.
+        budget.give_back(3 << 20);
+        assert!(limiter.memory_growing(4 << 20, 6 << 20, None).unwrap());
+        assert_eq!(budget.used(), 6 << 20);
     }
 
     #[test]

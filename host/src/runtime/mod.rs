@@ -20,6 +20,7 @@ use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
 use bindings::housekeeper::task::types;
 use chrono::{DateTime, Utc};
 use compile::{CompileError, CompileLimits};
+pub use limits::MemoryBudget;
 use limits::{DeadlineExceeded, MemoryLimiter};
 use sha2::{Digest, Sha256};
 use std::io::Read as _;
@@ -390,11 +391,12 @@ impl Runtime {
             output.clone(),
             SqlLimits::default(),
         );
-        let fs_limits = FsLimits::new(ResourceLimits::default(), None);
+        let memory = MemoryBudget::new(64 << 20);
+        let fs_limits = FsLimits::new(ResourceLimits::default(), None, memory.clone());
         let capabilities =
             RunCapabilities::new(&[], true, false, ConfigMap::new(), &output, sql, fs_limits)
                 .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
-        let mut store = self.store(capabilities, 64 << 20, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
+        let mut store = self.store(capabilities, memory, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
         let call = async {
             let task = component.pre.instantiate_async(&mut store).await?;
             task.call_describe(&mut store).await
@@ -456,6 +458,9 @@ impl Runtime {
             output.clone(),
             self.inner.options.sql.clone(),
         );
+        // One budget for the run's memories and tables and for what the
+        // host holds for it (directory listings).
+        let memory = MemoryBudget::new(request.memory_bytes);
         let outcome = match RunCapabilities::new(
             &request.dirs,
             request.dry_run,
@@ -463,10 +468,17 @@ impl Runtime {
             request.config.clone(),
             &output,
             sql,
-            FsLimits::new(request.resources, self.inner.options.descriptors_per_run),
+            FsLimits::new(
+                request.resources,
+                self.inner.options.descriptors_per_run,
+                memory.clone(),
+            ),
         ) {
             Err(e) => Err((RunStatus::Error, format!("{e:#}"), 0)),
-            Ok(capabilities) => self.call_run(component, &request, capabilities).await,
+            Ok(capabilities) => {
+                self.call_run(component, &request, capabilities, memory)
+                    .await
+            }
         };
         match outcome {
             Ok((Ok(returned), fuel)) => {
@@ -506,6 +518,7 @@ impl Runtime {
         component: &TaskComponent,
         request: &RunRequest,
         capabilities: RunCapabilities,
+        memory: Arc<MemoryBudget>,
     ) -> Result<(Result<types::RunReport, types::TaskError>, u64), (RunStatus, String, u64)> {
         if request.memory_bytes > MAX_MEMORY_BYTES {
             return Err((
@@ -517,12 +530,7 @@ impl Runtime {
                 0,
             ));
         }
-        let mut store = self.store(
-            capabilities,
-            request.memory_bytes,
-            request.fuel,
-            request.timeout,
-        );
+        let mut store = self.store(capabilities, memory, request.fuel, request.timeout);
         let ctx = types::RunContext {
             run_id: request.run_id.clone(),
             dry_run: request.dry_run,
@@ -565,7 +573,7 @@ impl Runtime {
     fn store(
         &self,
         capabilities: RunCapabilities,
-        memory_bytes: u64,
+        memory: Arc<MemoryBudget>,
         fuel: u64,
         timeout: Duration,
     ) -> Store<StoreData> {
@@ -573,7 +581,7 @@ impl Runtime {
             &self.inner.engine,
             StoreData {
                 capabilities,
-                limiter: MemoryLimiter::new(memory_bytes),
+                limiter: MemoryLimiter::new(memory),
             },
         );
         store.limiter(|data| &mut data.limiter);
