@@ -22,12 +22,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_LOAD_ERROR);
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             _ => housekeeper::cli::execute(cli).await,
         }
-    })
+    });
+    // Work that cannot be interrupted (a compile still under way when
+    // shutdown dropped it) must not hold the exit; its worker process dies
+    // with this one.
+    runtime.shutdown_background();
+    code
 }
 
 async fn serve(args: housekeeper::config::ServeArgs) -> ExitCode {

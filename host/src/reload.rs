@@ -106,6 +106,9 @@ pub struct Reloader {
     metrics: Metrics,
     /// One rescan at a time.
     busy: tokio::sync::Mutex<()>,
+    /// Set once the first load has registered the tasks and started the
+    /// scheduler (`/ready` says 503 until then).
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Reloader {
@@ -125,7 +128,30 @@ impl Reloader {
             load_errors,
             metrics,
             busy: tokio::sync::Mutex::new(()),
+            loaded: Default::default(),
         }
+    }
+
+    /// The first load at start: compiles and describes every task,
+    /// registers those that load and starts the scheduler. `serve` answers
+    /// HTTP meanwhile (a slow compile never keeps `/health` down); `/ready`
+    /// says 503 and rescans wait until it is done.
+    pub async fn load_and_start(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.busy.lock().await;
+        let (defs, errors) = loader::load_tasks(&self.runtime, &self.dir, &self.guests).await?;
+        loader::log_changes(&BTreeMap::new(), &errors);
+        tracing::info!(tasks = defs.len(), failed = errors.len(), dir = %self.dir.display(), "tasks loaded");
+        *self.load_errors.write().unwrap_or_else(|p| p.into_inner()) = errors;
+        self.scheduler.register(defs).await?;
+        self.scheduler.start().await?;
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the first load is done.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub async fn reload(&self, cause: RescanCause) -> anyhow::Result<ReloadSummary> {

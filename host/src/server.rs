@@ -4,7 +4,7 @@
 use crate::api::{self, AppState};
 use crate::capabilities::filesystem;
 use crate::config::ServeArgs;
-use crate::loader::{self, LoadErrors};
+use crate::loader::LoadErrors;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, RescanCause};
 use crate::runtime::{Runtime, RuntimeOptions};
@@ -58,10 +58,13 @@ pub async fn run(
         compile: args.compile.limits()?,
         ..RuntimeOptions::default()
     })?;
-    let (defs, load_errors) =
-        loader::load_tasks(&runtime, &args.tasks_dir, guests.handle()).await?;
-    loader::log_changes(&Default::default(), &load_errors);
-    tracing::info!(tasks = defs.len(), failed = load_errors.len(), dir = %args.tasks_dir.display(), "tasks loaded");
+    // A tasks directory that cannot be read stops the start, naming it.
+    std::fs::read_dir(&args.tasks_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "HOUSEKEEPER_TASKS_DIR={}: cannot read it: {e}",
+            args.tasks_dir.display()
+        )
+    })?;
 
     let metrics = Metrics::default();
     let runtime_for_reload = runtime.clone();
@@ -78,10 +81,7 @@ pub async fn run(
             ..SchedulerConfig::default()
         },
     );
-    scheduler.register(defs).await?;
-    scheduler.start().await?;
-
-    let load_errors: LoadErrors = Arc::new(std::sync::RwLock::new(load_errors));
+    let load_errors: LoadErrors = Default::default();
     let reloader = Arc::new(Reloader::new(
         runtime_for_reload,
         guests.handle().clone(),
@@ -91,9 +91,22 @@ pub async fn run(
         metrics.clone(),
     ));
     let stop_watching = tokio_util::sync::CancellationToken::new();
-    if let Err(e) = reloader.clone().watch(stop_watching.clone()) {
-        tracing::error!(error = %format!("{e:#}"), "cannot watch the tasks directory; use SIGHUP or POST /api/housekeeper/reload");
-    }
+    // Loading runs beside the HTTP server: compiling (bounded by
+    // HOUSEKEEPER_COMPILE_TIMEOUT) never keeps /health from answering.
+    let startup = {
+        let reloader = reloader.clone();
+        let stop = stop_watching.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reloader.load_and_start().await {
+                tracing::error!(error = %format!("{e:#}"), "loading the tasks directory failed");
+                return;
+            }
+            if let Err(e) = reloader.watch(stop) {
+                tracing::error!(error = %format!("{e:#}"), "cannot watch the tasks directory; use SIGHUP or POST /api/housekeeper/reload");
+            }
+        })
+    };
+    let stop_loading = startup.abort_handle();
     {
         let reloader = reloader.clone();
         let stop = stop_watching.clone();
@@ -133,6 +146,9 @@ pub async fn run(
     let grace = args.shutdown_grace;
     let drain = async move {
         shutdown.await;
+        // A first load still under way is dropped; the scheduler is not
+        // started after this point.
+        stop_loading.abort();
         stop_watching.cancel();
         tracing::info!(
             ?grace,

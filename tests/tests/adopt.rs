@@ -1125,10 +1125,10 @@ impl Service {
                     std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
                 );
             }
-            if http(port, "GET", "/health").is_some() {
+            if http(port, "GET", "/ready").is_some_and(|(status, _)| status == 200) {
                 return (service, port);
             }
-            assert!(Instant::now() < deadline, "serve did not answer /health");
+            assert!(Instant::now() < deadline, "serve did not become ready");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }

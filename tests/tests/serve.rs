@@ -69,7 +69,8 @@ impl Service {
         std::fs::read_to_string(self._tmp.path().join("serve.log")).unwrap_or_default()
     }
 
-    /// Starts the service and waits until `/health` answers.
+    /// Starts the service and waits until `/ready` says it is (store open,
+    /// tasks loaded).
     fn start(&self, extra_env: &[(&str, &str)]) -> (Running, u16) {
         let port = free_port();
         let mut cmd = self.command(port);
@@ -77,11 +78,11 @@ impl Service {
             cmd.env(k, v);
         }
         let mut child = Running(cmd.spawn().unwrap());
-        wait_for("the service to answer /health", || {
+        wait_for("the service to be ready", || {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("serve exited early with {status}: {}", self.log());
             }
-            get(port, "/health").is_some()
+            get(port, "/ready").is_some_and(|(status, _)| status == 200)
         });
         (child, port)
     }
@@ -883,8 +884,8 @@ async fn a_run_hoarding_files_leaves_the_service_its_own() {
         });
     }
     let mut child = Running(cmd.spawn().unwrap());
-    wait_for("the service to answer /health", || {
-        get(port, "/health").is_some()
+    wait_for("the service to be ready", || {
+        get(port, "/ready").is_some_and(|(status, _)| status == 200)
     });
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files = limits
@@ -935,4 +936,50 @@ async fn a_run_hoarding_files_leaves_the_service_its_own() {
     .await;
     signal(&child, "-TERM");
     assert!(until_exit(&mut child).success(), "{}", s.log());
+}
+
+#[tokio::test]
+async fn a_slow_first_compile_keeps_health_up_and_stops_with_the_service() {
+    let s = Service::new();
+    s.task("canary", "noop", "");
+    // Compiled at start (nothing cached yet), under bounds generous enough
+    // that it is still compiling when the test is done.
+    std::fs::write(
+        s.tasks.join("bomb.wasm"),
+        housekeeper_tests::compile_bomb(1_000_000),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Running(
+        s.command(port)
+            .env("HOUSEKEEPER_COMPILE_TIMEOUT", "1h")
+            .env("HOUSEKEEPER_COMPILE_MEMORY", "16GiB")
+            .spawn()
+            .unwrap(),
+    );
+    // Health answers while the first load is under way; readiness says why
+    // the service is not ready yet.
+    wait_for("/health", || {
+        get(port, "/health").is_some_and(|(status, _)| status == 200)
+    });
+    let (status, body) = get(port, "/ready").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("loading the tasks directory"), "{body}");
+    // Shutting down drops the load; the compile worker goes with the service.
+    let worker = || {
+        let out = Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    wait_for("the compile worker", || !worker().is_empty());
+    let worker_pid = worker();
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+    wait_for("the compile worker to end", || {
+        !std::path::Path::new(&format!("/proc/{worker_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{worker_pid}/stat"))
+                .is_ok_and(|stat| stat.contains(") Z "))
+    });
 }

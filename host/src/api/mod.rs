@@ -196,9 +196,20 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
-/// Readiness: 503 when the store is unreachable.
+/// Readiness: 503 while the tasks directory is first being loaded, and when
+/// the store is unreachable.
 #[utoipa::path(get, path = "/ready", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
+    if state.reloader.as_ref().is_some_and(|r| !r.loaded()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Ready {
+                status: "not ready".into(),
+                database: Some(state.store.backend_name().into()),
+                error: Some("loading the tasks directory".into()),
+            }),
+        );
+    }
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,

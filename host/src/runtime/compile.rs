@@ -127,6 +127,8 @@ fn compile_in_child(isolated: &Isolated, bytes: &[u8]) -> Result<Vec<u8>, Compil
             };
             setrlimit(Resource::Data, limit(memory))?;
             setrlimit(Resource::Core, limit(0))?;
+            // The worker never outlives the process that waits for it.
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             Ok(())
         });
     }
