@@ -8,14 +8,27 @@ use crate::catalog::Catalog;
 use crate::model::TaskInfo;
 use crate::runtime::{Runtime, TaskComponent};
 use crate::scheduler::TaskDef;
-use futures_util::StreamExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::runtime::Handle;
 
 /// Load errors by task (or file) name, shared with the API.
 pub type LoadErrors = Arc<RwLock<BTreeMap<String, String>>>;
+
+/// A component's compiled code and what its `describe()` said.
+pub type Loaded = Result<(TaskComponent, TaskInfo), String>;
+
+/// Components still compiling when a rescan stopped waiting for them.
+#[derive(Default)]
+pub struct Pending {
+    /// The tasks that use them.
+    pub names: BTreeSet<String>,
+    /// Their files.
+    pub paths: BTreeSet<PathBuf>,
+    /// Their loads, still running.
+    pub loads: Vec<tokio::task::JoinHandle<Loaded>>,
+}
 
 /// Compiles and describes every task in `dir`, calling `describe()` on
 /// `guests`. Failures are returned by task (or file) name; the caller
@@ -25,6 +38,21 @@ pub async fn load_tasks(
     dir: &Path,
     guests: &Handle,
 ) -> anyhow::Result<(Vec<TaskDef>, BTreeMap<String, String>)> {
+    let (defs, errors, _) = load_tasks_within(runtime, dir, guests, None, &BTreeSet::new()).await?;
+    Ok((defs, errors))
+}
+
+/// Like [`load_tasks`], but stops waiting for components after `settle`:
+/// those still compiling (and those in `skip`, already compiling for an
+/// earlier rescan) are returned as [`Pending`], so that one slow compile
+/// delays only its own tasks.
+pub async fn load_tasks_within(
+    runtime: &Runtime,
+    dir: &Path,
+    guests: &Handle,
+    settle: Option<std::time::Duration>,
+    skip: &BTreeSet<PathBuf>,
+) -> anyhow::Result<(Vec<TaskDef>, BTreeMap<String, String>, Pending)> {
     let catalog = Catalog::scan(dir).map_err(|e| {
         anyhow::anyhow!(
             "HOUSEKEEPER_TASKS_DIR={}: cannot read it: {e}",
@@ -43,35 +71,66 @@ pub async fn load_tasks(
     // Each distinct component is compiled and described once, several at a
     // time: a component that is slow to compile (up to the compile bounds)
     // does not hold up the others' compiling.
-    let paths: std::collections::BTreeSet<PathBuf> = catalog
+    let paths: BTreeSet<PathBuf> = catalog
         .tasks
         .values()
         .map(|e| e.component_path.clone())
+        .filter(|p| !skip.contains(p))
         .collect();
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let loaded: BTreeMap<PathBuf, Result<(TaskComponent, TaskInfo), String>> =
-        futures_util::stream::iter(paths)
-            .map(|path| async move {
-                let result = load_component(runtime, &path, guests).await;
-                (path, result)
-            })
-            .buffer_unordered(parallel)
-            .collect()
-            .await;
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
+    let mut loads: Vec<(PathBuf, tokio::task::JoinHandle<Loaded>)> = paths
+        .into_iter()
+        .map(|path| {
+            let (runtime, guests, slots) = (runtime.clone(), guests.clone(), slots.clone());
+            let file = path.clone();
+            let load = tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                load_component(&runtime, &file, &guests).await
+            });
+            (path, load)
+        })
+        .collect();
+    let deadline = settle.map(|d| tokio::time::Instant::now() + d);
+    let mut loaded: BTreeMap<PathBuf, Loaded> = BTreeMap::new();
+    let mut pending = Pending {
+        paths: skip.clone(),
+        ..Pending::default()
+    };
+    for (path, mut load) in loads.drain(..) {
+        let finished = match deadline {
+            None => Some((&mut load).await),
+            Some(at) => tokio::time::timeout_at(at, &mut load).await.ok(),
+        };
+        match finished {
+            Some(result) => {
+                let result = result.unwrap_or_else(|e| Err(format!("loading failed: {e}")));
+                loaded.insert(path, result);
+            }
+            None => {
+                pending.paths.insert(path);
+                pending.loads.push(load);
+            }
+        }
+    }
     let mut defs = Vec::new();
     for (name, entry) in catalog.tasks {
-        match &loaded[&entry.component_path] {
-            Ok((component, info)) => defs.push(TaskDef {
+        match loaded.get(&entry.component_path) {
+            Some(Ok((component, info))) => defs.push(TaskDef {
                 manifest: entry.manifest,
                 component: component.clone(),
                 info: info.clone(),
             }),
-            Err(e) => {
+            Some(Err(e)) => {
                 errors.insert(name, e.clone());
+            }
+            None => {
+                pending.names.insert(name);
             }
         }
     }
-    Ok((defs, errors))
+    Ok((defs, errors, pending))
 }
 
 async fn load_component(

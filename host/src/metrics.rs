@@ -77,7 +77,7 @@ impl Default for Metrics {
         let rescans = Family::<CauseLabel, Counter>::default();
         registry.register(
             "task_rescans",
-            "Rescans of the tasks directory by cause (startup, file, overflow, signal, api)",
+            "Rescans of the tasks directory by cause (startup, file, overflow, signal, api, compiled)",
             rescans.clone(),
         );
         Metrics {

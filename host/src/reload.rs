@@ -43,6 +43,9 @@ pub enum RescanCause {
     Signal,
     /// `POST /api/housekeeper/reload`.
     Api,
+    /// Components that were still compiling when an earlier rescan stopped
+    /// waiting for them are done.
+    Compiled,
 }
 
 impl RescanCause {
@@ -53,6 +56,7 @@ impl RescanCause {
             RescanCause::Overflow => "overflow",
             RescanCause::Signal => "signal",
             RescanCause::Api => "api",
+            RescanCause::Compiled => "compiled",
         }
     }
 }
@@ -109,7 +113,15 @@ pub struct Reloader {
     /// Set once the first load has registered the tasks and started the
     /// scheduler (`/ready` says 503 until then).
     loaded: std::sync::atomic::AtomicBool,
+    /// Component files still compiling for an earlier rescan: not loaded
+    /// again until they are done.
+    compiling: std::sync::Mutex<BTreeSet<PathBuf>>,
 }
+
+/// How long a rescan waits for components to compile. One still compiling
+/// after this is applied by a rescan of its own when it is done, so it
+/// delays only its own tasks.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 impl Reloader {
     pub fn new(
@@ -129,6 +141,7 @@ impl Reloader {
             metrics,
             busy: tokio::sync::Mutex::new(()),
             loaded: Default::default(),
+            compiling: Default::default(),
         }
     }
 
@@ -149,23 +162,67 @@ impl Reloader {
         Ok(())
     }
 
+    /// Waits for the loads a rescan stopped waiting for, then rescans once
+    /// more to apply them (the compiled code is held meanwhile, so that
+    /// rescan finds it without compiling again).
+    fn finish_later(self: &Arc<Self>, pending: loader::Pending, skip: &BTreeSet<PathBuf>) {
+        if pending.loads.is_empty() {
+            return;
+        }
+        let paths: BTreeSet<PathBuf> = pending.paths.difference(skip).cloned().collect();
+        tracing::info!(tasks = ?pending.names, "still compiling; applied when done");
+        self.compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(paths.iter().cloned());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for load in pending.loads {
+                held.push(load.await);
+            }
+            this.compiling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|p| !paths.contains(p));
+            let rescan: std::pin::Pin<
+                Box<dyn std::future::Future<Output = anyhow::Result<ReloadSummary>> + Send>,
+            > = Box::pin(this.reload(RescanCause::Compiled));
+            if let Err(e) = rescan.await {
+                tracing::error!(error = %format!("{e:#}"), "reload failed");
+            }
+            drop(held);
+        });
+    }
+
     /// Whether the first load is done.
     pub fn loaded(&self) -> bool {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub async fn reload(&self, cause: RescanCause) -> anyhow::Result<ReloadSummary> {
+    pub async fn reload(self: &Arc<Self>, cause: RescanCause) -> anyhow::Result<ReloadSummary> {
         let _one_at_a_time = self.busy.lock().await;
         self.metrics.rescanned(cause.as_str());
         tracing::debug!(cause = cause.as_str(), "rescanning the tasks directory");
-        let (defs, errors) = loader::load_tasks(&self.runtime, &self.dir, &self.guests).await?;
+        let skip = self
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (defs, errors, pending) =
+            loader::load_tasks_within(&self.runtime, &self.dir, &self.guests, Some(SETTLE), &skip)
+                .await?;
         let registered: BTreeSet<String> =
             self.scheduler.tasks().into_iter().map(|t| t.name).collect();
+        // A task whose file failed, or is still compiling, keeps the
+        // version it has.
         let keep: BTreeSet<String> = errors
             .keys()
+            .chain(&pending.names)
             .filter(|n| registered.contains(*n))
             .cloned()
             .collect();
+        self.finish_later(pending, &skip);
         let (added, replaced, removed) = self.scheduler.apply(defs, &keep).await?;
         let before = std::mem::replace(
             &mut *self.load_errors.write().unwrap_or_else(|p| p.into_inner()),

@@ -983,3 +983,43 @@ async fn a_slow_first_compile_keeps_health_up_and_stops_with_the_service() {
                 .is_ok_and(|stat| stat.contains(") Z "))
     });
 }
+
+#[tokio::test]
+async fn a_slow_compile_on_reload_delays_only_its_own_task() {
+    let s = Service::new();
+    s.task("canary", "noop", "schedule = \"* * * * * *\"\n");
+    let (mut child, port) = s.start(&[
+        ("HOUSEKEEPER_COMPILE_TIMEOUT", "1h"),
+        ("HOUSEKEEPER_COMPILE_MEMORY", "16GiB"),
+    ]);
+    let workers = || {
+        let out = Command::new("pgrep")
+            .args(["-P", &child.id().to_string(), "-f", "__compile"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    drop_file(
+        &s.tasks,
+        "bomb.wasm",
+        &housekeeper_tests::compile_bomb(1_000_000),
+    );
+    wait_for("the bomb's compile to start", || workers() == 1);
+    // Dropped while the bomb compiles: it is loaded and scheduled anyway.
+    drop_file(&s.tasks, "late.toml", b"schedule = \"* * * * * *\"\n");
+    drop_file(
+        &s.tasks,
+        "late.wasm",
+        &std::fs::read(fixture_path("noop")).unwrap(),
+    );
+    wait_for("the late task", || !api_task(port, "late").is_null());
+    wait_for_runs(&s, "late", "a run of the late task", |r| {
+        r.iter().any(|r| r.status == "success")
+    })
+    .await;
+    // The bomb is still compiling, once: later rescans did not start it again.
+    assert_eq!(workers(), 1, "{}", s.log());
+    assert!(api_task(port, "bomb").is_null());
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "{}", s.log());
+}
