@@ -931,3 +931,30 @@ fn linear_memory_cannot_grow_into_what_listings_hold() {
     let result = fs_hog(request(1));
     assert_eq!(result.status, RunStatus::OutOfMemory, "{result:#?}");
 }
+
+#[tokio::test]
+async fn a_grant_of_a_kernel_filesystem_is_refused_before_the_task_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let link = tmp.path().join("proc-link");
+    std::os::unix::fs::symlink("/proc", &link).unwrap();
+    for host in [
+        Path::new("/proc"),
+        Path::new("/"),
+        Path::new("/sys"),
+        link.as_path(),
+    ] {
+        let result = hostile(request(
+            "read",
+            "/g/self/environ",
+            grant(host, "/g", DirMode::Ro),
+        ))
+        .await;
+        assert_eq!(result.status, RunStatus::Error, "{host:?}: {result:#?}");
+        let error = result.error.unwrap();
+        assert!(
+            error.contains("where the kernel exposes the host"),
+            "{error}"
+        );
+        assert!(!result.output.contains("DATABASE_URL"));
+    }
+}

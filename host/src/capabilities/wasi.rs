@@ -10,6 +10,100 @@ use anyhow::Context as _;
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView};
 
+/// Filesystems through which the kernel exposes the host itself (its
+/// processes' memory and environment, devices, kernel settings). No grant
+/// may be one of them, lie inside one, or contain one: a grant of `/` would
+/// reach `/proc` below it.
+const KERNEL_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "cgroup",
+    "cgroup2",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "mqueue",
+    "pstore",
+    "efivarfs",
+    "binfmt_misc",
+    "hugetlbfs",
+    "nsfs",
+];
+
+/// Refuses `host` when it is, lies in or contains a mount of a
+/// [`KERNEL_FILESYSTEMS`] filesystem, however the path is spelled
+/// (symlinks, `..`, bind mounts: the check is on the canonical path against
+/// this process's mount table).
+pub fn refuse_kernel_filesystems(host: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(real) = std::fs::canonicalize(host) else {
+        // Not there: opening it fails with its own error.
+        return Ok(());
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo to check the granted directories")?;
+    if let Some((point, fstype)) = kernel_mount_touching(&real, &mounts) {
+        anyhow::bail!(
+            "granted directory {} (really {}) {} {} ({fstype}), where the kernel exposes the host itself; grant a directory that holds only the task's files",
+            host.display(),
+            real.display(),
+            if real.starts_with(&point) {
+                "is inside"
+            } else {
+                "contains"
+            },
+            point.display()
+        );
+    }
+    Ok(())
+}
+
+/// The first kernel filesystem mount at, above or below `path` in
+/// `mountinfo` (the format of `/proc/self/mountinfo`).
+fn kernel_mount_touching(
+    path: &std::path::Path,
+    mountinfo: &str,
+) -> Option<(std::path::PathBuf, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = unescape_mount_path(left.split(' ').nth(4)?);
+        let fstype = right.split(' ').next()?;
+        let kernel = KERNEL_FILESYSTEMS.contains(&fstype);
+        (kernel && (path.starts_with(&point) || point.starts_with(path)))
+            .then(|| (point, fstype.to_owned()))
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(text: &str) -> std::path::PathBuf {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let n = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |n, b| n * 8 + u32::from(b - b'0'));
+            out.push(n as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 pub struct WasiCapability {
     ctx: WasiCtx,
     table: ResourceTable,
@@ -38,6 +132,7 @@ impl WasiCapability {
             .allow_ip_name_lookup(false)
             .allow_blocking_current_thread(fs_on_guest_thread);
         for dir in dirs {
+            refuse_kernel_filesystems(&dir.host)?;
             let perms = match dir.mode {
                 DirMode::Rw if !dry_run => FsPerms::ReadWrite,
                 _ => FsPerms::ReadOnly,
@@ -78,5 +173,73 @@ impl WasiCapability {
             ctx: &mut self.ctx,
             table: &mut self.table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:21 / /proc rw,nosuid - proc proc rw
+24 22 0:22 / /sys rw - sysfs sysfs rw
+25 22 0:5 / /dev rw - devtmpfs udev rw
+26 22 0:30 / /srv/logs rw - ext4 /dev/vdb rw
+27 22 0:21 / /srv/with\\040space/p rw - proc proc rw
+";
+
+    #[test]
+    fn grants_at_in_or_around_kernel_filesystems_are_found() {
+        for (path, point) in [
+            ("/proc", "/proc"),
+            ("/proc/self", "/proc"),
+            ("/sys/kernel", "/sys"),
+            ("/dev", "/dev"),
+            ("/", "/proc"),
+            ("/srv/with space", "/srv/with space/p"),
+        ] {
+            let found = kernel_mount_touching(Path::new(path), MOUNTINFO);
+            assert_eq!(
+                found.map(|(p, _)| p),
+                Some(Path::new(point).to_owned()),
+                "{path}"
+            );
+        }
+        for path in [
+            "/srv/logs",
+            "/srv/logs/app",
+            "/var/log",
+            "/procfs",
+            "/srv/with",
+        ] {
+            assert_eq!(
+                kernel_mount_touching(Path::new(path), MOUNTINFO),
+                None,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn this_machine_s_proc_and_root_are_refused_however_spelled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let link = tmp.path().join("p");
+        std::os::unix::fs::symlink("/proc", &link).unwrap();
+        for path in [
+            Path::new("/proc"),
+            Path::new("/proc/self"),
+            Path::new("/"),
+            Path::new("/proc/../proc/./self/.."),
+            link.as_path(),
+        ] {
+            let err = refuse_kernel_filesystems(path).unwrap_err().to_string();
+            assert!(
+                err.contains("where the kernel exposes the host"),
+                "{path:?}: {err}"
+            );
+        }
+        refuse_kernel_filesystems(tmp.path()).unwrap();
     }
 }
