@@ -117,3 +117,16 @@ pub fn compile_bomb(depth: usize) -> Vec<u8> {
     section(0x01, &module, &mut component); // core module section
     component
 }
+
+/// Makes a special file (`kind`: FIFO, character or block device) at
+/// `path`; devices need root.
+pub fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {} (run the tests as root): {e}", path.display()));
+}

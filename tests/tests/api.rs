@@ -125,6 +125,17 @@ impl Api {
     }
 
     /// Polls a run until it is no longer running.
+    /// Cancels run `id` of `task` and waits until it is recorded finished.
+    async fn cancel(&self, task: &str, id: i64) -> Value {
+        self.call(
+            Method::POST,
+            &format!("/api/housekeeper/runs/{id}/cancel"),
+            None,
+        )
+        .await;
+        self.finished_run(task, id).await
+    }
+
     async fn finished_run(&self, task: &str, id: i64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -535,13 +546,7 @@ async fn task_status_says_registered_running_and_scheduled() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(status_of("slow").await, shape(true, true, false));
     let id = body["runId"].as_i64().unwrap();
-    a.call(
-        Method::POST,
-        &format!("/api/housekeeper/runs/{id}/cancel"),
-        None,
-    )
-    .await;
-    a.finished_run("slow", id).await;
+    a.cancel("slow", id).await;
     assert_eq!(status_of("slow").await, shape(true, false, false));
 
     let (status, body) = a
@@ -720,13 +725,7 @@ async fn the_task_listing_follows_every_change_at_once() {
     assert_eq!(slow(&running)["isRunning"], true);
     assert_eq!(running["runningTasks"], 1);
 
-    a.call(
-        Method::POST,
-        &format!("/api/housekeeper/runs/{id}/cancel"),
-        None,
-    )
-    .await;
-    a.finished_run("slow", id).await;
+    a.cancel("slow", id).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, list) = a.get("/api/housekeeper/tasks").await;

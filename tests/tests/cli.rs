@@ -442,14 +442,7 @@ fn run_returns_when_the_task_opens_a_fifo() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("spool");
     std::fs::create_dir_all(&data).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &data.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o666),
-        0,
-    )
-    .unwrap();
+    housekeeper_tests::mknod(&data.join("fifo"), rustix::fs::FileType::Fifo, 0, 0);
     let copy = tmp.path().join("reader.wasm");
     std::fs::copy(fixture_path("fs-hog"), &copy).unwrap();
     std::fs::write(

@@ -4,7 +4,7 @@
 use housekeeper::manifest::{DirGrant, DirMode, Manifest};
 use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use housekeeper::runtime::{LoadError, RunRequest};
-use housekeeper_tests::{component, fixture_path, runtime};
+use housekeeper_tests::{component, fixture_path, mknod, runtime};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -507,17 +507,6 @@ fn fs_hog(request: RunRequest) -> RunResult {
     });
     rx.recv_timeout(Duration::from_secs(120))
         .expect("the run returns (its thread is not blocked in the host)")
-}
-
-fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        kind,
-        rustix::fs::Mode::from_raw_mode(0o666),
-        rustix::fs::makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {} (run the tests as root): {e}", path.display()));
 }
 
 #[test]

@@ -800,14 +800,7 @@ fn until_exit(child: &mut Running) -> std::process::ExitStatus {
 async fn a_fifo_in_a_grant_neither_hangs_its_run_nor_holds_a_guest_worker() {
     let s = Service::new();
     let data = grant_dir(&s, "spool");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &data.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o666),
-        0,
-    )
-    .unwrap();
+    housekeeper_tests::mknod(&data.join("fifo"), rustix::fs::FileType::Fifo, 0, 0);
     s.task(
         "fifo",
         "fs-hog",
