@@ -421,11 +421,10 @@ async fn check(args: CheckArgs) -> ExitCode {
 }
 
 async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String> {
-    let component = load(runtime, &task.component_path).await?;
-    let info = runtime
-        .describe(&component)
-        .await
-        .map_err(|(status, message)| format!("{} ({status})", message))?;
+    // The same steps as the service's: compile (bounded), then describe().
+    let guests = tokio::runtime::Handle::current();
+    let (component, info) =
+        crate::loader::load_component(runtime, &task.component_path, &guests).await?;
     let m = &task.manifest;
     let schedule = m
         .schedule

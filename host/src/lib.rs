@@ -5,6 +5,7 @@
 //! everything else lives here so it can be tested without a process.
 
 pub mod api;
+pub(crate) mod bindings;
 pub mod capabilities;
 pub mod catalog;
 pub mod cli;

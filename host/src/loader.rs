@@ -133,7 +133,9 @@ pub async fn load_tasks_within(
     Ok((defs, errors, pending))
 }
 
-async fn load_component(
+/// Compiles the component at `path` and calls its `describe()` on
+/// `guests`.
+pub async fn load_component(
     runtime: &Runtime,
     path: &Path,
     guests: &Handle,

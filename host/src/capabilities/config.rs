@@ -1,8 +1,8 @@
 //! `housekeeper:task/config`: read-only access to the manifest's `[config]`
 //! with `--config` overrides already applied.
 
+use crate::bindings::housekeeper::task::config::{self as wit, Host, Value};
 use crate::model::{ConfigMap, ConfigValue};
-use crate::runtime::bindings::housekeeper::task::config::{self as wit, Host, Value};
 use wasmtime::component::{HasSelf, Linker};
 
 pub struct ConfigCapability {

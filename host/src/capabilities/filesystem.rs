@@ -22,8 +22,8 @@
 //! wasmtime-wasi's own (see [`add_to_linker`]).
 
 use super::output::{Level, Output};
+use crate::capabilities::budget::MemoryBudget;
 use crate::manifest::ResourceLimits;
-use crate::runtime::MemoryBudget;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;

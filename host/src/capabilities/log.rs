@@ -1,7 +1,7 @@
 //! `housekeeper:task/log`: leveled messages into the run's output.
 
 use super::output::{Level, Output};
-use crate::runtime::bindings::housekeeper::task::log::{self as wit, Host};
+use crate::bindings::housekeeper::task::log::{self as wit, Host};
 use wasmtime::component::{HasSelf, Linker};
 
 pub struct LogCapability {

@@ -2,6 +2,7 @@
 //! WIT interface, each with its per-run state, its `Host` implementation and
 //! its `add_to_linker`.
 
+pub mod budget;
 pub mod config;
 pub mod filesystem;
 pub mod log;

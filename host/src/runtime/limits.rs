@@ -1,52 +1,10 @@
 //! Per-run limits and how a run that hit one is classified.
 
+use crate::capabilities::budget::{DeadlineExceeded, MemoryBudget};
 use crate::model::RunStatus;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::component::ResourceTableError;
 use wasmtime::{ResourceLimiter, Trap};
-
-/// A run's `limits.memory`: the host memory the run may make the host hold.
-/// Its linear memories and tables take from it (through [`MemoryLimiter`]),
-/// and so do the directory listings the host holds for it
-/// (`capabilities/filesystem.rs`); whichever asks last past the cap is
-/// refused.
-#[derive(Debug)]
-pub struct MemoryBudget {
-    max: usize,
-    used: AtomicUsize,
-}
-
-impl MemoryBudget {
-    pub fn new(max_bytes: u64) -> Arc<Self> {
-        Arc::new(MemoryBudget {
-            max: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            used: AtomicUsize::new(0),
-        })
-    }
-
-    /// Takes `bytes` from the budget, or nothing if they do not fit.
-    pub fn take(&self, bytes: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.max)
-            })
-            .is_ok()
-    }
-
-    /// Gives back bytes taken earlier.
-    pub fn give_back(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
-    }
-}
 
 /// Caps the run's memory: every linear memory and table of every instance
 /// in the store counts against one budget (a component can hold several
@@ -150,18 +108,6 @@ impl ResourceLimiter for MemoryLimiter {
         MAX_TABLES
     }
 }
-
-/// Raised from the epoch callback when the run's deadline has passed.
-#[derive(Debug)]
-pub struct DeadlineExceeded;
-
-impl std::fmt::Display for DeadlineExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("wall-clock deadline exceeded")
-    }
-}
-
-impl std::error::Error for DeadlineExceeded {}
 
 /// Maps an error out of wasmtime to a run status and a message.
 pub fn classify(error: &wasmtime::Error, memory_denied: bool) -> (RunStatus, String) {

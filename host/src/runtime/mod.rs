@@ -5,12 +5,14 @@
 //! imports) that touches wasmtime. Callers get plain types: [`TaskComponent`]
 //! is opaque, [`RunResult`] and [`TaskInfo`] are data.
 
-pub(crate) mod bindings;
 mod cache;
 pub mod compile;
 pub(crate) mod limits;
 pub mod report;
 
+use crate::bindings;
+use crate::capabilities::budget::DeadlineExceeded;
+pub use crate::capabilities::budget::MemoryBudget;
 use crate::capabilities::filesystem::FsLimits;
 use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
 use crate::capabilities::sql::{Connections, SqlCapability, SqlLimits};
@@ -20,8 +22,7 @@ use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
 use bindings::housekeeper::task::types;
 use chrono::{DateTime, Utc};
 use compile::{CompileError, CompileLimits};
-pub use limits::MemoryBudget;
-use limits::{DeadlineExceeded, MemoryLimiter};
+use limits::MemoryLimiter;
 use sha2::{Digest, Sha256};
 use std::io::Read as _;
 use std::path::Path;

@@ -15,9 +15,9 @@ mod postgres;
 mod sqlite;
 
 use super::output::{Level, Output};
+use crate::bindings::housekeeper::task::sql::{self as wit, Host};
+use crate::capabilities::budget::DeadlineExceeded;
 use crate::manifest::DatabaseGrant;
-use crate::runtime::bindings::housekeeper::task::sql::{self as wit, Host};
-use crate::runtime::limits::DeadlineExceeded;
 use connections::Pool;
 pub use connections::{Connection, ConnectionOptions, Connections};
 use guard::{Checked, Denial, Grants, Kind};

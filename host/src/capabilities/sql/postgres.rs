@@ -2,7 +2,7 @@
 
 use super::guard::Kind;
 use super::{Budget, Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
-use crate::runtime::bindings::housekeeper::task::sql as wit;
+use crate::bindings::housekeeper::task::sql as wit;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;

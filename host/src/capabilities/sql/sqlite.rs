@@ -4,7 +4,7 @@
 
 use super::guard::Kind;
 use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
-use crate::runtime::bindings::housekeeper::task::sql as wit;
+use crate::bindings::housekeeper::task::sql as wit;
 use chrono::{DateTime, Utc};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};

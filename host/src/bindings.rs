@@ -1,5 +1,7 @@
-//! The one place the host generates bindings from `wit/`. WASI interfaces
-//! map to wasmtime-wasi's own bindings.
+//! The one place the host generates bindings from `wit/`, shared by the
+//! sandbox (`runtime/`, which calls the task's exports) and the
+//! capabilities (`capabilities/`, which implement its imports). WASI
+//! interfaces map to wasmtime-wasi's own bindings.
 
 wasmtime::component::bindgen!({
     path: "../wit",
