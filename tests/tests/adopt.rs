@@ -133,6 +133,16 @@ struct OldRun {
     triggered_by: Option<String>,
 }
 
+/// The reference schema with 300 runs: its runs, its stats and how many
+/// runs failed, as read before anything takes it over.
+async fn seeded_reference(pool: &PgPool) -> (Vec<OldRun>, Vec<StatsRow<NaiveDateTime>>, usize) {
+    reference(pool).await;
+    seed(pool, 300).await;
+    let old = old_runs(pool).await;
+    let errors = old.iter().filter(|r| r.status == "error").count();
+    (old, old_stats(pool).await, errors)
+}
+
 async fn old_runs(pool: &PgPool) -> Vec<OldRun> {
     sqlx::query_as("SELECT * FROM housekeeper_runs ORDER BY id")
         .persistent(false)
@@ -291,11 +301,7 @@ async fn seed_queries_run(pool: &PgPool, runs: usize, errors: usize, tasks: usiz
 
 #[sqlx::test(migrations = false)]
 async fn history_toggles_and_stats_are_taken_over(pool: PgPool) {
-    reference(&pool).await;
-    seed(&pool, 300).await;
-    let old = old_runs(&pool).await;
-    let stats_before = old_stats(&pool).await;
-    let errors = old.iter().filter(|r| r.status == "error").count();
+    let (old, stats_before, errors) = seeded_reference(&pool).await;
     let url = url_of(&pool);
 
     let store = open(&url, chrono_tz::Etc::UTC).await.unwrap();
@@ -1166,11 +1172,7 @@ fn time(v: &Value) -> Option<DateTime<Utc>> {
 
 #[sqlx::test(migrations = false)]
 async fn serve_takes_over_the_reference_database(pool: PgPool) {
-    reference(&pool).await;
-    seed(&pool, 300).await;
-    let old = old_runs(&pool).await;
-    let stats_before = old_stats(&pool).await;
-    let errors = old.iter().filter(|r| r.status == "error").count();
+    let (old, stats_before, errors) = seeded_reference(&pool).await;
     let url = url_of(&pool);
     let tmp = tempfile::tempdir().unwrap();
     tasks_dir(tmp.path());

@@ -912,7 +912,16 @@ async fn open_at(
             // is opened without blocking.
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
                 let kind = cap_primitives::fs::stat(&start, path.as_ref(), follow)
-                    .map(|m| special_kind(m.file_type()))
+                    .map(|m| {
+                        use cap_primitives::fs::FileTypeExt as _;
+                        let t = m.file_type();
+                        special_kind([
+                            t.is_fifo(),
+                            t.is_socket(),
+                            t.is_char_device(),
+                            t.is_block_device(),
+                        ])
+                    })
                     .unwrap_or("a special file");
                 return Err(Refused::Special { path, kind });
             }
@@ -932,7 +941,12 @@ async fn open_at(
         } else {
             Err(Refused::Special {
                 path,
-                kind: special_kind_std(file_type),
+                kind: special_kind([
+                    file_type.is_fifo(),
+                    file_type.is_socket(),
+                    file_type.is_char_device(),
+                    file_type.is_block_device(),
+                ]),
             })
         }
     };
@@ -951,32 +965,15 @@ async fn open_at(
     })
 }
 
-fn special_kind(file_type: cap_primitives::fs::FileType) -> &'static str {
-    use cap_primitives::fs::FileTypeExt as _;
-    if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else {
-        "a special file"
-    }
-}
-
-fn special_kind_std(file_type: std::fs::FileType) -> &'static str {
-    if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else {
-        "a special file"
+/// A special file's kind in words, from its `[fifo, socket, char, block]`
+/// flags.
+fn special_kind(is: [bool; 4]) -> &'static str {
+    match is {
+        [true, ..] => "a FIFO",
+        [_, true, ..] => "a socket",
+        [_, _, true, _] => "a character device",
+        [_, _, _, true] => "a block device",
+        _ => "a special file",
     }
 }
 

@@ -1082,7 +1082,7 @@ async fn plan(
             quote_literal(LEFT_RUNNING)
         ));
     }
-    statements.extend(RUN_INDEXES.iter().map(|s| s.to_string()));
+    statements.extend(RUN_INDEXES.map(|head| init_statement(head).to_owned()));
 
     // housekeeper_config: types; a missing modification time becomes now.
     let config = alterations(config_columns, &CONFIG_COLUMNS);
@@ -1109,12 +1109,12 @@ async fn plan(
 
     // The summary, filled from the history the way the reference
     // function computed it, and the function over it.
-    statements.push(TASK_STATS_TABLE.into());
+    statements.push(init_statement("CREATE TABLE housekeeper_task_stats ").into());
     statements.push(TASK_STATS_FILL.into());
     if has_function {
         statements.push("DROP FUNCTION get_housekeeper_stats()".into());
     }
-    statements.push(STATS_FUNCTION.into());
+    statements.push(init_statement("CREATE FUNCTION get_housekeeper_stats()").into());
 
     // Our first migration, recorded as sqlx records it.
     let migration = super::Store::postgres_migrator()
@@ -1214,25 +1214,32 @@ impl Plan {
     }
 }
 
+/// Our first migration. The objects the reference schema lacks are made
+/// by its own statements, so an adopted database and a migrated one cannot
+/// drift apart (migrations are never edited once shipped).
+const INIT_MIGRATION: &str = include_str!("../../../migrations/postgres/20261123000001_init.sql");
+
+/// The indexes on `housekeeper_runs`, by the start of their statements.
 const RUN_INDEXES: [&str; 3] = [
-    "CREATE UNIQUE INDEX housekeeper_runs_occurrence\n    ON housekeeper_runs (task_name, scheduled_for)\n    WHERE triggered_by = 'schedule'",
-    "CREATE INDEX housekeeper_runs_task_started ON housekeeper_runs (task_name, started_at DESC, id DESC)",
-    "CREATE INDEX housekeeper_runs_running ON housekeeper_runs (replica) WHERE status = 'running'",
+    "CREATE UNIQUE INDEX housekeeper_runs_occurrence",
+    "CREATE INDEX housekeeper_runs_task_started",
+    "CREATE INDEX housekeeper_runs_running",
 ];
 
-// As in migrations/postgres/20261123000001_init.sql; a test compares the
-// adopted schema with the migrated one.
-const TASK_STATS_TABLE: &str = "CREATE TABLE housekeeper_task_stats (
-    task_name         TEXT PRIMARY KEY,
-    total_runs        BIGINT NOT NULL DEFAULT 0,
-    success_count     BIGINT NOT NULL DEFAULT 0,
-    error_count       BIGINT NOT NULL DEFAULT 0,
-    skipped_count     BIGINT NOT NULL DEFAULT 0,
-    total_duration_ms BIGINT NOT NULL DEFAULT 0,
-    last_run_at       TIMESTAMPTZ,
-    last_status       TEXT,
-    last_success_at   TIMESTAMPTZ
-)";
+/// The statement of [`INIT_MIGRATION`] that starts with `head`, without
+/// its `;` (a function's ends with its closing `$$`).
+fn init_statement(head: &str) -> &'static str {
+    let start = INIT_MIGRATION
+        .find(head)
+        .unwrap_or_else(|| panic!("the init migration has no statement {head:?}"));
+    let rest = &INIT_MIGRATION[start..];
+    let end = if rest.starts_with("CREATE FUNCTION") {
+        rest.find("$$;").map(|i| i + 2)
+    } else {
+        rest.find(';')
+    };
+    &rest[..end.unwrap_or_else(|| panic!("the init migration's {head:?} never ends"))]
+}
 
 // The reference function's numbers: every run counts, `error_count` is
 // `status = 'error'`, the last run is the latest start. Its average skips
@@ -1254,29 +1261,6 @@ SELECT r.task_name,
        max(COALESCE(r.completed_at, r.started_at)) FILTER (WHERE r.status = 'success')
 FROM housekeeper_runs r
 GROUP BY r.task_name";
-
-const STATS_FUNCTION: &str = "CREATE FUNCTION get_housekeeper_stats()
-RETURNS TABLE (
-    task_name       TEXT,
-    total_runs      BIGINT,
-    success_count   BIGINT,
-    error_count     BIGINT,
-    avg_duration_ms NUMERIC,
-    last_run_at     TIMESTAMPTZ,
-    last_status     TEXT
-)
-LANGUAGE sql STABLE AS $$
-    SELECT s.task_name,
-           s.total_runs,
-           s.success_count,
-           s.error_count,
-           CASE WHEN s.total_runs = 0 THEN NULL
-                ELSE round(s.total_duration_ms::numeric / s.total_runs, 2) END,
-           s.last_run_at,
-           s.last_status
-    FROM housekeeper_task_stats s
-    ORDER BY s.task_name
-$$";
 
 // sqlx 0.8's own definition (sqlx-postgres, `ensure_migrations_table`).
 const SQLX_MIGRATIONS_TABLE: &str = "
@@ -1337,5 +1321,26 @@ mod tests {
         let s: Vec<String> = (1..=6).map(|i| i.to_string()).collect();
         assert_eq!(sample_list(&s[..2]), "1, 2");
         assert_eq!(sample_list(&s), "1, 2, 3, 4, 5 and more");
+    }
+
+    #[test]
+    fn the_init_migration_provides_every_statement_adoption_takes_from_it() {
+        for head in RUN_INDEXES {
+            let statement = init_statement(head);
+            assert!(
+                statement.starts_with(head) && !statement.contains(';'),
+                "{statement}"
+            );
+        }
+        let table = init_statement("CREATE TABLE housekeeper_task_stats ");
+        assert!(
+            table.ends_with(')') && table.contains("last_success_at"),
+            "{table}"
+        );
+        let function = init_statement("CREATE FUNCTION get_housekeeper_stats()");
+        assert!(
+            function.ends_with("$$") && function.contains("ORDER BY s.task_name"),
+            "{function}"
+        );
     }
 }
