@@ -227,6 +227,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; use e.g. \"30s\" or \"2m\""))
 }
 
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than 0s".into()),
+        d => Ok(d),
+    }
+}
+
 fn parse_bytes(text: &str) -> Result<u64, String> {
     match parse_size::parse_size(text) {
         Ok(0) => Err("must be more than 0 bytes".into()),
@@ -244,7 +251,7 @@ pub struct CompileArgs {
     pub max_component_size: u64,
     /// Longest one component may take to compile.
     #[arg(long, env = "HOUSEKEEPER_COMPILE_TIMEOUT", value_name = "HOUSEKEEPER_COMPILE_TIMEOUT",
-          default_value = "2m", value_parser = parse_duration)]
+          default_value = "2m", value_parser = parse_positive_duration)]
     pub compile_timeout: Duration,
     /// Most memory compiling one component may use.
     #[arg(long, env = "HOUSEKEEPER_COMPILE_MEMORY", value_name = "HOUSEKEEPER_COMPILE_MEMORY",
@@ -401,6 +408,30 @@ mod tests {
             (
                 vec!["x", "--sql-call-timeout", "soon"],
                 "HOUSEKEEPER_SQL_CALL_TIMEOUT",
+            ),
+            (
+                vec!["x", "--max-component-size", "big"],
+                "HOUSEKEEPER_MAX_COMPONENT_SIZE",
+            ),
+            (
+                vec!["x", "--max-component-size", "0"],
+                "HOUSEKEEPER_MAX_COMPONENT_SIZE",
+            ),
+            (
+                vec!["x", "--compile-timeout", "soon"],
+                "HOUSEKEEPER_COMPILE_TIMEOUT",
+            ),
+            (
+                vec!["x", "--compile-timeout", "0s"],
+                "HOUSEKEEPER_COMPILE_TIMEOUT",
+            ),
+            (
+                vec!["x", "--compile-memory=-1GiB"],
+                "HOUSEKEEPER_COMPILE_MEMORY",
+            ),
+            (
+                vec!["x", "--compile-memory", "0"],
+                "HOUSEKEEPER_COMPILE_MEMORY",
             ),
         ] {
             let err = Wrap::try_parse_from(args).err().unwrap().to_string();

@@ -376,11 +376,37 @@ async fn runs_record_the_component_hash_and_fuel() {
 /// `tasks/fixtures/many-memories.wat`: nine core instances, each with its
 /// own memory; `run` grows eight of them by 16 MiB each.
 fn many_memories() -> housekeeper::runtime::TaskComponent {
+    many_memories_with(0)
+}
+
+/// The fixture with `more` further instances of its one-memory module,
+/// each adding a (never grown) memory.
+fn many_memories_with(more: usize) -> housekeeper::runtime::TaskComponent {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks/fixtures/many-memories.wat");
-    let bytes = wat::parse_file(&path).expect("the fixture assembles");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last = "(core instance $e8 (instantiate $extra))";
+    let extra: String = (0..more)
+        .map(|i| format!("\n  (core instance $more{i} (instantiate $extra))"))
+        .collect();
+    let bytes = wat::parse_str(text.replace(last, &format!("{last}{extra}")))
+        .expect("the fixture assembles");
     runtime()
         .load("many-memories.wat", &bytes)
         .expect("the fixture is a task component")
+}
+
+#[tokio::test]
+async fn a_run_may_create_at_most_16_memories() {
+    let mut request = request("", "", vec![]);
+    request.memory_bytes = 256 << 20;
+    // 9 memories of its own plus 7: 16, the most a run may have.
+    let most = runtime().run(&many_memories_with(7), request.clone()).await;
+    assert_eq!(most.status, RunStatus::Success, "{most:#?}");
+    // One more is refused when the instance is made, before any guest code.
+    let over = runtime().run(&many_memories_with(8), request).await;
+    assert_ne!(over.status, RunStatus::Success, "{over:#?}");
+    let error = over.error.unwrap();
+    assert!(error.contains("memor"), "{error}");
 }
 
 #[tokio::test]
