@@ -46,6 +46,21 @@ pub enum DbCommand {
     /// Take over the reference service's PostgreSQL tables in place, as any
     /// command that opens the store does, then apply the migrations.
     Adopt(AdoptArgs),
+    /// Print the SQL that gives each task with a PostgreSQL grant its own
+    /// role, holding exactly what its manifest grants.
+    Roles(RolesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolesArgs {
+    /// Directory of task components and manifests.
+    #[arg(long, env = "HOUSEKEEPER_TASKS_DIR", default_value = "./tasks.d")]
+    pub tasks_dir: PathBuf,
+    /// Also run the statements, as the connection's login role.
+    #[arg(long)]
+    pub apply: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +174,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Tasks(args) => tasks(args).await,
         Command::Runs(args) => runs(args).await,
         Command::Db(DbCommand::Adopt(args)) => adopt(args).await,
+        Command::Db(DbCommand::Roles(args)) => roles(args).await,
     }
 }
 
@@ -638,6 +654,69 @@ async fn adopt(args: AdoptArgs) -> ExitCode {
     match args.db.open().await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(format!("cannot open the store at {}: {e:#}", redact(&url))),
+    }
+}
+
+async fn roles(args: RolesArgs) -> ExitCode {
+    use crate::capabilities::sql::roles;
+    let connections = match args.db.connections() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let catalog = match Catalog::scan(&args.tasks_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
+                "HOUSEKEEPER_TASKS_DIR={}: cannot read it: {e}",
+                args.tasks_dir.display()
+            ));
+        }
+    };
+    for problem in &catalog.problems {
+        eprintln!(
+            "skipped {}: {}",
+            problem.path.display(),
+            escape(&problem.message)
+        );
+    }
+    let mut failed = false;
+    let mut any = false;
+    for (name, entry) in &catalog.tasks {
+        let Some(grant) = &entry.manifest.database else {
+            continue;
+        };
+        let Some(connection) = connections.get(&grant.connection) else {
+            eprintln!(
+                "{}: connection `{}` is not configured here",
+                escape(name),
+                escape(&grant.connection)
+            );
+            failed = true;
+            continue;
+        };
+        let Some(pool) = connection.postgres_pool() else {
+            continue;
+        };
+        any = true;
+        let report = roles::print(pool, name, &grant.tables, args.apply).await;
+        match report {
+            Ok(text) => print!("{}", escape_lines(&text)),
+            Err(e) => {
+                eprintln!("{}: {e:#}", escape(name));
+                failed = true;
+            }
+        }
+    }
+    if !any && !failed {
+        println!(
+            "-- no task in {} grants a PostgreSQL connection",
+            args.tasks_dir.display()
+        );
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

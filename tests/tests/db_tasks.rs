@@ -28,7 +28,7 @@ impl<'a> Run<'a> {
     fn new(task: &'a str, pool: &PgPool) -> Self {
         Run {
             task,
-            connection: Connection::postgres(pool.clone()),
+            connection: Connection::postgres(pool.clone()).allow_unsafe_superuser(),
             config: Vec::new(),
             grants: Vec::new(),
             dry_run: false,

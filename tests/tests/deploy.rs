@@ -86,7 +86,10 @@ async fn example_tasks_run_on_the_main_and_on_a_named_connection(pool: PgPool) {
 
     let o = housekeeper(
         &["run", "events-partition-maintenance", "--tasks-dir", tasks],
-        &[("DATABASE_URL", &url)],
+        &[
+            ("DATABASE_URL", &url),
+            ("HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER", "1"),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
@@ -118,7 +121,10 @@ async fn example_tasks_run_on_the_main_and_on_a_named_connection(pool: PgPool) {
             tasks,
             "--dry-run",
         ],
-        &[("HOUSEKEEPER_DB_APP_URL", &url)],
+        &[
+            ("HOUSEKEEPER_DB_APP_URL", &url),
+            ("HOUSEKEEPER_DB_APP_UNSAFE_SUPERUSER", "1"),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
@@ -128,7 +134,11 @@ async fn example_tasks_run_on_the_main_and_on_a_named_connection(pool: PgPool) {
     );
     // The same connection from a connections file.
     let file = dir.path().join("connections.conf");
-    std::fs::write(&file, format!("[connections.app]\nurl = \"{url}\"\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("[connections.app]\nurl = \"{url}\"\nunsafe_superuser = true\n"),
+    )
+    .unwrap();
     let o = housekeeper(
         &[
             "run",
@@ -191,6 +201,7 @@ async fn a_call_past_the_per_call_cap_is_an_error_the_task_sees(pool: PgPool) {
         ],
         &[
             ("DATABASE_URL", &url),
+            ("HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER", "1"),
             ("HOUSEKEEPER_SQL_CALL_TIMEOUT", "1s"),
         ],
     );
@@ -235,6 +246,7 @@ async fn serve_runs_database_tasks_on_named_connections(pool: PgPool) {
         .env("HOUSEKEEPER_TASKS_DIR", dir.path())
         .env("HOUSEKEEPER_DATA_DIR", data.path())
         .env("HOUSEKEEPER_DB_APP_URL", &url)
+        .env("HOUSEKEEPER_DB_APP_UNSAFE_SUPERUSER", "1")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()

@@ -64,7 +64,12 @@ fn request(
 }
 
 fn pg_request(pool: &PgPool, mode: &str, sql: &str, grants: &[(&str, &[SqlVerb])]) -> RunRequest {
-    request(Connection::postgres(pool.clone()), mode, sql, grants)
+    request(
+        Connection::postgres(pool.clone()).allow_unsafe_superuser(),
+        mode,
+        sql,
+        grants,
+    )
 }
 
 async fn run(request: RunRequest) -> RunResult {

@@ -385,6 +385,7 @@ impl Runtime {
     ) -> Result<TaskInfo, (RunStatus, String)> {
         let output = Output::new("describe", "describe", self.inner.options.output_cap);
         let sql = SqlCapability::new(
+            "describe",
             None,
             &Connections::default(),
             true,
@@ -449,6 +450,7 @@ impl Runtime {
         };
 
         let sql = SqlCapability::new(
+            &request.task_name,
             request.database.as_ref(),
             request
                 .connections

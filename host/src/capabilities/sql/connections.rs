@@ -18,6 +18,8 @@ use std::time::Duration;
 /// Prefix and suffix of the environment variables that name connections.
 const ENV_PREFIX: &str = "HOUSEKEEPER_DB_";
 const ENV_SUFFIX: &str = "_URL";
+/// Suffix of the variables that let a connection log in as a superuser.
+const ENV_UNSAFE_SUFFIX: &str = "_UNSAFE_SUPERUSER";
 
 #[derive(Clone)]
 pub(crate) enum Pool {
@@ -29,6 +31,12 @@ pub(crate) enum Pool {
 #[derive(Clone)]
 pub struct Connection {
     pub(crate) pool: Pool,
+    /// Task SQL may run on a session whose login role is a superuser or
+    /// has `BYPASSRLS` (still under the task's role).
+    pub(crate) unsafe_superuser: bool,
+    /// Held while the host inspects or changes task roles, so that two runs
+    /// do not grant the same privilege at once.
+    pub(crate) roles: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Connection {
@@ -58,19 +66,38 @@ impl Connection {
         } else {
             anyhow::bail!("expected a postgres:// or sqlite: URL");
         };
-        Ok(Connection { pool })
+        Ok(Connection::new(pool))
+    }
+
+    fn new(pool: Pool) -> Self {
+        Connection {
+            pool,
+            unsafe_superuser: false,
+            roles: Arc::default(),
+        }
     }
 
     /// A connection over an existing pool.
     pub fn postgres(pool: PgPool) -> Self {
-        Connection {
-            pool: Pool::Postgres(pool),
-        }
+        Connection::new(Pool::Postgres(pool))
     }
 
     pub fn sqlite(pool: SqlitePool) -> Self {
-        Connection {
-            pool: Pool::Sqlite(pool),
+        Connection::new(Pool::Sqlite(pool))
+    }
+
+    /// Lets task SQL run on a session that logs in as a superuser or with
+    /// `BYPASSRLS`. Unsafe: such a session can leave the task's role.
+    pub fn allow_unsafe_superuser(mut self) -> Self {
+        self.unsafe_superuser = true;
+        self
+    }
+
+    /// The pool, when the connection is PostgreSQL.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(pool) => Some(pool),
+            Pool::Sqlite(_) => None,
         }
     }
 
@@ -116,6 +143,9 @@ struct ConfigFile {
 struct ConfigEntry {
     url: String,
     pool_max: Option<u32>,
+    /// Unsafe: task SQL may run on a superuser or `BYPASSRLS` login.
+    #[serde(default)]
+    unsafe_superuser: bool,
 }
 
 /// The connections tasks may be granted, by name. Cheap to clone.
@@ -143,9 +173,14 @@ impl Connections {
     ) -> anyhow::Result<Self> {
         // name -> (connection, where it was defined)
         let mut by_name: BTreeMap<String, (Connection, String)> = BTreeMap::new();
-        let mut add = |name: String, url: &str, options: &ConnectionOptions, source: String| {
-            let connection =
+        let mut add = |name: String,
+                       url: &str,
+                       options: &ConnectionOptions,
+                       unsafe_superuser: bool,
+                       source: String| {
+            let mut connection =
                 Connection::open(url, options).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+            connection.unsafe_superuser = unsafe_superuser;
             if let Some((_, first)) = by_name.get(&name) {
                 anyhow::bail!("connection `{name}` is defined twice: in {first} and in {source}");
             }
@@ -153,7 +188,13 @@ impl Connections {
             Ok(())
         };
         if let Some(url) = main_url {
-            add("main".to_owned(), url, options, "DATABASE_URL".to_owned())?;
+            add(
+                "main".to_owned(),
+                url,
+                options,
+                false,
+                "DATABASE_URL".to_owned(),
+            )?;
         }
         if let Some(path) = file {
             let what = format!("HOUSEKEEPER_DB_CONFIG={}", path.display());
@@ -170,11 +211,24 @@ impl Connections {
                     name.to_lowercase(),
                     &entry.url,
                     &options,
+                    entry.unsafe_superuser,
                     format!("{what} (connections.{name})"),
                 )?;
             }
         }
+        let mut unsafe_names = Vec::new();
         for (key, url) in env {
+            if let Some(name) = key
+                .strip_prefix(ENV_PREFIX)
+                .and_then(|k| k.strip_suffix(ENV_UNSAFE_SUFFIX))
+            {
+                match url.as_str() {
+                    "1" | "true" => unsafe_names.push((name.to_lowercase(), key.clone())),
+                    "0" | "false" | "" => {}
+                    other => anyhow::bail!("{key}: expected true or false, got {other:?}"),
+                }
+                continue;
+            }
             let Some(name) = key
                 .strip_prefix(ENV_PREFIX)
                 .and_then(|k| k.strip_suffix(ENV_SUFFIX))
@@ -186,7 +240,16 @@ impl Connections {
                     "{key}: the connection needs a name, e.g. HOUSEKEEPER_DB_REPORTING_URL"
                 );
             }
-            add(name.to_lowercase(), &url, options, key.clone())?;
+            add(name.to_lowercase(), &url, options, false, key.clone())?;
+        }
+        for (name, key) in unsafe_names {
+            match by_name.get_mut(&name) {
+                Some((connection, _)) => connection.unsafe_superuser = true,
+                None => anyhow::bail!(
+                    "{key}: there is no connection `{name}` (set HOUSEKEEPER_DB_{}_URL, or DATABASE_URL for `main`)",
+                    name.to_uppercase()
+                ),
+            }
         }
         Ok(Connections {
             by_name: Arc::new(by_name.into_iter().map(|(k, (c, _))| (k, c)).collect()),

@@ -12,6 +12,7 @@
 pub mod connections;
 pub mod guard;
 mod postgres;
+pub mod roles;
 mod sqlite;
 
 use super::output::{Level, Output};
@@ -50,11 +51,18 @@ impl Default for SqlLimits {
 struct Access {
     connection: Connection,
     grants: Grants,
+    /// The grant as PostgreSQL privileges of the task's role; `Err` says
+    /// why no role can hold it.
+    wanted: Result<roles::Wanted, String>,
 }
 
 pub struct SqlCapability {
+    task: String,
     /// `Err` says why the run has no database.
     access: Result<Access, String>,
+    /// The task's PostgreSQL role once checked this run, or why its SQL may
+    /// not run.
+    role: Option<Result<String, String>>,
     dry_run: bool,
     deadline: Instant,
     output: Output,
@@ -110,6 +118,7 @@ impl Budget {
 
 impl SqlCapability {
     pub fn new(
+        task: &str,
         grant: Option<&DatabaseGrant>,
         connections: &Connections,
         dry_run: bool,
@@ -132,11 +141,14 @@ impl SqlCapability {
                 Some(connection) => Ok(Access {
                     connection: connection.clone(),
                     grants: Grants::new(&grant.tables),
+                    wanted: roles::Wanted::new(&grant.tables),
                 }),
             },
         };
         SqlCapability {
+            task: task.to_owned(),
             access,
+            role: None,
             dry_run,
             deadline,
             output,
@@ -218,11 +230,24 @@ impl SqlCapability {
             }
             return Ok(Ok(statements.iter().map(|_| Outcome::Changed(0)).collect()));
         }
+        let role = match &connection.pool {
+            Pool::Postgres(pool) => match self.task_role(&connection, pool, budget).await {
+                Ok(role) => role,
+                Err(failure) => return self.fail(failure, &statements),
+            },
+            Pool::Sqlite(_) => String::new(),
+        };
         let limits = self.limits.clone();
         let call = async {
             match &connection.pool {
                 Pool::Postgres(pool) => {
-                    postgres::run(pool, &statements, want_rows, self.dry_run, budget, &limits).await
+                    let session = postgres::Session {
+                        role: &role,
+                        dry_run: self.dry_run,
+                        budget,
+                        limits: &limits,
+                    };
+                    postgres::run(pool, &statements, want_rows, session).await
                 }
                 Pool::Sqlite(pool) => {
                     sqlite::run(pool, &statements, want_rows, self.dry_run, &limits).await
@@ -242,6 +267,52 @@ impl SqlCapability {
                 Ok(Ok(outcomes))
             }
             Err(failure) => self.fail(failure, &statements),
+        }
+    }
+
+    /// The task's PostgreSQL role, checked (and where the host may, brought
+    /// in line with the grant) once per run, before its first statement.
+    async fn task_role(
+        &mut self,
+        connection: &Connection,
+        pool: &sqlx::PgPool,
+        budget: Budget,
+    ) -> Result<String, Failure> {
+        if let Some(known) = &self.role {
+            return known
+                .clone()
+                .map_err(|reason| Failure::Guest(wit::SqlError::Refused(reason)));
+        }
+        let wanted = match self.access()?.wanted.clone() {
+            Ok(wanted) => wanted,
+            Err(reason) => {
+                self.role = Some(Err(reason.clone()));
+                return Err(Failure::Guest(wit::SqlError::Refused(reason)));
+            }
+        };
+        let ensure = async {
+            let _one_at_a_time = connection.roles.lock().await;
+            let mut conn = pool.acquire().await?;
+            roles::ensure(&mut conn, &self.task, &wanted, connection.unsafe_superuser).await
+        };
+        let outcome = match tokio::time::timeout(budget.limit, ensure).await {
+            Err(_) => return Err(budget.expired()),
+            Ok(Err(e)) => return Err(postgres::error(e, budget)),
+            Ok(Ok(outcome)) => outcome,
+        };
+        match outcome {
+            Ok(ready) => {
+                for sql in &ready.applied {
+                    self.output
+                        .log(Level::Info, &format!("sql role `{}`: {sql}", ready.role));
+                }
+                self.role = Some(Ok(ready.role.clone()));
+                Ok(ready.role)
+            }
+            Err(reason) => {
+                self.role = Some(Err(reason.clone()));
+                Err(Failure::Guest(wit::SqlError::Refused(reason)))
+            }
         }
     }
 

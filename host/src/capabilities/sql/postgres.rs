@@ -3,6 +3,7 @@
 use super::guard::Kind;
 use super::{Budget, Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
+use crate::manifest::SqlVerb;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -15,50 +16,99 @@ use sqlx::{Column, Connection, Executor, Postgres, Row, TypeInfo, ValueRef};
 const QUERY_CANCELED: &str = "57014";
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
+/// Settings every task session is returned to after a call: whatever a
+/// statement set (`set_config(…, false)`, a role, a cursor, a temporary
+/// table, a lock, a listener) does not reach the next task's call. Prepared
+/// statements stay: they are the pool's own.
+const RESET_SESSION: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; \
+     DISCARD TEMP; DISCARD SEQUENCES; UNLISTEN *; SELECT pg_advisory_unlock_all()";
+
+/// Who a call's statements run as, and under which limits.
+pub(super) struct Session<'a> {
+    /// The task's role (see `roles`).
+    pub role: &'a str,
+    pub dry_run: bool,
+    pub budget: Budget,
+    pub limits: &'a SqlLimits,
+}
+
+/// Whether the statement runs as the task's role. The partition and
+/// maintenance verbs, which PostgreSQL ties to ownership, run as the login
+/// role once the guard and the catalog checks have passed.
+fn as_task_role(statement: &Prepared) -> bool {
+    !matches!(
+        statement.checked.verb,
+        SqlVerb::CreatePartition | SqlVerb::DropPartition | SqlVerb::Vacuum | SqlVerb::Analyze
+    )
+}
+
 pub(super) async fn run(
     pool: &PgPool,
     statements: &[Prepared],
     want_rows: bool,
-    dry_run: bool,
-    budget: Budget,
-    limits: &SqlLimits,
+    session: Session<'_>,
 ) -> Result<Vec<Outcome>, Failure> {
+    let mut conn = pool.acquire().await.map_err(|e| error(e, session.budget))?;
+    let result = run_on(&mut conn, statements, want_rows, &session).await;
+    if conn.execute(sqlx::raw_sql(RESET_SESSION)).await.is_err() {
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn run_on(
+    conn: &mut sqlx::pool::PoolConnection<Postgres>,
+    statements: &[Prepared],
+    want_rows: bool,
+    session: &Session<'_>,
+) -> Result<Vec<Outcome>, Failure> {
+    let Session {
+        role,
+        dry_run,
+        budget,
+        limits,
+    } = *session;
     let fail = |e: sqlx::Error| error(e, budget);
-    let mut conn = pool.acquire().await.map_err(fail)?;
 
     if let [only] = statements
         && only.checked.kind == Kind::Maintenance
     {
         // VACUUM cannot run in a transaction: the limits go on the session
         // and come off again afterwards.
-        sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false)")
+        // The session is reset after the call.
+        sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false), set_config('standard_conforming_strings', 'on', false)")
             .bind(budget.millis())
-            .execute(&mut *conn)
+            .execute(&mut **conn)
             .await
             .map_err(fail)?;
-        let result = conn.execute(sqlx::raw_sql(&only.sql)).await;
-        if conn
-            .execute(sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout"))
-            .await
-            .is_err()
-        {
-            conn.close_on_drop();
-        }
-        result.map_err(fail)?;
+        conn.execute(sqlx::raw_sql(&only.sql)).await.map_err(fail)?;
         return Ok(vec![Outcome::Changed(0)]);
     }
 
-    // One round trip opens the transaction and sets its limits (the value
-    // is a number of our own, not guest input).
+    // One round trip opens the transaction, sets its limits and switches to
+    // the task's role (a number and a quoted name of our own, not guest
+    // input).
     let millis = budget.millis();
-    let mut tx = (&mut *conn)
+    let role = super::roles::quote_ident(role);
+    let mut tx = (&mut **conn)
         .begin_with(format!(
-            "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
+            "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}; \
+             SET LOCAL standard_conforming_strings = on; SET LOCAL ROLE {role}"
         ))
         .await
         .map_err(fail)?;
     let mut outcomes = Vec::with_capacity(statements.len());
+    let mut in_role = true;
     for statement in statements {
+        if as_task_role(statement) != in_role {
+            in_role = !in_role;
+            let switch = if in_role {
+                format!("SET LOCAL ROLE {role}")
+            } else {
+                "RESET ROLE".to_owned()
+            };
+            tx.execute(sqlx::raw_sql(&switch)).await.map_err(fail)?;
+        }
         for check in &statement.checked.partition_checks {
             let is_partition: bool = sqlx::query_scalar(
                 "SELECT to_regclass($1) IS NULL OR EXISTS (
@@ -74,7 +124,7 @@ pub(super) async fn run(
             if !is_partition {
                 return Err(Failure::Guest(wit::SqlError::AccessDenied(wit::Denial {
                     table: check.partition.clone(),
-                    verb: crate::manifest::SqlVerb::DropPartition.as_str().to_owned(),
+                    verb: SqlVerb::DropPartition.as_str().to_owned(),
                 })));
             }
         }
@@ -106,7 +156,7 @@ pub(super) async fn run(
 }
 
 /// A database error, as the guest sees it (or the run's deadline).
-fn error(e: sqlx::Error, budget: Budget) -> Failure {
+pub(super) fn error(e: sqlx::Error, budget: Budget) -> Failure {
     match &e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();

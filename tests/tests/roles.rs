@@ -1,0 +1,337 @@
+//! Task roles on a real PostgreSQL: a task's SQL runs under a role that
+//! holds exactly its grant, the host keeps that role in line where its login
+//! role may, refuses the run (naming each difference) where it may not, and
+//! never runs task SQL on a superuser login unless the connection opts in.
+
+use SqlVerb::*;
+use housekeeper::capabilities::sql::roles::role_name;
+use housekeeper::capabilities::sql::{Connection, Connections};
+use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
+use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use housekeeper::runtime::RunRequest;
+use housekeeper_tests::{binary, component, fixture_path, runtime};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const SCHEMA: &str = "
+    CREATE TABLE events (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+    INSERT INTO events (at) SELECT now() FROM generate_series(1, 5);
+    CREATE TABLE secrets (id int PRIMARY KEY, value text NOT NULL);
+    INSERT INTO secrets VALUES (1, 'the-secret-row');";
+
+async fn database_name(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A short name no other test database uses (roles are cluster-wide), and
+/// no role of that task left from an earlier run of the same test.
+async fn unique(pool: &PgPool, prefix: &str) -> String {
+    let db = database_name(pool).await;
+    let name = format!("{prefix}-{}", &db[db.len().saturating_sub(16)..]);
+    for role in [role_name(&name), name.clone()] {
+        sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\""))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    name
+}
+
+async fn unique_task(pool: &PgPool) -> String {
+    unique(pool, "t").await
+}
+
+async fn url_as(pool: &PgPool, user: &str) -> String {
+    let db = database_name(pool).await;
+    format!("postgres://{user}@127.0.0.1:5432/{db}")
+}
+
+async fn pool_as(pool: &PgPool, user: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url_as(pool, user).await)
+        .await
+        .unwrap()
+}
+
+fn request(
+    task: &str,
+    connection: Connection,
+    mode: &str,
+    sql: &str,
+    grants: &[(&str, &[SqlVerb])],
+) -> RunRequest {
+    let mut request = RunRequest::from_manifest(
+        &Manifest::implicit(task, "hostile.wasm"),
+        housekeeper::cli::new_run_id(),
+        Trigger::Manual,
+    );
+    request.timeout = Duration::from_secs(30);
+    request.database = Some(DatabaseGrant {
+        connection: "main".into(),
+        tables: grants
+            .iter()
+            .map(|(t, v)| (t.to_string(), v.to_vec()))
+            .collect::<BTreeMap<_, _>>(),
+    });
+    request.connections = Some(Connections::from_connections([("main", connection)]));
+    request
+        .config
+        .insert("mode".into(), ConfigValue::Text(mode.into()));
+    request
+        .config
+        .insert("sql".into(), ConfigValue::Text(sql.into()));
+    request
+}
+
+async fn run(request: RunRequest) -> RunResult {
+    runtime()
+        .run(&component(&fixture_path("hostile")), request)
+        .await
+}
+
+async fn privilege(pool: &PgPool, role: &str, table: &str, privilege: &str) -> bool {
+    sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")
+        .bind(role)
+        .bind(table)
+        .bind(privilege)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_superuser_login_runs_no_task_sql_unless_the_connection_opts_in(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
+    let refused = run(request(
+        &task,
+        Connection::postgres(pool.clone()),
+        "sql-query",
+        "SELECT id FROM events",
+        grants,
+    ))
+    .await;
+    assert_eq!(refused.status, RunStatus::Error, "{refused:#?}");
+    let error = refused.error.unwrap_or_default();
+    assert!(error.contains("a superuser"), "{error}");
+    assert!(error.contains("unsafe_superuser"), "{error}");
+
+    let allowed = run(request(
+        &task,
+        Connection::postgres(pool.clone()).allow_unsafe_superuser(),
+        "sql-query",
+        "SELECT id FROM events",
+        grants,
+    ))
+    .await;
+    assert_eq!(allowed.status, RunStatus::Success, "{allowed:#?}");
+    assert_eq!(allowed.summary.as_deref(), Some("query returned 5 rows"));
+}
+
+/// The host creates the role with exactly the grant, and the statement
+/// really runs as that role: PostgreSQL says so itself.
+#[sqlx::test]
+async fn statements_run_as_a_role_holding_exactly_the_grant(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let role = role_name(&task);
+    let connection = Connection::postgres(pool.clone()).allow_unsafe_superuser();
+    let result = run(request(
+        &task,
+        connection.clone(),
+        "sql-query",
+        "SELECT current_user, session_user FROM events WHERE current_user = current_role",
+        &[("events", &[Select, Delete])],
+    ))
+    .await;
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    assert_eq!(result.summary.as_deref(), Some("query returned 5 rows"));
+    assert!(
+        result.output.contains(&format!("CREATE ROLE \"{role}\"")),
+        "{}",
+        result.output
+    );
+
+    let (login, superuser, inherit): (bool, bool, bool) =
+        sqlx::query_as("SELECT rolcanlogin, rolsuper, rolinherit FROM pg_roles WHERE rolname = $1")
+            .bind(&role)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!login && !superuser && !inherit);
+    for (table, privilege_type, held) in [
+        ("events", "SELECT", true),
+        ("events", "DELETE", true),
+        ("events", "INSERT", false),
+        ("events", "UPDATE", false),
+        ("events", "TRUNCATE", false),
+        ("secrets", "SELECT", false),
+    ] {
+        assert_eq!(
+            privilege(&pool, &role, table, privilege_type).await,
+            held,
+            "{privilege_type} on {table}"
+        );
+    }
+
+    // Only the role's own name reaches the statement.
+    let who = run(request(
+        &task,
+        connection,
+        "sql-values",
+        "SELECT current_user::text",
+        &[("events", &[Select, Delete])],
+    ))
+    .await;
+    assert_eq!(
+        who.summary.as_deref(),
+        Some(format!("text:{role}").as_str()),
+        "{who:#?}"
+    );
+}
+
+/// Privileges beyond the grant, however they came, are taken away before
+/// the statement runs; a narrower grant is widened.
+#[sqlx::test]
+async fn the_host_brings_a_drifted_role_back_to_the_grant(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let role = role_name(&task);
+    let q = format!("\"{role}\"");
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {q} NOLOGIN NOINHERIT CREATEDB;
+         GRANT SELECT, UPDATE ON secrets TO {q};
+         GRANT SELECT (value) ON secrets TO {q};
+         GRANT CREATE ON SCHEMA public TO {q};
+         GRANT pg_read_all_data TO {q};"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let result = run(request(
+        &task,
+        Connection::postgres(pool.clone()).allow_unsafe_superuser(),
+        "sql-execute",
+        "INSERT INTO events DEFAULT VALUES",
+        &[("events", &[Insert])],
+    ))
+    .await;
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    assert_eq!(result.summary.as_deref(), Some("execute changed 1 rows"));
+    for (table, privilege_type, held) in [
+        ("secrets", "SELECT", false),
+        ("secrets", "UPDATE", false),
+        ("events", "INSERT", true),
+        ("events", "SELECT", false),
+    ] {
+        assert_eq!(
+            privilege(&pool, &role, table, privilege_type).await,
+            held,
+            "{privilege_type} on {table}"
+        );
+    }
+    let (createdb, create_in_public, members): (bool, bool, i64) = sqlx::query_as(
+        "SELECT rolcreatedb, has_schema_privilege($1, 'public', 'CREATE'),
+                (SELECT count(*) FROM pg_auth_members WHERE member = r.oid)
+         FROM pg_roles r WHERE rolname = $1",
+    )
+    .bind(&role)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!createdb && !create_in_public);
+    assert_eq!(members, 0);
+}
+
+/// A login role that may not manage roles gets a refusal naming each
+/// difference; `db roles` prints the SQL, and once an administrator has
+/// applied it the task runs.
+#[sqlx::test]
+async fn without_createrole_the_run_is_refused_and_db_roles_prints_the_fix(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let login = unique(&pool, "l").await;
+    sqlx::raw_sql(&format!("CREATE ROLE \"{login}\" LOGIN NOINHERIT"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plain = pool_as(&pool, &login).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
+    let refused = run(request(
+        &task,
+        Connection::postgres(plain.clone()),
+        "sql-query",
+        "SELECT id FROM events",
+        grants,
+    ))
+    .await;
+    assert_eq!(refused.status, RunStatus::Error, "{refused:#?}");
+    let error = refused.error.unwrap_or_default();
+    assert!(error.contains("does not exist"), "{error}");
+    assert!(error.contains("housekeeper db roles"), "{error}");
+
+    // The operator's view: the manifest in a tasks directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        housekeeper_tests::fixture_path("hostile"),
+        dir.path().join("hostile.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(format!("{task}.toml")),
+        format!(
+            "name = \"{task}\"\ncomponent = \"hostile.wasm\"\n[grants.database]\nconnection = \"main\"\ntables = {{ events = [\"select\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let url = url_as(&pool, &login).await;
+    let db_roles = || {
+        std::process::Command::new(binary())
+            .args(["db", "roles", "--tasks-dir", dir.path().to_str().unwrap()])
+            .env_remove("DB_HOST")
+            .env("DATABASE_URL", &url)
+            .env("HOUSEKEEPER_DATA_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let printed = db_roles();
+    let script = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(
+        printed.status.success(),
+        "{script}{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let role = role_name(&task);
+    for expected in [
+        format!("CREATE ROLE \"{role}\" NOLOGIN NOINHERIT;"),
+        format!("GRANT \"{role}\" TO \"{login}\";"),
+        format!("GRANT SELECT ON \"public\".\"events\" TO \"{role}\";"),
+    ] {
+        assert!(script.contains(&expected), "{expected} in {script}");
+    }
+    // The administrator applies it as printed.
+    sqlx::raw_sql(&script).execute(&pool).await.unwrap();
+    let again = db_roles();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("in line with the grant"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let ok = run(request(
+        &task,
+        Connection::postgres(plain.clone()),
+        "sql-query",
+        "SELECT id FROM events",
+        grants,
+    ))
+    .await;
+    assert_eq!(ok.status, RunStatus::Success, "{ok:#?}");
+    plain.close().await;
+}
