@@ -8,7 +8,7 @@ use housekeeper::capabilities::sql::{Connection, Connections};
 use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
 use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use housekeeper::runtime::RunRequest;
-use housekeeper_tests::{EXAMPLE_SCHEMA, component, runtime, task_path};
+use housekeeper_tests::{EXAMPLE_SCHEMA, component, fixture_path, runtime, task_path};
 use sqlx::{PgPool, SqlitePool};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ async fn schema(pool: &PgPool) {
 
 struct Run<'a> {
     task: &'a str,
+    /// A test-only component from `tasks/fixtures/` rather than a bundled task.
+    fixture: bool,
     connection: Connection,
     config: Vec<(&'a str, ConfigValue)>,
     grants: Vec<(&'a str, Vec<SqlVerb>)>,
@@ -28,6 +30,7 @@ impl<'a> Run<'a> {
     fn new(task: &'a str, pool: &PgPool) -> Self {
         Run {
             task,
+            fixture: false,
             connection: Connection::postgres(pool.clone()).allow_unsafe_superuser(),
             config: Vec::new(),
             grants: Vec::new(),
@@ -70,9 +73,12 @@ impl<'a> Run<'a> {
         for (k, v) in self.config {
             request.config.insert(k.into(), v);
         }
-        runtime()
-            .run(&component(&task_path(self.task)), request)
-            .await
+        let path = if self.fixture {
+            fixture_path(self.task)
+        } else {
+            task_path(self.task)
+        };
+        runtime().run(&component(&path), request).await
     }
 }
 
@@ -87,6 +93,12 @@ impl From<&str> for Value {
 impl From<i64> for Value {
     fn from(v: i64) -> Self {
         Value(ConfigValue::Integer(v))
+    }
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value(ConfigValue::Boolean(v))
     }
 }
 
@@ -720,4 +732,748 @@ async fn bad_config_is_named_before_anything_runs(pool: PgPool) {
         assert!(error.contains(needle), "{needle}: {error}");
     }
     assert_eq!(fingerprint(&pool).await, before);
+}
+
+/// The hostile fixture making one structured call (`mode` `sql-partition`
+/// or `sql-maintenance`) with names and values from config.
+fn structured(pool: &PgPool, mode: &'static str, op: &'static str) -> Run<'static> {
+    let mut run = Run::new("hostile", pool)
+        .config("mode", mode)
+        .config("op", op);
+    run.fixture = true;
+    run
+}
+
+fn partition_call(pool: &PgPool, op: &'static str, parent: &'static str) -> Run<'static> {
+    structured(pool, "sql-partition", op).config("parent", parent)
+}
+
+/// The run ended with `needle` in its error.
+fn stopped(r: &RunResult, needle: &str) {
+    assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+    let error = r.error.as_deref().unwrap_or_default();
+    assert!(error.contains(needle), "expected {needle:?} in {error:?}");
+}
+
+/// The relation's kind and whether it is a partition, by exact name in
+/// `public`; `None` when there is none.
+async fn relation(pool: &PgPool, name: &str) -> Option<(String, bool)> {
+    sqlx::query_as(
+        "SELECT relkind::text, relispartition FROM pg_class
+         WHERE relnamespace = 'public'::regnamespace AND relname = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+async fn bound(pool: &PgPool, name: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT pg_get_expr(relpartbound, oid) FROM pg_class
+         WHERE relnamespace = 'public'::regnamespace AND relname = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sql).execute(pool).await.unwrap();
+}
+
+#[sqlx::test]
+async fn partitions_are_created_detached_and_dropped_with_the_grant_only(pool: PgPool) {
+    schema(&pool).await;
+    let create = |name: &'static str, from: &'static str, to: &'static str| {
+        partition_call(&pool, "create", "events")
+            .config("partition", name)
+            .config("bounds", "range")
+            .config("from", from)
+            .config("to", to)
+    };
+    let r = create(
+        "events_2020_01_01",
+        "2020-01-01 00:00+00",
+        "2020-01-02 00:00+00",
+    )
+    .grant("events", &[CreatePartition])
+    .go()
+    .await;
+    ok(&r);
+    assert_eq!(
+        bound(&pool, "events_2020_01_01").await,
+        "FOR VALUES FROM ('2020-01-01 00:00:00+00') TO ('2020-01-02 00:00:00+00')"
+    );
+    assert!(
+        r.output.contains(
+            "sql: CREATE TABLE public.events_2020_01_01 PARTITION OF public.events FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')"
+        ),
+        "{}",
+        r.output
+    );
+
+    // Without `create_partition` on the parent nothing is made.
+    let r = create("events_2020_01_02", "2020-01-02", "2020-01-03")
+        .grant("events", &[Select, DropPartition])
+        .grant("events_2020_01_02", &[Ddl, CreatePartition])
+        .go()
+        .await;
+    stopped(
+        &r,
+        "access denied: `events` is not granted `create_partition`",
+    );
+    assert!(r.output.contains("access denied"), "{}", r.output);
+    assert_eq!(relation(&pool, "events_2020_01_02").await, None);
+
+    // Detach and drop need `drop_partition` on the parent.
+    exec(
+        &pool,
+        "CREATE TABLE events_2020_01_03 PARTITION OF events FOR VALUES FROM ('2020-01-03') TO ('2020-01-04')",
+    )
+    .await;
+    for (op, partition) in [
+        ("detach", "events_2020_01_01"),
+        ("drop", "events_2020_01_03"),
+    ] {
+        let r = partition_call(&pool, op, "events")
+            .config("partition", partition)
+            .grant("events", &[Select, CreatePartition])
+            .grant(partition, &[Ddl, DropPartition])
+            .go()
+            .await;
+        stopped(
+            &r,
+            "access denied: `events` is not granted `drop_partition`",
+        );
+        assert_eq!(relation(&pool, partition).await, Some(("r".into(), true)));
+    }
+    let r = partition_call(&pool, "detach", "events")
+        .config("partition", "events_2020_01_01")
+        .grant("events", &[DropPartition])
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(
+        relation(&pool, "events_2020_01_01").await,
+        Some(("r".into(), false))
+    );
+    let r = partition_call(&pool, "drop", "public.events")
+        .config("partition", "events_2020_01_03")
+        .grant("events", &[DropPartition])
+        .go()
+        .await;
+    // A dot is part of the name: `"public.events"` is no granted table.
+    stopped(
+        &r,
+        "access denied: `public.events` is not granted `drop_partition`",
+    );
+    let r = partition_call(&pool, "drop", "events")
+        .config("parent_schema", "public")
+        .config("partition", "events_2020_01_03")
+        .grant("events", &[DropPartition])
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(relation(&pool, "events_2020_01_03").await, None);
+    assert!(
+        r.output
+            .contains("sql: DROP TABLE public.events_2020_01_03"),
+        "{}",
+        r.output
+    );
+}
+
+#[sqlx::test]
+async fn only_a_partition_of_exactly_the_granted_parent_is_dropped_or_detached(pool: PgPool) {
+    schema(&pool).await;
+    exec(
+        &pool,
+        "CREATE TABLE plain_parent (a int);
+         CREATE TABLE plain_child () INHERITS (plain_parent);
+         CREATE TABLE device_logs_2020_01_01 PARTITION OF device_logs
+             FOR VALUES FROM ('2020-01-01') TO ('2020-01-02');
+         CREATE TABLE events_sub PARTITION OF events
+             FOR VALUES FROM ('2020-01-01') TO ('2020-02-01') PARTITION BY RANGE (\"timestamp\");
+         CREATE TABLE events_sub_1 PARTITION OF events_sub
+             FOR VALUES FROM ('2020-01-01') TO ('2020-01-02');
+         CREATE SCHEMA other;
+         CREATE TABLE other.events_default (a int);",
+    )
+    .await;
+    let grants = |run: Run<'static>| {
+        run.grant("events", &[DropPartition])
+            .grant("plain_parent", &[DropPartition])
+    };
+    let cases: [(&str, &str, Option<&str>, &str); 9] = [
+        // A plain inheritance child: its parent is no partitioned table.
+        (
+            "plain_parent",
+            "plain_child",
+            None,
+            "`public.plain_parent` is not a partitioned table",
+        ),
+        (
+            "events",
+            "devices",
+            None,
+            "access denied: `public.devices` is not granted `drop_partition`",
+        ),
+        (
+            "events",
+            "events",
+            None,
+            "access denied: `public.events` is not granted `drop_partition`",
+        ),
+        // Another parent's partition, and a partition's own partition.
+        (
+            "events",
+            "device_logs_2020_01_01",
+            None,
+            "access denied: `public.device_logs_2020_01_01`",
+        ),
+        (
+            "events",
+            "events_sub_1",
+            None,
+            "access denied: `public.events_sub_1`",
+        ),
+        (
+            "device_logs",
+            "device_logs_2020_01_01",
+            None,
+            "access denied: `device_logs` is not granted",
+        ),
+        (
+            "events",
+            "no_such_table",
+            None,
+            "`public.no_such_table` does not exist",
+        ),
+        // The name in another schema is another table.
+        (
+            "events",
+            "events_default",
+            Some("other"),
+            "access denied: `other.events_default`",
+        ),
+        (
+            "events",
+            "pg_class",
+            Some("pg_catalog"),
+            "access denied: `pg_catalog.pg_class`",
+        ),
+    ];
+    let before = catalog(&pool).await;
+    for op in ["drop", "detach"] {
+        for (parent, partition, schema, needle) in cases {
+            let mut run = grants(partition_call(&pool, op, parent)).config("partition", partition);
+            if let Some(schema) = schema {
+                run = run.config("partition_schema", schema);
+            }
+            let r = run.go().await;
+            stopped(&r, needle);
+            assert!(r.output.contains("sql "), "{}", r.output);
+        }
+    }
+    assert_eq!(catalog(&pool).await, before);
+    assert!(
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass('other.events_default') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    );
+    // The sub-partition goes with its own parent's grant.
+    let r = partition_call(&pool, "drop", "events_sub")
+        .config("partition", "events_sub_1")
+        .grant("events_sub", &[DropPartition])
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(relation(&pool, "events_sub_1").await, None);
+}
+
+#[sqlx::test]
+async fn hostile_names_are_created_as_they_are_or_refused(pool: PgPool) {
+    schema(&pool).await;
+    let long = "p".repeat(63);
+    let names = [
+        "a\"b",
+        "a.b",
+        "x;y",
+        "\"; DROP TABLE devices; --",
+        "'); DROP TABLE devices; --",
+        "ünïcödé 分区",
+        "Events_Mixed",
+        "$1",
+        long.as_str(),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let from: &'static str = Box::leak(format!("2020-01-{:02}", i + 1).into_boxed_str());
+        let to: &'static str = Box::leak(format!("2020-01-{:02}", i + 2).into_boxed_str());
+        let r = partition_call(&pool, "create", "events")
+            .config("partition", name)
+            .config("bounds", "range")
+            .config("from", from)
+            .config("to", to)
+            .grant("events", &[CreatePartition, DropPartition])
+            .go()
+            .await;
+        ok(&r);
+        assert_eq!(
+            relation(&pool, name).await,
+            Some(("r".into(), true)),
+            "{name:?}"
+        );
+        let r = partition_call(&pool, "drop", "events")
+            .config("partition", name)
+            .grant("events", &[DropPartition])
+            .go()
+            .await;
+        ok(&r);
+        assert_eq!(relation(&pool, name).await, None, "{name:?}");
+    }
+    assert!(relation(&pool, "devices").await.is_some());
+
+    let before = catalog(&pool).await;
+    let too_long = "p".repeat(64);
+    let two_byte = "é".repeat(32);
+    for (partition, schema, needle) in [
+        (
+            too_long.as_str(),
+            None,
+            "is 64 bytes long; PostgreSQL keeps at most 63",
+        ),
+        (two_byte.as_str(), None, "is 64 bytes long"),
+        ("a\0b", None, "contains NUL"),
+        ("", None, "the partition's name is empty"),
+        ("x", Some(""), "the partition's schema is empty"),
+        ("x", Some("public\0"), "contains NUL"),
+    ] {
+        let partition: &'static str = Box::leak(partition.to_string().into_boxed_str());
+        let mut run = partition_call(&pool, "create", "events")
+            .config("partition", partition)
+            .config("bounds", "default")
+            .grant("events", &[CreatePartition]);
+        if let Some(schema) = schema {
+            run = run.config("partition_schema", schema);
+        }
+        stopped(&run.go().await, needle);
+    }
+    // A hostile parent or schema names nothing that exists.
+    let r = partition_call(&pool, "create", "events\"; DROP TABLE devices; --")
+        .config("partition", "x")
+        .config("bounds", "default")
+        .grant("*", &[CreatePartition])
+        .go()
+        .await;
+    stopped(&r, "does not exist on the search path");
+    let r = partition_call(&pool, "create", "events")
+        .config("partition", "x")
+        .config("partition_schema", "public\"; DROP TABLE devices; --")
+        .config("bounds", "range")
+        .config("from", "2021-01-01")
+        .config("to", "2021-01-02")
+        .grant("events", &[CreatePartition])
+        .go()
+        .await;
+    stopped(&r, "3F000");
+    assert_eq!(catalog(&pool).await, before);
+}
+
+#[sqlx::test]
+async fn hostile_bound_values_are_literals(pool: PgPool) {
+    schema(&pool).await;
+    exec(
+        &pool,
+        "CREATE TABLE tags (t text) PARTITION BY LIST (t);
+         CREATE TABLE nums (n int) PARTITION BY RANGE (n);
+         CREATE TABLE buckets (id int) PARTITION BY HASH (id);",
+    )
+    .await;
+    let hostile = "it's\n'); DROP TABLE devices; --\na\\b\\'c\nünï\n$1";
+    let r = partition_call(&pool, "create", "tags")
+        .config("partition", "tags_1")
+        .config("bounds", "in")
+        .config("values", hostile)
+        .grant("tags", &[CreatePartition])
+        .go()
+        .await;
+    ok(&r);
+    for value in hostile.lines() {
+        let landed: String =
+            sqlx::query_scalar("INSERT INTO tags VALUES ($1) RETURNING tableoid::regclass::text")
+                .bind(value)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(landed, "tags_1", "{value:?}");
+    }
+    let r = partition_call(&pool, "create", "tags")
+        .config("partition", "tags_2")
+        .config("bounds", "in")
+        .config("values", "a\0b")
+        .grant("tags", &[CreatePartition])
+        .go()
+        .await;
+    stopped(&r, "contains NUL");
+
+    // Integers, MINVALUE and MAXVALUE.
+    let nums = |name: &'static str| {
+        partition_call(&pool, "create", "nums")
+            .config("partition", name)
+            .config("bounds", "range")
+            .grant("nums", &[CreatePartition])
+    };
+    ok(&nums("nums_low")
+        .config("from_min", true)
+        .config("to", -5)
+        .go()
+        .await);
+    ok(&nums("nums_mid")
+        .config("from", -5)
+        .config("to", 10)
+        .go()
+        .await);
+    ok(&nums("nums_high")
+        .config("from", 10)
+        .config("to_max", true)
+        .go()
+        .await);
+    assert_eq!(
+        bound(&pool, "nums_low").await,
+        "FOR VALUES FROM (MINVALUE) TO ('-5')"
+    );
+    assert_eq!(
+        bound(&pool, "nums_mid").await,
+        "FOR VALUES FROM ('-5') TO (10)"
+    );
+    assert_eq!(
+        bound(&pool, "nums_high").await,
+        "FOR VALUES FROM (10) TO (MAXVALUE)"
+    );
+    // Text that is not a value of the key's type is the database's error.
+    let r = nums("nums_bad")
+        .config("from", "1) TO (2); DROP TABLE devices; --")
+        .config("to", "3")
+        .go()
+        .await;
+    stopped(&r, "22P02");
+    let r = partition_call(&pool, "create", "events")
+        .config("partition", "events_bad")
+        .config("bounds", "range")
+        .config("from", "2020-01-01'); DROP TABLE devices; --")
+        .config("to", "2020-01-02")
+        .grant("events", &[CreatePartition])
+        .go()
+        .await;
+    stopped(&r, "22007");
+    assert_eq!(relation(&pool, "nums_bad").await, None);
+    assert!(relation(&pool, "devices").await.is_some());
+
+    let r = partition_call(&pool, "create", "buckets")
+        .config("partition", "buckets_0")
+        .config("bounds", "hash")
+        .config("modulus", 2)
+        .config("remainder", 0)
+        .grant("buckets", &[CreatePartition])
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(
+        bound(&pool, "buckets_0").await,
+        "FOR VALUES WITH (modulus 2, remainder 0)"
+    );
+}
+
+#[sqlx::test]
+async fn structured_dry_runs_change_nothing(pool: PgPool) {
+    schema(&pool).await;
+    exec(
+        &pool,
+        "CREATE TABLE nums (n int) PARTITION BY RANGE (n);
+         CREATE TABLE nums_1 PARTITION OF nums FOR VALUES FROM (1) TO (2);
+         CREATE TABLE nums_2 PARTITION OF nums FOR VALUES FROM (2) TO (3);",
+    )
+    .await;
+    let before = fingerprint(&pool).await;
+    let all = [Select, CreatePartition, DropPartition, Vacuum, Analyze];
+    let calls = [
+        (
+            partition_call(&pool, "create", "nums")
+                .config("partition", "nums_3")
+                .config("bounds", "range")
+                .config("from", 3)
+                .config("to", 4),
+            "sql (dry-run, rolled back): CREATE TABLE public.nums_3 PARTITION OF public.nums FOR VALUES FROM ('3') TO ('4')",
+        ),
+        (
+            partition_call(&pool, "drop", "nums").config("partition", "nums_1"),
+            "sql (dry-run, rolled back): DROP TABLE public.nums_1",
+        ),
+        (
+            partition_call(&pool, "detach", "nums").config("partition", "nums_1"),
+            "sql (dry-run, rolled back): ALTER TABLE public.nums DETACH PARTITION public.nums_1",
+        ),
+        (
+            partition_call(&pool, "detach-concurrently", "nums").config("partition", "nums_2"),
+            "sql (dry-run, not run): ALTER TABLE public.nums DETACH PARTITION public.nums_2 CONCURRENTLY",
+        ),
+        (
+            structured(&pool, "sql-maintenance", "vacuum")
+                .config("table", "nums")
+                .config("full", true)
+                .config("analyze", true),
+            "sql (dry-run, not run): VACUUM (FULL, ANALYZE) public.nums",
+        ),
+        (
+            structured(&pool, "sql-maintenance", "analyze").config("table", "nums"),
+            "sql (dry-run, not run): ANALYZE public.nums",
+        ),
+    ];
+    for (run, line) in calls {
+        let r = run.grant("nums", &all).dry_run().go().await;
+        ok(&r);
+        assert!(r.output.contains(line), "{line}\n{}", r.output);
+    }
+    // The checks still run: a dry-run is denied what a run would be.
+    let r = partition_call(&pool, "drop", "nums")
+        .config("partition", "devices")
+        .grant("nums", &all)
+        .dry_run()
+        .go()
+        .await;
+    stopped(&r, "access denied: `public.devices`");
+    assert_eq!(fingerprint(&pool).await, before);
+    let vacuumed: bool = sqlx::query_scalar(
+        "SELECT last_vacuum IS NOT NULL OR last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'nums_1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!vacuumed);
+}
+
+/// Waits for the statistics collector to show `column` set for `table`.
+async fn stat_set(pool: &PgPool, table: &str, column: &str) -> bool {
+    for _ in 0..50 {
+        let set: bool = sqlx::query_scalar(&format!(
+            "SELECT {column} IS NOT NULL FROM pg_stat_user_tables WHERE relname = $1"
+        ))
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if set {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[sqlx::test]
+async fn vacuum_and_analyze_need_their_grant(pool: PgPool) {
+    schema(&pool).await;
+    seed(&pool).await;
+    exec(
+        &pool,
+        "CREATE VIEW readings_view AS SELECT * FROM sensor_readings",
+    )
+    .await;
+    let maintenance = |op: &'static str| {
+        structured(&pool, "sql-maintenance", op).config("table", "sensor_readings")
+    };
+    stopped(
+        &maintenance("vacuum")
+            .grant("sensor_readings", &[Analyze])
+            .go()
+            .await,
+        "access denied: `sensor_readings` is not granted `vacuum`",
+    );
+    stopped(
+        &maintenance("vacuum")
+            .config("analyze", true)
+            .grant("sensor_readings", &[Vacuum])
+            .go()
+            .await,
+        "access denied: `sensor_readings` is not granted `analyze`",
+    );
+    stopped(
+        &maintenance("analyze")
+            .grant("sensor_readings", &[Vacuum])
+            .go()
+            .await,
+        "access denied: `sensor_readings` is not granted `analyze`",
+    );
+    // The whole database needs the grant on `*`.
+    stopped(
+        &structured(&pool, "sql-maintenance", "vacuum")
+            .grant("sensor_readings", &[Vacuum])
+            .go()
+            .await,
+        "access denied: `*` is not granted `vacuum`",
+    );
+    stopped(
+        &structured(&pool, "sql-maintenance", "vacuum")
+            .config("table", "readings_view")
+            .grant("readings_view", &[Vacuum])
+            .go()
+            .await,
+        "`public.readings_view` is not a table",
+    );
+    assert!(!stat_set(&pool, "sensor_readings", "last_vacuum").await);
+
+    let r = maintenance("analyze")
+        .grant("sensor_readings", &[Analyze])
+        .go()
+        .await;
+    ok(&r);
+    assert!(
+        r.output.contains("sql: ANALYZE public.sensor_readings"),
+        "{}",
+        r.output
+    );
+    assert!(stat_set(&pool, "sensor_readings", "last_analyze").await);
+    let r = maintenance("vacuum")
+        .grant("sensor_readings", &[Vacuum])
+        .go()
+        .await;
+    ok(&r);
+    assert!(stat_set(&pool, "sensor_readings", "last_vacuum").await);
+    let r = structured(&pool, "sql-maintenance", "vacuum")
+        .grant("*", &[Vacuum])
+        .go()
+        .await;
+    ok(&r);
+    assert!(
+        r.output.contains("sql: VACUUM\n") || r.output.ends_with("sql: VACUUM"),
+        "{}",
+        r.output
+    );
+    assert!(stat_set(&pool, "devices", "last_vacuum").await);
+}
+
+/// PostgreSQL lets only a table's owner change its partitions or vacuum
+/// it: the host runs the statement as the owner when its login role may
+/// act as it, and otherwise names the `GRANT` that would let it.
+#[sqlx::test]
+async fn structured_calls_run_as_the_owner(pool: PgPool) {
+    let suffix = std::process::id() as u128 * 1_000_000_000
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u128;
+    let owner = format!("hk_owner_{suffix}");
+    let login = format!("hk_login_{suffix}");
+    exec(
+        &pool,
+        &format!(
+            "CREATE ROLE {owner} NOLOGIN;
+             CREATE ROLE {login} LOGIN;
+             GRANT CREATE ON SCHEMA public TO {owner};
+             CREATE TABLE nums (n int) PARTITION BY RANGE (n);
+             CREATE TABLE nums_1 PARTITION OF nums FOR VALUES FROM (1) TO (2);
+             CREATE TABLE nums_2 PARTITION OF nums FOR VALUES FROM (2) TO (3);
+             ALTER TABLE nums OWNER TO {owner};
+             ALTER TABLE nums_1 OWNER TO {owner};
+             ALTER TABLE nums_2 OWNER TO {owner};"
+        ),
+    )
+    .await;
+    let options = (*pool.connect_options()).clone().username(&login);
+    let as_login = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let call = |run: Run<'static>| {
+        let mut run = run.grant("nums", &[CreatePartition, DropPartition, Vacuum, Analyze]);
+        run.connection = Connection::postgres(as_login.clone());
+        run
+    };
+    let create = || {
+        call(partition_call(&pool, "create", "nums"))
+            .config("partition", "nums_3")
+            .config("bounds", "range")
+            .config("from", 3)
+            .config("to", 4)
+    };
+
+    let r = create().go().await;
+    stopped(
+        &r,
+        &format!(
+            "`public.nums` is owned by role `{owner}`, and PostgreSQL lets only its owner run CREATE TABLE … PARTITION OF; let the host act as the owner with `GRANT {owner} TO {login}`"
+        ),
+    );
+    let r = call(structured(&pool, "sql-maintenance", "vacuum").config("table", "nums"))
+        .go()
+        .await;
+    stopped(&r, &format!("GRANT {owner} TO {login}"));
+    assert_eq!(relation(&pool, "nums_3").await, None);
+
+    exec(&pool, &format!("GRANT {owner} TO {login}")).await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&as_login)
+        .await
+        .unwrap();
+    let r = create().go().await;
+    ok(&r);
+    assert!(
+        r.output.contains(&format!("as role `{owner}`")),
+        "{}",
+        r.output
+    );
+    let made_by: String = sqlx::query_scalar(
+        "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'nums_3'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(made_by, owner);
+    ok(
+        &call(partition_call(&pool, "detach-concurrently", "nums").config("partition", "nums_2"))
+            .go()
+            .await,
+    );
+    assert_eq!(relation(&pool, "nums_2").await, Some(("r".into(), false)));
+    ok(
+        &call(partition_call(&pool, "drop", "nums").config("partition", "nums_1"))
+            .go()
+            .await,
+    );
+    assert_eq!(relation(&pool, "nums_1").await, None);
+    ok(
+        &call(structured(&pool, "sql-maintenance", "vacuum").config("table", "nums"))
+            .go()
+            .await,
+    );
+    assert!(stat_set(&pool, "nums_3", "last_vacuum").await);
+    ok(
+        &call(structured(&pool, "sql-maintenance", "analyze").config("table", "nums"))
+            .go()
+            .await,
+    );
+
+    // The session is the login role's again, with no time limits left.
+    let (pid_after, user, timeout): (i32, String, String) = sqlx::query_as(
+        "SELECT pg_backend_pid(), current_user::text, current_setting('statement_timeout')",
+    )
+    .fetch_one(&as_login)
+    .await
+    .unwrap();
+    assert_eq!(
+        (pid_after, user.as_str(), timeout.as_str()),
+        (pid, login.as_str(), "0")
+    );
+
+    as_login.close().await;
+    exec(
+        &pool,
+        &format!("DROP OWNED BY {owner}, {login}; DROP ROLE {login}; DROP ROLE {owner}"),
+    )
+    .await;
 }

@@ -3,9 +3,10 @@
 //!
 //! `[config]`: `tables` (a list, or names separated by commas), `analyze`
 //! (default true), `full` (default false: `VACUUM FULL` rewrites tables and
-//! locks them). Grants: each table needs `vacuum` (and `analyze`).
+//! locks them). Grants: each table needs `vacuum` (and `analyze`). The host
+//! builds each `VACUUM` (`sql::vacuum`) and runs it as the table's owner.
 
-use housekeeper_sdk::sql::{self, Dialect, Ident};
+use housekeeper_sdk::sql::{self, Dialect, Ident, VacuumOptions};
 use housekeeper_sdk::{Context, Error, Info, Report, Task, config, log};
 
 struct DatabaseVacuum;
@@ -22,12 +23,11 @@ impl Task for DatabaseVacuum {
         let analyze = config::bool_or("analyze", true)?;
         let full = config::bool_or("full", false)?;
         let sqlite = sql::dialect()? == Dialect::Sqlite;
-        let command = match (sqlite, full, analyze) {
-            (true, _, _) => "VACUUM".to_owned(),
-            (false, true, true) => "VACUUM (FULL, ANALYZE)".to_owned(),
-            (false, true, false) => "VACUUM (FULL)".to_owned(),
-            (false, false, true) => "VACUUM (ANALYZE)".to_owned(),
-            (false, false, false) => "VACUUM".to_owned(),
+        let options = VacuumOptions {
+            full,
+            // SQLite's VACUUM does not analyze.
+            analyze: analyze && !sqlite,
+            ..VacuumOptions::plain()
         };
         let targets: Vec<Option<&Ident>> = if tables.is_empty() || sqlite {
             vec![None]
@@ -37,12 +37,9 @@ impl Task for DatabaseVacuum {
         let mut done = 0;
         let mut failures = Vec::new();
         for target in &targets {
-            let statement = match target {
-                Some(t) => format!("{command} {t}"),
-                None => command.clone(),
-            };
-            match sql::execute(&statement, &[]) {
-                Ok(_) => done += 1,
+            let relation = target.map(Ident::relation);
+            match sql::vacuum(relation.as_ref(), options) {
+                Ok(()) => done += 1,
                 Err(e) => {
                     let what = target.map(Ident::name).unwrap_or("the database");
                     log::error(format!("{what}: {}", e.message()));

@@ -2,10 +2,13 @@
 //! for inserts and within retention.
 //!
 //! Creates every missing partition from the current period through
-//! `premake` periods ahead (filling gaps), then, in a separate transaction,
-//! drops or detaches partitions that lie entirely before the retention
-//! cutoff, and warns when the default partition holds rows (which blocks
-//! creating partitions for their range).
+//! `premake` periods ahead (filling gaps), then drops or detaches
+//! partitions that lie entirely before the retention cutoff, and warns when
+//! the default partition holds rows (which blocks creating partitions for
+//! their range). Each partition is one host call (`sql::create_partition`,
+//! `drop_partition`, `detach_partition`): the host builds the statement,
+//! checks the catalog and runs it as the table's owner, and one that fails
+//! does not hold back the rest.
 //!
 //! `[config]`: `table` (required), `interval` (`daily` | `hourly` |
 //! `monthly`, default daily), `premake` (periods ahead; default 30 daily, 48
@@ -76,25 +79,14 @@ fn settings() -> Result<Settings, Error> {
     })
 }
 
-/// Runs `statements` in one transaction; if that fails, one by one, so
-/// one bad statement does not hold back the rest. Returns how many
-/// succeeded and the failures.
-fn apply(statements: &[(String, String)]) -> (u64, Vec<String>) {
-    if statements.is_empty() {
-        return (0, Vec::new());
-    }
-    let all: Vec<(&str, Vec<Value>)> = statements
-        .iter()
-        .map(|(_, sql)| (sql.as_str(), Vec::new()))
-        .collect();
-    if sql::transaction(&all).is_ok() {
-        return (statements.len() as u64, Vec::new());
-    }
+/// Runs each call, so one failure does not hold back the rest. Returns how
+/// many succeeded and the failures, by partition name.
+fn apply(calls: Vec<(String, impl FnOnce() -> Result<(), SqlError>)>) -> (u64, Vec<String>) {
     let mut done = 0;
     let mut failed = Vec::new();
-    for (name, statement) in statements {
-        match sql::execute(statement, &[]) {
-            Ok(_) => done += 1,
+    for (name, call) in calls {
+        match call() {
+            Ok(()) => done += 1,
             Err(e) => failed.push(format!("{name}: {}", e.message())),
         }
     }
@@ -145,42 +137,38 @@ impl Task for PartitionMaintenance {
 
         let now = time::now();
         let wanted = partition::wanted(s.table.name(), s.interval, now, s.premake);
-        let creates: Vec<(String, String)> = wanted
+        let parent = s.table.relation();
+        let creates: Vec<_> = wanted
             .iter()
             .filter(|p| !existing.contains(&p.name))
             .map(|p| {
-                (
-                    p.name.clone(),
-                    format!(
-                        "CREATE TABLE {} PARTITION OF {table_q} {}",
-                        s.table.sibling(&p.name),
-                        p.bounds_sql()
-                    ),
-                )
+                let (partition, bounds) = (p.relation(&s.table), p.bounds());
+                let parent = &parent;
+                (p.name.clone(), move || {
+                    sql::create_partition(parent, &partition, &bounds)
+                })
             })
             .collect();
-        let (created, mut failures) = apply(&creates);
+        let attempted = creates.len() as u64;
+        let (created, mut failures) = apply(creates);
 
         let mut removed = 0;
         if let Some(age) = s.retention {
             let cutoff = age.before(now);
-            let expired: Vec<Partition> = existing
+            let removals: Vec<_> = existing
                 .iter()
                 .filter_map(|name| Partition::parse(s.table.name(), s.interval, name))
                 .filter(|p| p.end <= cutoff)
-                .collect();
-            let removals: Vec<(String, String)> = expired
-                .iter()
                 .map(|p| {
-                    let name = s.table.sibling(&p.name);
-                    let statement = match s.mode {
-                        Mode::Drop => format!("DROP TABLE {name}"),
-                        Mode::Detach => format!("ALTER TABLE {table_q} DETACH PARTITION {name}"),
-                    };
-                    (p.name.clone(), statement)
+                    let partition = p.relation(&s.table);
+                    let (parent, mode) = (&parent, s.mode);
+                    (p.name, move || match mode {
+                        Mode::Drop => sql::drop_partition(parent, &partition),
+                        Mode::Detach => sql::detach_partition(parent, &partition, false),
+                    })
                 })
                 .collect();
-            let (n, failed) = apply(&removals);
+            let (n, failed) = apply(removals);
             removed = n;
             failures.extend(failed);
         }
@@ -213,7 +201,7 @@ impl Task for PartitionMaintenance {
             }
         }
 
-        let failed_creates = creates.len() as u64 - created;
+        let failed_creates = attempted - created;
         let ahead = wanted.len() as u64 - failed_creates;
         let (removal, removed_word, removed_metric) = match s.mode {
             Mode::Drop => ("drop", "dropped", "partitions_dropped"),

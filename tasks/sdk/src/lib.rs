@@ -29,6 +29,8 @@ pub mod sql;
 pub mod time;
 
 #[doc(hidden)]
+// Generated: a call taking several records flattens into many arguments.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "task",

@@ -3,6 +3,7 @@
 //! `<table>_YYYY_MM`). Times are UTC; ages and the clock are in
 //! [`crate::time`].
 
+use crate::sql::{Ident, PartitionBounds, RangeBound, RangeBounds, Relation, Value};
 pub use crate::time::NaiveDateTime;
 use chrono::{Datelike, Duration, Months, NaiveDate, Timelike};
 
@@ -112,13 +113,23 @@ impl Partition {
         Some(Partition::at(table, interval, start))
     }
 
-    /// `FOR VALUES FROM (…) TO (…)` with UTC bounds.
-    pub fn bounds_sql(&self) -> String {
-        format!(
-            "FOR VALUES FROM ('{}+00') TO ('{}+00')",
-            self.start.format("%Y-%m-%d %H:%M:%S"),
-            self.end.format("%Y-%m-%d %H:%M:%S")
-        )
+    /// `FROM (start) TO (end)` as UTC timestamps, for
+    /// [`crate::sql::create_partition`].
+    pub fn bounds(&self) -> PartitionBounds {
+        let at = |t: NaiveDateTime| {
+            vec![RangeBound::Value(Value::Timestamp(
+                t.and_utc().timestamp_millis(),
+            ))]
+        };
+        PartitionBounds::Range(RangeBounds {
+            from: at(self.start),
+            to: at(self.end),
+        })
+    }
+
+    /// The partition as a table in `table`'s schema.
+    pub fn relation(&self, table: &Ident) -> Relation {
+        table.sibling_relation(&self.name)
     }
 }
 
@@ -151,9 +162,21 @@ mod tests {
         let p = Partition::at("events", Interval::Daily, t("2026-12-31 00:00"));
         assert_eq!(p.name, "events_2026_12_31");
         assert_eq!(p.end, t("2027-01-01 00:00"));
+        let PartitionBounds::Range(range) = p.bounds() else {
+            panic!("not a range: {:?}", p.bounds());
+        };
+        let ms = |b: &[RangeBound]| match b {
+            [RangeBound::Value(Value::Timestamp(ms))] => *ms,
+            other => panic!("not one timestamp: {other:?}"),
+        };
+        // 2026-12-31T00:00:00Z and a day later.
+        assert_eq!(ms(&range.from), 1_798_675_200_000);
+        assert_eq!(ms(&range.to), 1_798_761_600_000);
+        let table = Ident::parse("table", "app.events").unwrap();
+        let r = p.relation(&table);
         assert_eq!(
-            p.bounds_sql(),
-            "FOR VALUES FROM ('2026-12-31 00:00:00+00') TO ('2027-01-01 00:00:00+00')"
+            (r.schema.as_deref(), r.name.as_str()),
+            (Some("app"), "events_2026_12_31")
         );
         let p = Partition::at("public.logs", Interval::Hourly, t("2026-11-25 23:00"));
         assert_eq!(p.name, "logs_2026_11_25_23");

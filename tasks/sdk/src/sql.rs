@@ -20,7 +20,10 @@ use crate::bindings::housekeeper::task::sql as host;
 use std::borrow::Cow;
 use std::cell::Cell;
 
-pub use host::{DatabaseError, Denial, Rows, SqlDialect as Dialect, SqlError, Value};
+pub use host::{
+    DatabaseError, Denial, HashBounds, PartitionBounds, RangeBound, RangeBounds, Relation, Rows,
+    SqlDialect as Dialect, SqlError, VacuumOptions, Value,
+};
 
 thread_local! {
     // A run is one instance with one connection, so its dialect never
@@ -117,6 +120,75 @@ pub fn transaction(statements: &[(&str, Vec<Value>)]) -> Result<Vec<u64>, SqlErr
         })
         .collect();
     host::transaction(&statements)
+}
+
+/// `CREATE TABLE <partition> PARTITION OF <parent> FOR VALUES …`, built by
+/// the host from the names and bounds (see [`crate::partition`] for ranges
+/// of time). Needs `create_partition` on `parent`; `partition` goes into
+/// the parent's schema unless it names one.
+pub fn create_partition(
+    parent: &Relation,
+    partition: &Relation,
+    bounds: &PartitionBounds,
+) -> Result<(), SqlError> {
+    host::create_partition(parent, partition, bounds)
+}
+
+/// `DROP TABLE <partition>`, when the catalog says it is a partition of
+/// `parent`, which needs `drop_partition`.
+pub fn drop_partition(parent: &Relation, partition: &Relation) -> Result<(), SqlError> {
+    host::drop_partition(parent, partition)
+}
+
+/// `ALTER TABLE <parent> DETACH PARTITION <partition> [CONCURRENTLY]`, with
+/// the checks of [`drop_partition`].
+pub fn detach_partition(
+    parent: &Relation,
+    partition: &Relation,
+    concurrently: bool,
+) -> Result<(), SqlError> {
+    host::detach_partition(parent, partition, concurrently)
+}
+
+/// `VACUUM` of `table`, or of the whole database (a grant on `*`).
+pub fn vacuum(table: Option<&Relation>, options: VacuumOptions) -> Result<(), SqlError> {
+    host::vacuum(table, options)
+}
+
+/// `ANALYZE` of `table`, or of the whole database (a grant on `*`).
+pub fn analyze(table: Option<&Relation>) -> Result<(), SqlError> {
+    host::analyze(table)
+}
+
+impl Relation {
+    /// `name`, found on the search path (or, for a partition, in its
+    /// parent's schema).
+    pub fn new(name: impl Into<String>) -> Self {
+        Relation {
+            schema: None,
+            name: name.into(),
+        }
+    }
+
+    /// `schema.name`.
+    pub fn in_schema(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        Relation {
+            schema: Some(schema.into()),
+            name: name.into(),
+        }
+    }
+}
+
+impl VacuumOptions {
+    /// Plain `VACUUM`: no option set.
+    pub fn plain() -> Self {
+        VacuumOptions {
+            full: false,
+            analyze: false,
+            freeze: false,
+            skip_locked: false,
+        }
+    }
 }
 
 /// The first column of the first row, if any.
@@ -275,6 +347,22 @@ impl Ident {
         self.0.rsplit('.').next().unwrap_or(&self.0)
     }
 
+    /// The table for the structured calls ([`create_partition`], [`vacuum`]…).
+    pub fn relation(&self) -> Relation {
+        match self.0.split_once('.') {
+            Some((schema, name)) => Relation::in_schema(schema, name),
+            None => Relation::new(self.0.as_str()),
+        }
+    }
+
+    /// `name` in the same schema, for the structured calls.
+    pub fn sibling_relation(&self, name: &str) -> Relation {
+        match self.0.split_once('.') {
+            Some((schema, _)) => Relation::in_schema(schema, name),
+            None => Relation::new(name),
+        }
+    }
+
     /// `name` in the same schema, quoted.
     pub fn sibling(&self, name: &str) -> String {
         match self.0.rsplit_once('.') {
@@ -369,6 +457,18 @@ mod tests {
             "\"app\".\"device_logs_2026\""
         );
         assert_eq!(Ident::parse("t", "_x1").unwrap().sibling("y"), "\"y\"");
+        let parts = |r: Relation| (r.schema, r.name);
+        assert_eq!(
+            parts(t.relation()),
+            (Some("app".into()), "device_logs".into())
+        );
+        assert_eq!(
+            parts(t.sibling_relation("device_logs_2026")),
+            (Some("app".into()), "device_logs_2026".into())
+        );
+        let bare = Ident::parse("t", "Events").unwrap();
+        assert_eq!(parts(bare.relation()), (None, "events".into()));
+        assert_eq!(parts(bare.sibling_relation("e_1")), (None, "e_1".into()));
         assert!(Ident::parse("t", &"a".repeat(63)).is_ok());
         for bad in [
             "",

@@ -14,6 +14,7 @@ pub mod guard;
 mod postgres;
 pub mod roles;
 mod sqlite;
+mod structured;
 
 use super::output::{Level, Output};
 use crate::bindings::housekeeper::task::sql::{self as wit, Host};
@@ -505,6 +506,59 @@ impl Host for SqlCapability {
             .run(prepared, false)
             .await?
             .map(|outcomes| outcomes.iter().map(changed).collect()))
+    }
+
+    async fn create_partition(
+        &mut self,
+        parent: wit::Relation,
+        partition: wit::Relation,
+        bounds: wit::PartitionBounds,
+    ) -> wasmtime::Result<Result<(), wit::SqlError>> {
+        self.structured(structured::Action::Create {
+            parent,
+            partition,
+            bounds,
+        })
+        .await
+    }
+
+    async fn drop_partition(
+        &mut self,
+        parent: wit::Relation,
+        partition: wit::Relation,
+    ) -> wasmtime::Result<Result<(), wit::SqlError>> {
+        self.structured(structured::Action::Drop { parent, partition })
+            .await
+    }
+
+    async fn detach_partition(
+        &mut self,
+        parent: wit::Relation,
+        partition: wit::Relation,
+        concurrently: bool,
+    ) -> wasmtime::Result<Result<(), wit::SqlError>> {
+        self.structured(structured::Action::Detach {
+            parent,
+            partition,
+            concurrently,
+        })
+        .await
+    }
+
+    async fn vacuum(
+        &mut self,
+        table: Option<wit::Relation>,
+        options: wit::VacuumOptions,
+    ) -> wasmtime::Result<Result<(), wit::SqlError>> {
+        self.structured(structured::Action::Vacuum { table, options })
+            .await
+    }
+
+    async fn analyze(
+        &mut self,
+        table: Option<wit::Relation>,
+    ) -> wasmtime::Result<Result<(), wit::SqlError>> {
+        self.structured(structured::Action::Analyze { table }).await
     }
 }
 
