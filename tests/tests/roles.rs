@@ -335,3 +335,59 @@ async fn without_createrole_the_run_is_refused_and_db_roles_prints_the_fix(pool:
     assert_eq!(ok.status, RunStatus::Success, "{ok:#?}");
     plain.close().await;
 }
+
+/// The login role README recommends: `NOINHERIT`, `CREATEROLE`, a member of
+/// the role that owns the tables. The host sets the task's role up on its
+/// own, switching to the owner for the grants, and the login role itself
+/// still reads nothing.
+#[sqlx::test]
+async fn the_recommended_login_role_sets_up_task_roles_itself(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let owner = unique(&pool, "o").await;
+    let login = unique(&pool, "l").await;
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{owner}\" NOLOGIN;
+         ALTER TABLE events OWNER TO \"{owner}\";
+         ALTER TABLE secrets OWNER TO \"{owner}\";
+         CREATE ROLE \"{login}\" LOGIN NOINHERIT CREATEROLE;
+         GRANT \"{owner}\" TO \"{login}\";"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let as_login = pool_as(&pool, &login).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select, Insert])];
+    let result = run(request(
+        &task,
+        Connection::postgres(as_login.clone()),
+        "sql-transaction",
+        "INSERT INTO events DEFAULT VALUES\nINSERT INTO events DEFAULT VALUES",
+        grants,
+    ))
+    .await;
+    assert_eq!(result.status, RunStatus::Success, "{result:#?}");
+    let role = role_name(&task);
+    assert!(
+        result.output.contains(&format!(
+            "GRANT USAGE ON SEQUENCE \"public\".\"events_id_seq\" TO \"{role}\""
+        )),
+        "{}",
+        result.output
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 7);
+    // The login role holds nothing itself.
+    let direct = sqlx::query("SELECT * FROM secrets")
+        .fetch_all(&as_login)
+        .await;
+    let error = direct
+        .err()
+        .expect("the login role cannot read secrets")
+        .to_string();
+    assert!(error.contains("permission denied"), "{error}");
+    as_login.close().await;
+}

@@ -303,6 +303,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_opts_in_to_a_superuser_login_only_by_name() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let c = Connections::from_env(
+            Some("postgres://u@db/app"),
+            None,
+            env(&[
+                ("HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER", "1"),
+                ("HOUSEKEEPER_DB_R_URL", "postgres://u@db/r"),
+            ]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(c.get("main").unwrap().unsafe_superuser);
+        assert!(!c.get("r").unwrap().unsafe_superuser);
+        for (pairs, needle) in [
+            (
+                vec![("HOUSEKEEPER_DB_OTHER_UNSAFE_SUPERUSER", "1")],
+                "no connection `other`",
+            ),
+            (
+                vec![("HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER", "yes please")],
+                "expected true or false",
+            ),
+        ] {
+            let err = Connections::from_env(
+                Some("postgres://u@db/app"),
+                None,
+                env(&pairs),
+                &Default::default(),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(err.contains(pairs[0].0), "{err}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_bad_url_names_its_variable() {
         let env = [("HOUSEKEEPER_DB_X_URL".to_owned(), "mysql://db".to_owned())];
         let err = Connections::from_env(None, None, env, &Default::default())

@@ -161,21 +161,26 @@ pub struct Login {
     pub superuser: bool,
     pub bypassrls: bool,
     pub createrole: bool,
+    /// Holds the privileges of the roles it is a member of without
+    /// switching: with it, the login role holds every task's privileges.
+    pub inherit: bool,
 }
 
 impl Login {
     pub async fn of(conn: &mut PgConnection) -> Result<Login, sqlx::Error> {
-        let (name, superuser, bypassrls, createrole): (String, bool, bool, bool) = sqlx::query_as(
-            "SELECT rolname::text, rolsuper, rolbypassrls, rolcreaterole
-             FROM pg_roles WHERE rolname = session_user",
-        )
-        .fetch_one(conn)
-        .await?;
+        let (name, superuser, bypassrls, createrole, inherit): (String, bool, bool, bool, bool) =
+            sqlx::query_as(
+                "SELECT rolname::text, rolsuper, rolbypassrls, rolcreaterole, rolinherit
+                 FROM pg_roles WHERE rolname = session_user",
+            )
+            .fetch_one(conn)
+            .await?;
         Ok(Login {
             name,
             superuser,
             bypassrls,
             createrole,
+            inherit,
         })
     }
 
@@ -205,6 +210,9 @@ impl Login {
 pub struct Step {
     pub sql: String,
     pub as_owner: Option<String>,
+    /// Whether the host applies it on its own. Giving a table to the task's
+    /// role (`ddl`) is left to an administrator (`db roles --apply`).
+    pub automatic: bool,
 }
 
 /// How a task's role compares with its grant.
@@ -228,6 +236,9 @@ impl Inspection {
     pub fn script(&self) -> String {
         let mut out = String::new();
         for step in &self.steps {
+            if !step.automatic {
+                out.push_str("-- the host leaves this to an administrator:\n");
+            }
             match &step.as_owner {
                 Some(owner) => {
                     let _ = writeln!(
@@ -280,15 +291,18 @@ pub async fn inspect(
         out.steps.push(Step {
             sql: format!("CREATE ROLE {q_role} NOLOGIN NOINHERIT;"),
             as_owner: None,
+            automatic: true,
         });
         out.steps.push(Step {
             sql: format!("GRANT {q_role} TO {};", quote_ident(&login.name)),
             as_owner: None,
+            automatic: true,
         });
         for schema in wanted.schemas() {
             out.steps.push(Step {
                 sql: format!("GRANT USAGE ON SCHEMA {} TO {q_role};", quote_ident(schema)),
                 as_owner: None,
+                automatic: true,
             });
         }
         let resolved = resolve(conn, wanted, role).await?;
@@ -316,6 +330,7 @@ pub async fn inspect(
             out.steps.push(Step {
                 sql: format!("ALTER ROLE {q_role} NO{attribute};"),
                 as_owner: None,
+                automatic: true,
             });
         }
     }
@@ -332,6 +347,7 @@ pub async fn inspect(
         out.steps.push(Step {
             sql: format!("GRANT {q_role} TO {};", quote_ident(&login.name)),
             as_owner: None,
+            automatic: true,
         });
     }
 
@@ -350,6 +366,7 @@ pub async fn inspect(
         out.steps.push(Step {
             sql: format!("REVOKE {} FROM {q_role};", quote_ident(&other)),
             as_owner: None,
+            automatic: true,
         });
     }
 
@@ -467,6 +484,7 @@ pub async fn inspect(
                     table_level.into_iter().collect::<Vec<_>>().join(", ")
                 ),
                 as_owner: Some(owner.clone()),
+                automatic: true,
             });
         }
         for (verb, cols) in columns {
@@ -476,6 +494,7 @@ pub async fn inspect(
                     cols.join(", ")
                 ),
                 as_owner: Some(owner.clone()),
+                automatic: true,
             });
         }
     }
@@ -528,6 +547,7 @@ pub async fn inspect(
                     quote_ident(&schema)
                 ),
                 as_owner: None,
+                automatic: true,
             });
             out.notes.push(format!(
                 "if schema `{schema}` grants CREATE to PUBLIC, revoke it: REVOKE CREATE ON SCHEMA {} FROM PUBLIC;",
@@ -544,6 +564,7 @@ pub async fn inspect(
                     quote_ident(&schema)
                 ),
                 as_owner: None,
+                automatic: true,
             });
         }
         if !usage && wanted.schemas().contains(schema.as_str()) {
@@ -555,6 +576,7 @@ pub async fn inspect(
                     quote_ident(&schema)
                 ),
                 as_owner: None,
+                automatic: true,
             });
         }
     }
@@ -604,7 +626,7 @@ pub async fn ensure(
     }
     let mut applied = Vec::new();
     let mut failed = Vec::new();
-    for step in &first.steps {
+    for step in first.steps.iter().filter(|s| s.automatic) {
         match apply(conn, &login, step).await {
             Ok(()) => applied.push(step.sql.clone()),
             Err(e) => failed.push(format!("{}: {}", step.sql, database_message(&e))),
@@ -683,6 +705,13 @@ pub async fn print(
     let login = Login::of(&mut conn).await?;
     if let Some(reason) = login.unsafe_reason() {
         let _ = writeln!(out, "-- warning: {reason}");
+    } else if login.inherit {
+        let _ = writeln!(
+            out,
+            "-- warning: login role `{0}` has INHERIT, so it holds every task role's privileges itself; ALTER ROLE {1} NOINHERIT;",
+            login.name,
+            quote_ident(&login.name)
+        );
     }
     let inspection = inspect(&mut conn, &role, &login, &wanted).await?;
     if inspection.is_clean() {
@@ -749,8 +778,8 @@ async fn resolve(
             out.push(None);
             continue;
         };
-        let sequences: Vec<(i64, String, String, bool)> = sqlx::query_as(
-            "SELECT s.oid::int8, quote_ident(n.nspname) || '.' || quote_ident(s.relname),
+        let sequences: Vec<(i64, String, String, String, bool)> = sqlx::query_as(
+            "SELECT s.oid::int8, n.nspname::text, s.relname::text,
                     pg_get_userbyid(s.relowner)::text,
                     COALESCE((SELECT bool_or(a.privilege_type = 'USAGE') FROM aclexplode(s.relacl) a
                               WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2)), false)
@@ -768,9 +797,9 @@ async fn resolve(
             owner,
             sequences: sequences
                 .into_iter()
-                .map(|(oid, qualified, owner, usage)| Sequence {
+                .map(|(oid, schema, name, owner, usage)| Sequence {
                     oid,
-                    qualified,
+                    qualified: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
                     owner,
                     usage,
                 })
@@ -802,6 +831,7 @@ fn grant_steps(
             out.steps.push(Step {
                 sql: format!("ALTER TABLE {} OWNER TO {q_role};", table.qualified()),
                 as_owner: Some(rel.owner.clone()),
+                automatic: false,
             });
         }
         return;
@@ -820,6 +850,7 @@ fn grant_steps(
                 table.qualified()
             ),
             as_owner: Some(rel.owner.clone()),
+            automatic: true,
         });
     }
     if table.privileges.contains("INSERT") {
@@ -831,6 +862,7 @@ fn grant_steps(
                         sequence.qualified
                     ),
                     as_owner: Some(sequence.owner.clone()),
+                    automatic: true,
                 });
             }
         }
