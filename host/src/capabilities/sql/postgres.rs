@@ -99,9 +99,12 @@ async fn run_on(
         .map_err(fail)?;
     let mut outcomes = Vec::with_capacity(statements.len());
     let mut in_role = true;
-    for statement in statements {
-        if as_task_role(statement) != in_role {
-            in_role = !in_role;
+    for (index, statement) in statements.iter().enumerate() {
+        // Before every statement after the first the role is switched to
+        // again: whatever an earlier statement of the call set (a
+        // `set_config('role', …, true)` the parse missed) ends there.
+        if as_task_role(statement) != in_role || (in_role && index > 0) {
+            in_role = as_task_role(statement);
             let switch = if in_role {
                 format!("SET LOCAL ROLE {role}")
             } else {
