@@ -35,6 +35,8 @@ pub struct SqlLimits {
     pub max_bytes: usize,
     /// Longest one call may run, even with more of the run's deadline left.
     pub call_timeout: Duration,
+    /// Longest statement the guard parses; a longer one is refused unparsed.
+    pub max_statement_bytes: usize,
 }
 
 impl Default for SqlLimits {
@@ -43,6 +45,7 @@ impl Default for SqlLimits {
             max_rows: 100_000,
             max_bytes: 32 << 20,
             call_timeout: Duration::from_secs(15 * 60),
+            max_statement_bytes: guard::DEFAULT_MAX_STATEMENT_BYTES,
         }
     }
 }
@@ -182,9 +185,32 @@ impl SqlCapability {
     }
 
     /// Passes `sql` through the guard, recording a denial in the output.
-    fn check(&self, sql: &str, params: Vec<wit::Value>) -> Result<Prepared, wit::SqlError> {
+    /// Parsing runs on a blocking thread and counts against the call's
+    /// budget: a statement that takes longer to parse than the run has left
+    /// ends as a time-out, and the run's deadline still ends the run.
+    async fn check(&self, sql: &str, params: Vec<wit::Value>) -> Result<Prepared, wit::SqlError> {
         let access = self.access()?;
-        match guard::check(access.connection.dialect(), sql, &access.grants) {
+        let budget = self.budget().map_err(|_| wit::SqlError::Timeout)?;
+        let (dialect, grants, cap) = (
+            access.connection.dialect(),
+            access.grants.clone(),
+            self.limits.max_statement_bytes,
+        );
+        let text = sql.to_owned();
+        let parse =
+            tokio::task::spawn_blocking(move || guard::check_bounded(dialect, &text, &grants, cap));
+        let verdict = match tokio::time::timeout(budget.limit, parse).await {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(_)) => Err(Denial::Refused("the statement could not be checked".into())),
+            Err(_) => {
+                self.output.log(
+                    Level::Warn,
+                    &format!("sql timed out while being checked: {}", excerpt(sql)),
+                );
+                return Err(wit::SqlError::Timeout);
+            }
+        };
+        match verdict {
             Ok(checked) => Ok(Prepared {
                 sql: sql.to_owned(),
                 params,
@@ -215,8 +241,8 @@ impl SqlCapability {
             Ok(b) => b,
             Err(f) => return self.fail(f, &statements),
         };
-        let connection = match self.access() {
-            Ok(a) => a.connection.clone(),
+        let (connection, grants) = match self.access() {
+            Ok(a) => (a.connection.clone(), a.grants.clone()),
             Err(e) => return Ok(Err(e)),
         };
         let maintenance = statements
@@ -251,7 +277,7 @@ impl SqlCapability {
                     postgres::run(pool, &statements, want_rows, session).await
                 }
                 Pool::Sqlite(pool) => {
-                    sqlite::run(pool, &statements, want_rows, self.dry_run, &limits).await
+                    sqlite::run(pool, &statements, want_rows, self.dry_run, &limits, &grants).await
                 }
             }
         };
@@ -452,7 +478,7 @@ impl Host for SqlCapability {
         sql: String,
         params: Vec<wit::Value>,
     ) -> wasmtime::Result<Result<wit::Rows, wit::SqlError>> {
-        let prepared = match self.check(&sql, params) {
+        let prepared = match self.check(&sql, params).await {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -473,7 +499,7 @@ impl Host for SqlCapability {
         sql: String,
         params: Vec<wit::Value>,
     ) -> wasmtime::Result<Result<u64, wit::SqlError>> {
-        let prepared = match self.check(&sql, params) {
+        let prepared = match self.check(&sql, params).await {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -489,7 +515,7 @@ impl Host for SqlCapability {
     ) -> wasmtime::Result<Result<Vec<u64>, wit::SqlError>> {
         let mut prepared = Vec::with_capacity(statements.len());
         for statement in statements {
-            match self.check(&statement.sql, statement.params) {
+            match self.check(&statement.sql, statement.params).await {
                 Ok(p) if p.checked.kind == Kind::Maintenance => {
                     return Ok(Err(wit::SqlError::Refused(
                         "VACUUM and ANALYZE cannot run inside a transaction; call execute".into(),

@@ -1,14 +1,29 @@
 //! Running checked statements on SQLite. SQLite has no statement timeout:
 //! the caller's time-out bounds the call, and a busy database waits at most
 //! the connection's busy timeout.
+//!
+//! SQLite itself checks every guest statement again: for the duration of
+//! the call the connection carries an authorizer (`sqlite3_set_authorizer`)
+//! that SQLite asks, while it prepares the statement, about every table
+//! read and written, every function, PRAGMA, ATTACH/DETACH, schema change
+//! and transaction statement. It answers from the same grants as the guard,
+//! so a statement that got past the parse is still held to the grant.
+//! `VACUUM` is the exception: the guard passes only a bare `VACUUM`, and the
+//! host runs its own text for it.
 
-use super::guard::Kind;
+use super::guard::{self, Denial, Grants, Kind};
 use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
+use crate::manifest::SqlVerb;
 use chrono::{DateTime, Utc};
+use libsqlite3_sys as ffi;
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Executor, Row, Sqlite, TypeInfo, ValueRef};
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub(super) async fn run(
     pool: &SqlitePool,
@@ -16,38 +31,341 @@ pub(super) async fn run(
     want_rows: bool,
     dry_run: bool,
     limits: &SqlLimits,
+    grants: &Grants,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.acquire().await.map_err(error)?;
+    // A call cancelled earlier may have left its authorizer on the
+    // connection.
+    clear(&mut conn).await?;
+    let maintenance = matches!(statements, [only] if only.checked.kind == Kind::Maintenance);
+    let policy = Arc::new(Policy::new(grants.clone(), maintenance));
+    let _ended = Ended(policy.clone());
     if let [only] = statements
-        && only.checked.kind == Kind::Maintenance
+        && maintenance
     {
-        conn.execute(sqlx::raw_sql(&only.sql))
-            .await
-            .map_err(error)?;
+        if only.checked.verb == SqlVerb::Vacuum {
+            // The guard passed a bare `VACUUM`; the host runs its own text
+            // (SQLite's VACUUM attaches and copies every table internally,
+            // which no grant describes to the authorizer).
+            conn.execute(sqlx::raw_sql("VACUUM")).await.map_err(error)?;
+            return Ok(vec![Outcome::Changed(0)]);
+        }
+        let installed = install(&mut conn, &policy).await?;
+        let result = conn.execute(sqlx::raw_sql(&only.sql)).await;
+        remove(&mut conn, installed).await?;
+        result.map_err(|e| policy.error(e))?;
         return Ok(vec![Outcome::Changed(0)]);
     }
     let mut tx = (&mut *conn).begin().await.map_err(error)?;
-    let mut outcomes = Vec::with_capacity(statements.len());
-    for statement in statements {
-        let query = bind(sqlx::query(&statement.sql), &statement.params);
-        if want_rows {
-            let stream = (&mut *tx).fetch(query);
-            match collect(stream, values, error, limits).await {
-                Ok(rows) => outcomes.push(Outcome::Rows(rows)),
-                Err(Collect::TooLarge) => return Err(Failure::Guest(too_large(limits))),
-                Err(Collect::Failed(e)) => return Err(e),
-            }
-        } else {
-            let done = tx.execute(query).await.map_err(error)?;
-            outcomes.push(Outcome::Changed(done.rows_affected()));
-        }
-    }
+    let installed = install(&mut tx, &policy).await?;
+    let result = statements_in(&mut tx, statements, want_rows, limits, &policy).await;
+    remove(&mut tx, installed).await?;
+    let outcomes = result?;
     if dry_run {
         tx.rollback().await.map_err(error)?;
     } else {
         tx.commit().await.map_err(error)?;
     }
     Ok(outcomes)
+}
+
+async fn statements_in(
+    conn: &mut SqliteConnection,
+    statements: &[Prepared],
+    want_rows: bool,
+    limits: &SqlLimits,
+    policy: &Policy,
+) -> Result<Vec<Outcome>, Failure> {
+    let mut outcomes = Vec::with_capacity(statements.len());
+    for statement in statements {
+        // Prepared afresh each time, so the authorizer sees it: a cached
+        // statement would have been authorized under another call's grants.
+        let query = bind(
+            sqlx::query(&statement.sql).persistent(false),
+            &statement.params,
+        );
+        if want_rows {
+            let stream = (&mut *conn).fetch(query);
+            match collect(stream, values, |e| policy.error(e), limits).await {
+                Ok(rows) => outcomes.push(Outcome::Rows(rows)),
+                Err(Collect::TooLarge) => return Err(Failure::Guest(too_large(limits))),
+                Err(Collect::Failed(e)) => return Err(e),
+            }
+        } else {
+            let done = conn.execute(query).await.map_err(|e| policy.error(e))?;
+            outcomes.push(Outcome::Changed(done.rows_affected()));
+        }
+    }
+    Ok(outcomes)
+}
+
+/// What SQLite may do while it prepares a guest statement.
+struct Policy {
+    grants: Grants,
+    /// The call is `VACUUM`/`ANALYZE`, which keep SQLite's statistics
+    /// tables.
+    maintenance: bool,
+    /// Set once the guest's call is over (or dropped): the host may then
+    /// end the transaction it opened, even if this authorizer is still on
+    /// the connection.
+    ended: AtomicBool,
+    /// The first refusal, for the error the guest sees.
+    denied: Mutex<Option<Denial>>,
+}
+
+/// Marks the policy's call as over when dropped, also when the call's
+/// future is dropped at a deadline.
+struct Ended(Arc<Policy>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Tables SQLite maintains itself; it refuses a guest's direct writes to
+/// them (there is no `writable_schema` without PRAGMA).
+fn is_schema_table(table: &str) -> bool {
+    matches!(
+        table.to_ascii_lowercase().as_str(),
+        "sqlite_master" | "sqlite_schema" | "sqlite_temp_master" | "sqlite_temp_schema"
+    )
+}
+
+impl Policy {
+    fn new(grants: Grants, maintenance: bool) -> Self {
+        Policy {
+            grants,
+            maintenance,
+            ended: AtomicBool::new(false),
+            denied: Mutex::new(None),
+        }
+    }
+
+    /// One authorizer question: `action` with its two arguments and the
+    /// database (`main`, `temp`, an attached name) it concerns.
+    fn decide(
+        &self,
+        action: c_int,
+        first: Option<&str>,
+        second: Option<&str>,
+        database: Option<&str>,
+    ) -> Result<(), Denial> {
+        let refused = |what: &str| Err(Denial::Refused(format!("{what} is not allowed")));
+        let table = |name: Option<&str>| name.unwrap_or_default().to_ascii_lowercase();
+        let statistics = |name: Option<&str>| {
+            self.maintenance
+                && name.is_some_and(|n| n.to_ascii_lowercase().starts_with("sqlite_stat"))
+        };
+        if statistics(first) || (action == ffi::SQLITE_CREATE_INDEX && statistics(second)) {
+            return Ok(());
+        }
+        if let Some(db) = database
+            && db != "main"
+            && !(action == ffi::SQLITE_READ && first.is_some_and(is_schema_table))
+        {
+            return refused(&format!("database `{db}`"));
+        }
+        match action {
+            ffi::SQLITE_SELECT | ffi::SQLITE_RECURSIVE => Ok(()),
+            ffi::SQLITE_READ => {
+                let t = table(first);
+                // A table the statement may change it may also read, as
+                // the guard allows (`DELETE … WHERE`, `RETURNING`, the
+                // columns `CREATE INDEX` reads).
+                let readable = is_schema_table(&t)
+                    || [
+                        SqlVerb::Select,
+                        SqlVerb::Insert,
+                        SqlVerb::Update,
+                        SqlVerb::Delete,
+                        SqlVerb::Ddl,
+                    ]
+                    .iter()
+                    .any(|v| self.grants.allows(&t, *v));
+                if readable {
+                    Ok(())
+                } else {
+                    Err(denied(t, SqlVerb::Select))
+                }
+            }
+            ffi::SQLITE_INSERT | ffi::SQLITE_UPDATE | ffi::SQLITE_DELETE => {
+                let t = table(first);
+                if is_schema_table(&t) {
+                    return Ok(());
+                }
+                let verb = match action {
+                    ffi::SQLITE_INSERT => SqlVerb::Insert,
+                    ffi::SQLITE_UPDATE => SqlVerb::Update,
+                    _ => SqlVerb::Delete,
+                };
+                // DROP TABLE deletes the table's rows too; `ddl` may.
+                if verb == SqlVerb::Delete && self.grants.allows(&t, SqlVerb::Ddl) {
+                    return Ok(());
+                }
+                require(&self.grants, t, verb)
+            }
+            ffi::SQLITE_FUNCTION => {
+                let name = second.unwrap_or_default().to_ascii_lowercase();
+                if guard::function_allowed(&name) {
+                    Ok(())
+                } else {
+                    refused(&format!("function `{name}`"))
+                }
+            }
+            ffi::SQLITE_CREATE_TABLE | ffi::SQLITE_DROP_TABLE => {
+                require(&self.grants, table(first), SqlVerb::Ddl)
+            }
+            ffi::SQLITE_CREATE_INDEX | ffi::SQLITE_DROP_INDEX | ffi::SQLITE_ALTER_TABLE => {
+                require(&self.grants, table(second), SqlVerb::Ddl)
+            }
+            // Rebuilding an index reads and changes nothing else (SQLite
+            // asks this while it creates one, naming the index).
+            ffi::SQLITE_REINDEX => Ok(()),
+            ffi::SQLITE_ANALYZE => require(&self.grants, table(first), SqlVerb::Analyze),
+            ffi::SQLITE_TRANSACTION if self.ended.load(Ordering::SeqCst) => Ok(()),
+            ffi::SQLITE_TRANSACTION | ffi::SQLITE_SAVEPOINT => {
+                refused("transaction control (each call is its own transaction)")
+            }
+            ffi::SQLITE_PRAGMA => refused(&format!("PRAGMA {}", first.unwrap_or_default())),
+            ffi::SQLITE_ATTACH | ffi::SQLITE_DETACH => refused("ATTACH/DETACH"),
+            ffi::SQLITE_CREATE_TEMP_INDEX
+            | ffi::SQLITE_CREATE_TEMP_TABLE
+            | ffi::SQLITE_DROP_TEMP_INDEX
+            | ffi::SQLITE_DROP_TEMP_TABLE => refused("a temporary table or index"),
+            ffi::SQLITE_CREATE_TRIGGER
+            | ffi::SQLITE_CREATE_TEMP_TRIGGER
+            | ffi::SQLITE_DROP_TRIGGER
+            | ffi::SQLITE_DROP_TEMP_TRIGGER => refused("a trigger"),
+            ffi::SQLITE_CREATE_VIEW
+            | ffi::SQLITE_CREATE_TEMP_VIEW
+            | ffi::SQLITE_DROP_VIEW
+            | ffi::SQLITE_DROP_TEMP_VIEW => refused("a view"),
+            ffi::SQLITE_CREATE_VTABLE | ffi::SQLITE_DROP_VTABLE => refused("a virtual table"),
+            other => refused(&format!("SQLite action {other}")),
+        }
+    }
+
+    fn record(&self, denial: Denial) {
+        if let Ok(mut first) = self.denied.lock()
+            && first.is_none()
+        {
+            *first = Some(denial);
+        }
+    }
+
+    /// A statement's error: the authorizer's refusal if it made one.
+    fn error(&self, e: sqlx::Error) -> Failure {
+        let denial = self.denied.lock().ok().and_then(|mut d| d.take());
+        match denial {
+            Some(Denial::AccessDenied { table, verb }) => {
+                Failure::Guest(wit::SqlError::AccessDenied(wit::Denial {
+                    table,
+                    verb: verb.as_str().to_owned(),
+                }))
+            }
+            Some(Denial::Refused(reason)) => Failure::Guest(wit::SqlError::Refused(reason)),
+            None => error(e),
+        }
+    }
+}
+
+fn denied(table: String, verb: SqlVerb) -> Denial {
+    Denial::AccessDenied { table, verb }
+}
+
+fn require(grants: &Grants, table: String, verb: SqlVerb) -> Result<(), Denial> {
+    if grants.allows(&table, verb) {
+        Ok(())
+    } else {
+        Err(denied(table, verb))
+    }
+}
+
+/// SQLite's authorizer callback. It never unwinds into SQLite: a panic
+/// denies.
+unsafe extern "C" fn authorize(
+    data: *mut c_void,
+    action: c_int,
+    first: *const c_char,
+    second: *const c_char,
+    database: *const c_char,
+    _trigger: *const c_char,
+) -> c_int {
+    let answer = std::panic::catch_unwind(|| {
+        // SAFETY: `data` is the `Policy` `install` handed to SQLite; its
+        // reference count is not released while the authorizer can run.
+        let policy = unsafe { &*(data as *const Policy) };
+        let text = |p: *const c_char| {
+            // SAFETY: SQLite passes NUL-terminated strings or NULL.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        };
+        let (first, second, database) = (text(first), text(second), text(database));
+        match policy.decide(
+            action,
+            first.as_deref(),
+            second.as_deref(),
+            database.as_deref(),
+        ) {
+            Ok(()) => ffi::SQLITE_OK,
+            Err(denial) => {
+                policy.record(denial);
+                ffi::SQLITE_DENY
+            }
+        }
+    });
+    answer.unwrap_or(ffi::SQLITE_DENY)
+}
+
+/// The authorizer's policy, as handed to SQLite (an `Arc` count of its own).
+struct Installed(usize);
+
+async fn install(conn: &mut SqliteConnection, policy: &Arc<Policy>) -> Result<Installed, Failure> {
+    let mut handle = conn.lock_handle().await.map_err(error)?;
+    let data = Arc::into_raw(policy.clone());
+    // SAFETY: the handle is locked, so no statement runs meanwhile; `data`
+    // stays valid until `remove` (or for ever, if the call is dropped
+    // before it: the count is then never released).
+    let rc = unsafe {
+        ffi::sqlite3_set_authorizer(
+            handle.as_raw_handle().as_ptr(),
+            Some(authorize),
+            data as *mut c_void,
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        // SAFETY: SQLite did not take the pointer.
+        unsafe { drop(Arc::from_raw(data)) };
+        return Err(refused_failure("the database refused the authorizer"));
+    }
+    Ok(Installed(data as usize))
+}
+
+/// Takes the authorizer off and releases its policy; on failure the
+/// connection is closed rather than returned to the pool with it.
+async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(), Failure> {
+    let mut handle = conn.lock_handle().await.map_err(error)?;
+    // SAFETY: the handle is locked; a NULL callback removes the authorizer.
+    unsafe {
+        ffi::sqlite3_set_authorizer(handle.as_raw_handle().as_ptr(), None, std::ptr::null_mut());
+    }
+    drop(handle);
+    // SAFETY: SQLite no longer holds the pointer `install` gave it.
+    unsafe { drop(Arc::from_raw(installed.0 as *const Policy)) };
+    Ok(())
+}
+
+async fn clear(conn: &mut PoolConnection<Sqlite>) -> Result<(), Failure> {
+    let mut handle = conn.lock_handle().await.map_err(error)?;
+    // SAFETY: the handle is locked; a NULL callback removes any authorizer.
+    unsafe {
+        ffi::sqlite3_set_authorizer(handle.as_raw_handle().as_ptr(), None, std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+fn refused_failure(reason: &str) -> Failure {
+    Failure::Guest(wit::SqlError::Refused(reason.to_owned()))
 }
 
 fn error(e: sqlx::Error) -> Failure {
@@ -101,4 +419,222 @@ fn values(row: &SqliteRow) -> Result<Vec<wit::Value>, Failure> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The authorizer on its own: statements go to `run` as if the parse
+    //! had passed them, so only SQLite's own check stands in their way.
+    use super::*;
+    use crate::capabilities::sql::guard::{Checked, Grants};
+    use SqlVerb::*;
+    use sqlx::sqlite::SqlitePoolOptions;
+    use std::collections::BTreeMap;
+
+    async fn pool() -> SqlitePool {
+        // One connection, so every call (and the checks after it) use the
+        // same one.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO events VALUES (1, 'a'), (2, 'b');
+             CREATE TABLE secrets (id INTEGER PRIMARY KEY, value TEXT);
+             INSERT INTO secrets VALUES (1, 'the-secret-row');",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool
+    }
+
+    fn grants(tables: &[(&str, &[SqlVerb])]) -> Grants {
+        let map: BTreeMap<String, Vec<SqlVerb>> = tables
+            .iter()
+            .map(|(t, v)| (t.to_string(), v.to_vec()))
+            .collect();
+        Grants::new(&map)
+    }
+
+    fn unchecked(sql: &str, kind: Kind, verb: SqlVerb) -> Prepared {
+        Prepared {
+            sql: sql.to_owned(),
+            params: Vec::new(),
+            checked: Checked {
+                kind,
+                verb,
+                partition_checks: Vec::new(),
+            },
+        }
+    }
+
+    async fn call(pool: &SqlitePool, grants: &Grants, sql: &str) -> Result<usize, String> {
+        let (kind, verb) = if sql.starts_with("VACUUM") {
+            (Kind::Maintenance, Vacuum)
+        } else if sql.starts_with("ANALYZE") {
+            (Kind::Maintenance, Analyze)
+        } else {
+            (Kind::Change, Select)
+        };
+        run(
+            pool,
+            &[unchecked(sql, kind, verb)],
+            true,
+            false,
+            &SqlLimits::default(),
+            grants,
+        )
+        .await
+        .map(|outcomes| outcomes.len())
+        .map_err(|f| match f {
+            Failure::Guest(wit::SqlError::AccessDenied(d)) => {
+                format!("access denied: {} {}", d.table, d.verb)
+            }
+            Failure::Guest(wit::SqlError::Refused(r)) => format!("refused: {r}"),
+            Failure::Guest(wit::SqlError::Database(e)) => format!("database: {}", e.message),
+            Failure::Guest(wit::SqlError::Timeout) => "timeout".into(),
+            Failure::Deadline => "deadline".into(),
+        })
+    }
+
+    async fn secrets(pool: &SqlitePool) -> Vec<(i64, String)> {
+        sqlx::query_as("SELECT id, value FROM secrets")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sqlite_itself_holds_a_statement_to_the_grant() {
+        let pool = pool().await;
+        let g = grants(&[("events", &[Select, Delete]), ("scratch", &[Ddl])]);
+        let stopped: &[(&str, &str)] = &[
+            ("SELECT * FROM secrets", "access denied: secrets select"),
+            ("SELECT * FROM \"SECRETS\"", "access denied: secrets select"),
+            (
+                "SELECT (SELECT value FROM secrets) FROM events",
+                "access denied: secrets select",
+            ),
+            (
+                "WITH RECURSIVE r(x) AS (SELECT value FROM secrets) SELECT * FROM r",
+                "access denied: secrets select",
+            ),
+            (
+                "SELECT * FROM events WHERE v IN (SELECT value FROM main.secrets)",
+                "access denied: secrets select",
+            ),
+            ("DELETE FROM secrets", "access denied: secrets"),
+            (
+                "DELETE FROM events WHERE id IN (SELECT id FROM secrets)",
+                "access denied: secrets select",
+            ),
+            (
+                "INSERT INTO events (id, v) VALUES (9, 'x')",
+                "access denied: events insert",
+            ),
+            ("UPDATE events SET v = 'x'", "access denied: events update"),
+            (
+                "INSERT INTO secrets SELECT 2, 'x'",
+                "access denied: secrets insert",
+            ),
+            (
+                "SELECT load_extension('/tmp/evil.so')",
+                "refused: function `load_extension`",
+            ),
+            (
+                "SELECT sqlite_compileoption_used('x'), id FROM events",
+                "refused: function",
+            ),
+            ("PRAGMA writable_schema = 1", "refused: PRAGMA"),
+            ("PRAGMA table_info(secrets)", "refused: PRAGMA"),
+            (
+                "ATTACH DATABASE ':memory:' AS other",
+                "refused: ATTACH/DETACH",
+            ),
+            ("DETACH DATABASE main", "refused"),
+            ("CREATE TABLE x (id INTEGER)", "access denied: x ddl"),
+            ("DROP TABLE secrets", "access denied: secrets ddl"),
+            (
+                "ALTER TABLE secrets ADD COLUMN y TEXT",
+                "access denied: secrets ddl",
+            ),
+            (
+                "CREATE INDEX s_value ON secrets (value)",
+                "access denied: secrets ddl",
+            ),
+            ("CREATE TEMP TABLE t (x)", "refused"),
+            ("CREATE VIEW v AS SELECT * FROM events", "refused: a view"),
+            (
+                "CREATE TRIGGER tr AFTER DELETE ON events BEGIN DELETE FROM secrets; END",
+                "refused",
+            ),
+            ("COMMIT", "refused: transaction control"),
+            ("SAVEPOINT s", "refused: transaction control"),
+            ("ANALYZE secrets", "access denied: secrets analyze"),
+        ];
+        let mut failures = Vec::new();
+        for (sql, want) in stopped {
+            match call(&pool, &g, sql).await {
+                Err(got) if got.starts_with(want) => {}
+                other => failures.push(format!("{sql}: {other:?}")),
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+        assert_eq!(secrets(&pool).await, vec![(1, "the-secret-row".to_owned())]);
+
+        // What the grant allows still runs, with SQLite's own reads of its
+        // schema while it prepares.
+        for sql in [
+            "SELECT id, lower(v), count(*) OVER () FROM events",
+            "SELECT name FROM sqlite_master WHERE type = 'table'",
+            "SELECT name FROM sqlite_schema",
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE v = 'a') RETURNING id",
+            "CREATE TABLE scratch (id INTEGER PRIMARY KEY, v TEXT)",
+            "CREATE INDEX scratch_v ON scratch (v)",
+            "ALTER TABLE scratch ADD COLUMN w TEXT",
+            "DROP INDEX scratch_v",
+            "DROP TABLE scratch",
+        ] {
+            if let Err(e) = call(&pool, &g, sql).await {
+                panic!("{sql}: {e}");
+            }
+        }
+        let maintenance = grants(&[("*", &[Vacuum]), ("events", &[Analyze])]);
+        for sql in ["ANALYZE events", "VACUUM"] {
+            if let Err(e) = call(&pool, &maintenance, sql).await {
+                panic!("{sql}: {e}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_authorizer_is_gone_after_every_call() {
+        let pool = pool().await;
+        let g = grants(&[("events", &[Select])]);
+        assert!(call(&pool, &g, "SELECT * FROM secrets").await.is_err());
+        assert!(call(&pool, &g, "SELECT * FROM events").await.is_ok());
+        // The host's own statements on the same connection are not held to
+        // the task's grant.
+        assert_eq!(secrets(&pool).await.len(), 1);
+        sqlx::raw_sql("PRAGMA table_info(secrets); BEGIN; COMMIT;")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cached_statement_is_authorized_again() {
+        let pool = pool().await;
+        let wide = grants(&[("events", &[Select]), ("secrets", &[Select])]);
+        let narrow = grants(&[("events", &[Select])]);
+        let sql = "SELECT value FROM secrets";
+        assert!(call(&pool, &wide, sql).await.is_ok());
+        match call(&pool, &narrow, sql).await {
+            Err(e) => assert!(e.contains("secrets"), "{e}"),
+            Ok(_) => panic!("a statement prepared under another grant ran"),
+        }
+    }
 }
