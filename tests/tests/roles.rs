@@ -391,3 +391,182 @@ async fn the_recommended_login_role_sets_up_task_roles_itself(pool: PgPool) {
     assert!(error.contains("permission denied"), "{error}");
     as_login.close().await;
 }
+
+/// What PostgreSQL's own privileges stop with nothing parsed: a runtime whose
+/// parse layer is off sends every statement as written, on a login role that
+/// is a member of the task's role only. Each class of statement a parser
+/// could misread is refused by the database, and the canary is untouched.
+#[sqlx::test]
+async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: PgPool) {
+    use housekeeper::capabilities::sql::SqlLimits;
+    use housekeeper::runtime::{Runtime, RuntimeOptions};
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let role = role_name(&task);
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
+    // The role, set up once by the host through an allowed superuser login.
+    let setup = run(request(
+        &task,
+        Connection::postgres(pool.clone()).allow_unsafe_superuser(),
+        "sql-query",
+        "SELECT 1",
+        grants,
+    ))
+    .await;
+    assert_eq!(setup.status, RunStatus::Success, "{setup:#?}");
+    let login = unique(&pool, "l").await;
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{login}\" LOGIN NOINHERIT; GRANT \"{role}\" TO \"{login}\";"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let unparsed = Runtime::new(RuntimeOptions {
+        sql: SqlLimits {
+            skip_parse: true,
+            ..SqlLimits::default()
+        },
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let hostile = unparsed.load_file(&fixture_path("hostile")).unwrap();
+    // One connection, so that every run reuses the session the last one left.
+    let as_login = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url_as(&pool, &login).await)
+        .await
+        .unwrap();
+    let marker = std::env::temp_dir().join(format!("{task}-program-ran"));
+    let program = format!("COPY (SELECT 1) TO PROGRAM 'touch {}'", marker.display());
+    let cases: Vec<(&str, String)> = vec![
+        ("sql-query", "SELECT value FROM secrets".into()),
+        ("sql-query", "SELECT rolpassword FROM pg_authid".into()),
+        ("sql-query", "SELECT pg_read_file('/etc/passwd')".into()),
+        ("sql-query", "SELECT lo_import('/etc/passwd')".into()),
+        ("sql-execute", program),
+        ("sql-execute", "COPY secrets TO '/tmp/secrets.csv'".into()),
+        (
+            "sql-query",
+            "WITH d AS (DELETE FROM secrets RETURNING *) SELECT * FROM d".into(),
+        ),
+        ("sql-execute", "SELECT 1; DELETE FROM secrets".into()),
+        (
+            "sql-transaction",
+            "SELECT set_config('role', 'postgres', true)\nSELECT value FROM secrets".into(),
+        ),
+        (
+            "sql-transaction",
+            "RESET ROLE\nSELECT value FROM secrets".into(),
+        ),
+        ("sql-execute", "SET ROLE postgres".into()),
+        ("sql-execute", "SET SESSION AUTHORIZATION postgres".into()),
+        ("sql-execute", "ALTER TABLE secrets ADD COLUMN x int".into()),
+        ("sql-execute", "CREATE TABLE stolen (LIKE secrets)".into()),
+        (
+            "sql-execute",
+            "CREATE TABLE child (id int REFERENCES secrets (id))".into(),
+        ),
+        ("sql-execute", "TRUNCATE secrets CASCADE".into()),
+        ("sql-execute", "DROP TABLE secrets".into()),
+        ("sql-query", "SELECT * FROM secrets FOR UPDATE".into()),
+        ("sql-query", "SELECT * FROM events FOR UPDATE".into()),
+        ("sql-execute", "GRANT SELECT ON secrets TO PUBLIC".into()),
+        (
+            "sql-execute",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'".into(),
+        ),
+        (
+            "sql-query",
+            "SELECT query_to_xml('SELECT * FROM secrets', true, true, '')".into(),
+        ),
+        (
+            "sql-execute",
+            "DO $$ BEGIN DELETE FROM secrets; END $$".into(),
+        ),
+        ("sql-execute", "ALTER SYSTEM SET work_mem = '1GB'".into()),
+        ("sql-execute", "INSERT INTO events DEFAULT VALUES".into()),
+        ("sql-execute", "DELETE FROM events".into()),
+        ("sql-execute", "VACUUM secrets".into()),
+        ("sql-execute", "CREATE EXTENSION dblink".into()),
+        (
+            "sql-query",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                .into(),
+        ),
+    ];
+    for (mode, statement) in &cases {
+        let result = unparsed
+            .run(
+                &hostile,
+                request(
+                    &task,
+                    Connection::postgres(as_login.clone()),
+                    mode,
+                    statement,
+                    grants,
+                ),
+            )
+            .await;
+        let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
+        assert_eq!(result.status, RunStatus::Error, "{statement}: {result:#?}");
+        assert!(
+            !everything.contains("the-secret-row"),
+            "{statement}: {everything}"
+        );
+        assert!(
+            !everything.contains("SCRAM-SHA"),
+            "{statement}: {everything}"
+        );
+    }
+    assert!(!marker.exists(), "COPY … TO PROGRAM ran");
+    let canary: Vec<(i32, String)> = sqlx::query_as("SELECT id, value FROM secrets")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(canary, [(1, "the-secret-row".to_owned())]);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 5);
+
+    // A setting a call leaves on the session does not reach the next call.
+    let set = unparsed
+        .run(
+            &hostile,
+            request(
+                &task,
+                Connection::postgres(as_login.clone()),
+                "sql-query",
+                "SELECT set_config('search_path', 'pg_temp, evil', false), set_config('TimeZone', 'Pacific/Kiritimati', false)",
+                grants,
+            ),
+        )
+        .await;
+    assert_eq!(set.status, RunStatus::Success, "{set:#?}");
+    let after = unparsed
+        .run(
+            &hostile,
+            request(
+                &task,
+                Connection::postgres(as_login.clone()),
+                "sql-values",
+                "SELECT current_setting('search_path') || ' ' || current_setting('TimeZone') || ' ' || current_user",
+                grants,
+            ),
+        )
+        .await;
+    let defaults: String =
+        sqlx::query_scalar("SELECT boot_val FROM pg_settings WHERE name = 'search_path'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let summary = after.summary.unwrap_or_default();
+    assert!(
+        summary.starts_with(&format!("text:{defaults} ")),
+        "{summary}"
+    );
+    assert!(!summary.contains("Kiritimati"), "{summary}");
+    assert!(summary.ends_with(&role), "{summary}");
+    as_login.close().await;
+}
