@@ -9,6 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+scripts/system-deps.sh
 scripts/build-tasks.sh
 cargo build --release --bin housekeeper
 bin=target/release/housekeeper
