@@ -15,7 +15,7 @@
 use crate::loader::{self, LoadErrors};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, TaskDef};
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::notify::{Event, RecursiveMode};
 use serde::Serialize;
@@ -155,6 +155,7 @@ impl Reloader {
         loader::log_changes(&BTreeMap::new(), &errors);
         tracing::info!(tasks = defs.len(), failed = errors.len(), dir = %self.dir.display(), "tasks loaded");
         *self.load_errors.write().unwrap_or_else(|p| p.into_inner()) = errors;
+        self.prepare_roles(&defs, None);
         self.scheduler.register(defs).await?;
         self.scheduler.start().await?;
         self.loaded
@@ -195,6 +196,24 @@ impl Reloader {
         });
     }
 
+    /// Brings the PostgreSQL roles of the loaded tasks (of `only`, when
+    /// given) in line with their grants, in the background: a database that
+    /// is down delays nothing; each run checks again.
+    fn prepare_roles(&self, defs: &[TaskDef], only: Option<&BTreeSet<String>>) {
+        let tasks: Vec<(String, crate::manifest::DatabaseGrant)> = defs
+            .iter()
+            .filter(|d| only.is_none_or(|o| o.contains(&d.manifest.name)))
+            .filter_map(|d| Some((d.manifest.name.clone(), d.manifest.database.clone()?)))
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        let connections = self.runtime.connections().clone();
+        tokio::spawn(async move {
+            crate::capabilities::sql::roles::prepare(&connections, &tasks).await;
+        });
+    }
+
     /// Whether the first load is done.
     pub fn loaded(&self) -> bool {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
@@ -223,6 +242,18 @@ impl Reloader {
             .cloned()
             .collect();
         self.finish_later(pending, &skip);
+        let changed: BTreeSet<String> = {
+            let before = self.scheduler.tasks();
+            defs.iter()
+                .filter(|d| {
+                    !before.iter().any(|t| {
+                        t.name == d.manifest.name && t.def.manifest.database == d.manifest.database
+                    })
+                })
+                .map(|d| d.manifest.name.clone())
+                .collect()
+        };
+        self.prepare_roles(&defs, Some(&changed));
         let (added, replaced, removed) = self.scheduler.apply(defs, &keep).await?;
         let before = std::mem::replace(
             &mut *self.load_errors.write().unwrap_or_else(|p| p.into_inner()),

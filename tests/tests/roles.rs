@@ -570,3 +570,66 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     assert!(summary.ends_with(&role), "{summary}");
     as_login.close().await;
 }
+
+/// `serve` sets task roles up when it loads the tasks, before any run: an
+/// operator sees a missing privilege in the log at start, not at 01:00.
+#[sqlx::test]
+async fn serve_sets_the_roles_up_when_it_loads_the_tasks(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    let task = unique_task(&pool).await;
+    let role = role_name(&task);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_path("hostile"), dir.path().join("hostile.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join(format!("{task}.toml")),
+        format!(
+            "name = \"{task}\"\ncomponent = \"hostile.wasm\"\nschedule = \"0 0 1 1 *\"\n[grants.database]\nconnection = \"main\"\ntables = {{ events = [\"select\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(binary())
+        .arg("serve")
+        .env_remove("DB_HOST")
+        .env_remove("DATABASE_URL")
+        .env("HOUSEKEEPER_DB_MAIN_URL", url_as(&pool, "postgres").await)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("HOUSEKEEPER_TASKS_DIR", dir.path())
+        .env("HOUSEKEEPER_DATA_DIR", data.path())
+        .env("HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(&role)
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+        || !privilege(&pool, &role, "events", "SELECT").await
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "role {role} was not set up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!privilege(&pool, &role, "secrets", "SELECT").await);
+}

@@ -378,6 +378,11 @@ impl Runtime {
         Ok(())
     }
 
+    /// The database connections manifests may grant.
+    pub fn connections(&self) -> &Connections {
+        &self.inner.options.connections
+    }
+
     /// Calls the component's `describe()` with no grants and small limits.
     pub async fn describe(
         &self,

@@ -742,6 +742,48 @@ pub async fn print(
     Ok(out)
 }
 
+/// At load: brings the role of every task with a PostgreSQL grant in line
+/// where the login role may, and logs, per task, what was changed or what
+/// still differs (the run would be refused). Runs check again anyway.
+pub async fn prepare(
+    connections: &super::Connections,
+    tasks: &[(String, crate::manifest::DatabaseGrant)],
+) {
+    for (task, grant) in tasks {
+        let Some(connection) = connections.get(&grant.connection) else {
+            continue;
+        };
+        let Some(pool) = connection.postgres_pool() else {
+            continue;
+        };
+        let wanted = match Wanted::new(&grant.tables) {
+            Ok(w) => w,
+            Err(reason) => {
+                tracing::warn!(task = %task, "{reason}");
+                continue;
+            }
+        };
+        let outcome = async {
+            let _one_at_a_time = connection.roles.lock().await;
+            let mut conn = pool.acquire().await?;
+            ensure(&mut conn, task, &wanted, connection.unsafe_superuser).await
+        }
+        .await;
+        match outcome {
+            Ok(Ok(ready)) if ready.applied.is_empty() => {
+                tracing::debug!(task = %task, role = %ready.role, "task role in line with the grant");
+            }
+            Ok(Ok(ready)) => {
+                tracing::info!(task = %task, role = %ready.role, applied = ?ready.applied, "task role brought in line with the grant");
+            }
+            Ok(Err(reason)) => tracing::warn!(task = %task, "{reason}"),
+            Err(e) => {
+                tracing::warn!(task = %task, connection = %grant.connection, error = %e, "cannot check the task's role yet; each run checks it again");
+            }
+        }
+    }
+}
+
 /// A granted table as the catalog has it.
 #[derive(Debug, Clone)]
 struct Relation {
