@@ -210,7 +210,9 @@ async fn the_host_brings_a_drifted_role_back_to_the_grant(pool: PgPool) {
          GRANT SELECT, UPDATE ON secrets TO {q};
          GRANT SELECT (value) ON secrets TO {q};
          GRANT CREATE ON SCHEMA public TO {q};
-         GRANT pg_read_all_data TO {q};"
+         GRANT pg_read_all_data TO {q};
+         GRANT CREATE ON DATABASE \"{}\" TO {q};",
+        database_name(&pool).await
     ))
     .execute(&pool)
     .await
@@ -247,6 +249,13 @@ async fn the_host_brings_a_drifted_role_back_to_the_grant(pool: PgPool) {
     .await
     .unwrap();
     assert!(!createdb && !create_in_public);
+    let create_schemas: bool =
+        sqlx::query_scalar("SELECT has_database_privilege($1, current_database(), 'CREATE')")
+            .bind(&role)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!create_schemas);
     assert_eq!(members, 0);
 }
 
@@ -632,4 +641,48 @@ async fn serve_sets_the_roles_up_when_it_loads_the_tasks(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!privilege(&pool, &role, "secrets", "SELECT").await);
+}
+
+/// A function that runs as its owner reaches what the owner may: a role
+/// that may call one holds more than its grant, and no run starts until
+/// the owner revokes it.
+#[sqlx::test]
+async fn a_callable_security_definer_function_refuses_the_run(pool: PgPool) {
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION leak() RETURNS text LANGUAGE sql SECURITY DEFINER
+             AS 'SELECT value FROM secrets LIMIT 1'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let task = unique_task(&pool).await;
+    let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
+    let connection = Connection::postgres(pool.clone()).allow_unsafe_superuser();
+    let refused = run(request(
+        &task,
+        connection.clone(),
+        "sql-query",
+        "SELECT id FROM events",
+        grants,
+    ))
+    .await;
+    assert_eq!(refused.status, RunStatus::Error, "{refused:#?}");
+    let error = refused.error.unwrap_or_default();
+    assert!(error.contains("leak()"), "{error}");
+    assert!(error.contains("SECURITY DEFINER"), "{error}");
+
+    sqlx::raw_sql("REVOKE EXECUTE ON FUNCTION leak() FROM PUBLIC")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ok = run(request(
+        &task,
+        connection,
+        "sql-query",
+        "SELECT id FROM events",
+        grants,
+    ))
+    .await;
+    assert_eq!(ok.status, RunStatus::Success, "{ok:#?}");
 }

@@ -518,6 +518,47 @@ pub async fn inspect(
         }
     }
 
+    // The database: no new schemas.
+    let create_schemas: bool =
+        sqlx::query_scalar("SELECT has_database_privilege($1, current_database(), 'CREATE')")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await?;
+    if create_schemas {
+        out.differences.push(format!(
+            "role `{role}` may create schemas in this database"
+        ));
+        out.steps.push(Step {
+            sql: format!(
+                "REVOKE CREATE ON DATABASE {} FROM {q_role};",
+                quote_ident(&current_database(conn).await?)
+            ),
+            as_owner: None,
+            automatic: true,
+        });
+    }
+
+    // Functions that run with their owner's privileges reach whatever the
+    // owner may: the role may not call any outside the system schemas.
+    let definers: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND has_function_privilege($1, p.oid, 'EXECUTE')
+         ORDER BY 2",
+    )
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (_, signature, owner) in definers {
+        out.differences.push(format!(
+            "role `{role}` may call `{signature}`, which runs as `{owner}` (SECURITY DEFINER)"
+        ));
+        out.notes.push(format!(
+            "`{signature}` runs as its owner `{owner}`; if every role may call it, revoke that as its owner: REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC;"
+        ));
+    }
+
     // Schemas: USAGE where granted tables live; CREATE only where a `ddl`
     // table lives.
     let ddl_schemas: BTreeSet<&str> = wanted
@@ -782,6 +823,12 @@ pub async fn prepare(
             }
         }
     }
+}
+
+async fn current_database(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(conn)
+        .await
 }
 
 /// A granted table as the catalog has it.
