@@ -226,6 +226,23 @@ fn sqlite(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
     Analysis::new(dialect, grants).statement(statement)
 }
 
+/// The relations and functions libpg_query's own summary lists for a
+/// PostgreSQL statement (under both readings of backslashes), independent of
+/// the guard's walk: for cross-checking what the guard passed.
+pub fn postgres_references(sql: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let mut tables = Vec::new();
+    let mut functions = Vec::new();
+    for options in [
+        pg_query::ParserOptions::DEFAULT,
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+    ] {
+        let parsed = pg_query::parse(sql, options).ok()?;
+        tables.extend(parsed.tables.into_iter().map(|(t, _)| t));
+        functions.extend(parsed.functions.into_iter().map(|(f, _)| f));
+    }
+    Some((tables, functions))
+}
+
 /// The first two words, lowercased, to refuse what the parser may not know.
 fn leading_words(dialect: Dialect, sql: &str) -> Result<Vec<String>, Denial> {
     let tokens = tokens(dialect, sql)?;
@@ -594,7 +611,7 @@ fn statement_kind(statement: &Statement) -> String {
 /// columns, constraints, settings, locks and maintenance progress; nothing
 /// that shows roles, passwords, statistics samples or other sessions'
 /// queries.
-fn readable_catalog(dialect: Dialect, relation: &str) -> bool {
+pub fn readable_catalog(dialect: Dialect, relation: &str) -> bool {
     const POSTGRES: &[&str] = &[
         "pg_class",
         "pg_namespace",
@@ -800,7 +817,8 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "pg_advisory_xact_lock",
 ];
 
-pub(crate) fn function_allowed(name: &str) -> bool {
+/// Whether `name` (bare or `pg_catalog.`-qualified) is on the allowlist.
+pub fn function_allowed(name: &str) -> bool {
     let bare = name.strip_prefix("pg_catalog.").unwrap_or(name);
     ALLOWED_FUNCTIONS.contains(&bare)
 }
@@ -2053,5 +2071,90 @@ mod tests {
                 start.elapsed()
             );
         }
+    }
+
+    /// The PostgreSQL injection payloads of `tests/data/payloads`: one per
+    /// line of the lists, and the SQL code blocks and backquoted table
+    /// cells of the PostgreSQL page.
+    pub(crate) fn payloads() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/payloads");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("tests/data/payloads") {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("txt") => out.extend(text.lines().map(str::to_owned)),
+                Some("md") if path.file_name().is_some_and(|n| n != "README.md") => {
+                    let mut in_sql = false;
+                    for line in text.lines() {
+                        if line.starts_with("```") {
+                            in_sql = line.starts_with("```sql");
+                        } else if in_sql {
+                            out.push(line.to_owned());
+                        } else if line.starts_with('|') {
+                            let cells = line.replace("\\|", "\u{1}");
+                            for cell in cells.split('|') {
+                                let cell = cell.trim();
+                                if let Some(code) =
+                                    cell.strip_prefix('`').and_then(|c| c.strip_suffix('`'))
+                                {
+                                    out.push(code.replace('\u{1}', "|"));
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.retain(|p| !p.trim().is_empty());
+        out
+    }
+
+    /// A payload as a statement, and inside a `WHERE` clause as a string
+    /// and as a number.
+    pub(crate) fn forms(payload: &str) -> [String; 3] {
+        [
+            payload.to_owned(),
+            format!("SELECT id, event_type FROM events WHERE event_type = '{payload}'"),
+            format!("SELECT id, event_type FROM events WHERE id = {payload}"),
+        ]
+    }
+
+    /// Whatever the guard lets through reads only the granted table (or a
+    /// readable catalog) and calls only allowed functions, by libpg_query's
+    /// own summary of the statement.
+    #[test]
+    fn injection_payloads_pass_only_as_harmless_statements() {
+        let g = with(&[("events", &[Select])]);
+        let payloads = payloads();
+        assert!(payloads.len() > 700, "{}", payloads.len());
+        let (mut passed, mut stopped) = (0, 0);
+        let mut failures = Vec::new();
+        for payload in &payloads {
+            for sql in forms(payload) {
+                if pg(&sql, &g).is_err() {
+                    stopped += 1;
+                    continue;
+                }
+                passed += 1;
+                let (tables, functions) = postgres_references(&sql).expect("it parsed");
+                for t in tables {
+                    if !same_table(&t, "events") && !readable_catalog(Dialect::Postgres, &t) {
+                        failures.push(format!("{sql:?} reads {t}"));
+                    }
+                }
+                for f in functions {
+                    if !function_allowed(&f) {
+                        failures.push(format!("{sql:?} calls {f}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            passed > 50 && stopped > 1000,
+            "{passed} passed, {stopped} stopped"
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
