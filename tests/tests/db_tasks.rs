@@ -1477,3 +1477,36 @@ async fn structured_calls_run_as_the_owner(pool: PgPool) {
     )
     .await;
 }
+
+/// A grant on the parent names no other schema: a partition is created
+/// beside its parent or not at all.
+#[sqlx::test]
+async fn a_partition_is_created_in_its_parents_schema_only(pool: PgPool) {
+    schema(&pool).await;
+    sqlx::raw_sql("CREATE SCHEMA app")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let create = |schema: &'static str| {
+        partition_call(&pool, "create", "events")
+            .config("partition", "events_2031_01_01")
+            .config("partition_schema", schema)
+            .config("bounds", "range")
+            .config("from", "2031-01-01 00:00+00")
+            .config("to", "2031-01-02 00:00+00")
+            .grant("events", &[CreatePartition])
+    };
+    let r = create("app").go().await;
+    stopped(&r, "in its parent's schema `public`, not `app`");
+    let elsewhere: bool =
+        sqlx::query_scalar("SELECT to_regclass('app.events_2031_01_01') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!elsewhere);
+    ok(&create("public").go().await);
+    assert_eq!(
+        relation(&pool, "events_2031_01_01").await,
+        Some(("r".into(), true))
+    );
+}

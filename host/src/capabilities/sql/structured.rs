@@ -646,6 +646,16 @@ impl Context<'_> {
                 bounds,
             } => {
                 let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
+                // A partition lives beside its parent: a grant on the parent
+                // is no grant to name tables in other schemas.
+                if let Some(schema) = &partition.schema
+                    && schema != &parent.schema
+                {
+                    return Err(Failure::Guest(wit::SqlError::Refused(format!(
+                        "a partition is created in its parent's schema `{}`, not `{schema}`",
+                        parent.schema
+                    ))));
+                }
                 let role = self.owner(&parent, "CREATE TABLE … PARTITION OF")?;
                 let literals = literals(bounds).map_err(refused)?;
                 let (name, quoted): (String, Vec<String>) = sqlx::query_as(
