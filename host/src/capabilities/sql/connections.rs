@@ -18,6 +18,12 @@ use std::time::Duration;
 /// Prefix and suffix of the environment variables that name connections.
 const ENV_PREFIX: &str = "HOUSEKEEPER_DB_";
 const ENV_SUFFIX: &str = "_URL";
+/// Largest string or blob SQLite makes on a task connection: the memory
+/// for a value lives in the host, outside the run's memory limit, so one
+/// `printf('%.*c', 999999999, 'x')` must fail instead of allocating a
+/// gigabyte. The same as the cap on a whole result.
+pub const SQLITE_MAX_VALUE: usize = 32 << 20;
+
 /// Suffix of the variables that let a connection log in as a superuser.
 const ENV_UNSAFE_SUFFIX: &str = "_UNSAFE_SUPERUSER";
 
@@ -61,6 +67,21 @@ impl Connection {
                 SqlitePoolOptions::new()
                     .max_connections(options.pool_max)
                     .acquire_timeout(options.acquire_timeout)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            let mut handle = conn.lock_handle().await?;
+                            // SAFETY: the handle is this connection's open
+                            // database, locked for the call.
+                            unsafe {
+                                libsqlite3_sys::sqlite3_limit(
+                                    handle.as_raw_handle().as_ptr(),
+                                    libsqlite3_sys::SQLITE_LIMIT_LENGTH,
+                                    SQLITE_MAX_VALUE as i32,
+                                );
+                            }
+                            Ok(())
+                        })
+                    })
                     .connect_lazy_with(connect),
             )
         } else {
@@ -343,6 +364,36 @@ mod tests {
             .to_string();
             assert!(err.contains(needle), "{needle}: {err}");
             assert!(err.contains(pairs[0].0), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_value_past_the_cap_is_an_error_not_host_memory() {
+        let c = Connection::open("sqlite::memory:", &ConnectionOptions::default()).unwrap();
+        let Pool::Sqlite(pool) = &c.pool else {
+            panic!("not SQLite")
+        };
+        let fits: i64 = sqlx::query_scalar("SELECT length(zeroblob(?1))")
+            .bind(SQLITE_MAX_VALUE as i64)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(fits as usize, SQLITE_MAX_VALUE);
+        for statement in [
+            "SELECT length(printf('%.*c', 999999999, 'x'))",
+            "SELECT length(zeroblob(999999999))",
+            "SELECT length(replace(printf('%.*c', 1000000, 'x'), 'x', printf('%.*c', 1000, 'y')))",
+        ] {
+            let outcome = sqlx::query_scalar::<_, Option<i64>>(statement)
+                .fetch_one(pool)
+                .await;
+            // SQLite stops building the value at the cap: an error, or
+            // (for `printf`) NULL.
+            let text = format!("{outcome:?}");
+            assert!(
+                text.contains("too big") || matches!(outcome, Ok(None)),
+                "{statement}: {text}"
+            );
         }
     }
 
