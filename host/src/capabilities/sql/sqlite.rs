@@ -8,10 +8,9 @@
 //! read and written, every function, PRAGMA, ATTACH/DETACH, schema change
 //! and transaction statement. It answers from the same grants as the guard,
 //! so a statement that got past the parse is still held to the grant.
-//! `VACUUM` is the exception: the guard passes only a bare `VACUUM`, and the
-//! host runs its own text for it.
+//! (`VACUUM` and `ANALYZE` are never guest SQL: the typed calls run them.)
 
-use super::guard::{self, Denial, Grants, Kind};
+use super::guard::{self, Denial, Grants};
 use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::manifest::SqlVerb;
@@ -37,25 +36,8 @@ pub(super) async fn run(
     // A call cancelled earlier may have left its authorizer on the
     // connection.
     clear(&mut conn).await?;
-    let maintenance = matches!(statements, [only] if only.checked.kind == Kind::Maintenance);
-    let policy = Arc::new(Policy::new(grants.clone(), maintenance));
+    let policy = Arc::new(Policy::new(grants.clone()));
     let _ended = Ended(policy.clone());
-    if let [only] = statements
-        && maintenance
-    {
-        if only.checked.verb == SqlVerb::Vacuum {
-            // The guard passed a bare `VACUUM`; the host runs its own text
-            // (SQLite's VACUUM attaches and copies every table internally,
-            // which no grant describes to the authorizer).
-            conn.execute(sqlx::raw_sql("VACUUM")).await.map_err(error)?;
-            return Ok(vec![Outcome::Changed(0)]);
-        }
-        let installed = install(&mut conn, &policy).await?;
-        let result = conn.execute(sqlx::raw_sql(&only.sql)).await;
-        remove(&mut conn, installed).await?;
-        result.map_err(|e| policy.error(e))?;
-        return Ok(vec![Outcome::Changed(0)]);
-    }
     let mut tx = (&mut *conn).begin().await.map_err(error)?;
     let installed = install(&mut tx, &policy).await?;
     let result = statements_in(&mut tx, statements, want_rows, limits, &policy).await;
@@ -102,9 +84,6 @@ async fn statements_in(
 /// What SQLite may do while it prepares a guest statement.
 struct Policy {
     grants: Grants,
-    /// The call is `VACUUM`/`ANALYZE`, which keep SQLite's statistics
-    /// tables.
-    maintenance: bool,
     /// Set once the guest's call is over (or dropped): the host may then
     /// end the transaction it opened, even if this authorizer is still on
     /// the connection.
@@ -133,10 +112,9 @@ fn is_schema_table(table: &str) -> bool {
 }
 
 impl Policy {
-    fn new(grants: Grants, maintenance: bool) -> Self {
+    fn new(grants: Grants) -> Self {
         Policy {
             grants,
-            maintenance,
             ended: AtomicBool::new(false),
             denied: Mutex::new(None),
         }
@@ -153,13 +131,6 @@ impl Policy {
     ) -> Result<(), Denial> {
         let refused = |what: &str| Err(Denial::Refused(format!("{what} is not allowed")));
         let table = |name: Option<&str>| name.unwrap_or_default().to_ascii_lowercase();
-        let statistics = |name: Option<&str>| {
-            self.maintenance
-                && name.is_some_and(|n| n.to_ascii_lowercase().starts_with("sqlite_stat"))
-        };
-        if statistics(first) || (action == ffi::SQLITE_CREATE_INDEX && statistics(second)) {
-            return Ok(());
-        }
         if let Some(db) = database
             && db != "main"
             && !(action == ffi::SQLITE_READ && first.is_some_and(is_schema_table))
@@ -426,7 +397,7 @@ mod tests {
     //! The authorizer on its own: statements go to `run` as if the parse
     //! had passed them, so only SQLite's own check stands in their way.
     use super::*;
-    use crate::capabilities::sql::guard::{Checked, Grants};
+    use crate::capabilities::sql::guard::{Checked, Grants, Kind};
     use SqlVerb::*;
     use sqlx::sqlite::SqlitePoolOptions;
     use std::collections::BTreeMap;
@@ -472,13 +443,7 @@ mod tests {
     }
 
     async fn call(pool: &SqlitePool, grants: &Grants, sql: &str) -> Result<usize, String> {
-        let (kind, verb) = if sql.starts_with("VACUUM") {
-            (Kind::Maintenance, Vacuum)
-        } else if sql.starts_with("ANALYZE") {
-            (Kind::Maintenance, Analyze)
-        } else {
-            (Kind::Change, Select)
-        };
+        let (kind, verb) = (Kind::Change, Select);
         run(
             pool,
             &[unchecked(sql, kind, verb)],
@@ -573,7 +538,7 @@ mod tests {
             ),
             ("COMMIT", "refused: transaction control"),
             ("SAVEPOINT s", "refused: transaction control"),
-            ("ANALYZE secrets", "access denied: secrets analyze"),
+            ("ANALYZE secrets", "access denied"),
         ];
         let mut failures = Vec::new();
         for (sql, want) in stopped {
@@ -599,12 +564,6 @@ mod tests {
             "DROP TABLE scratch",
         ] {
             if let Err(e) = call(&pool, &g, sql).await {
-                panic!("{sql}: {e}");
-            }
-        }
-        let maintenance = grants(&[("*", &[Vacuum]), ("events", &[Analyze])]);
-        for sql in ["ANALYZE events", "VACUUM"] {
-            if let Err(e) = call(&pool, &maintenance, sql).await {
                 panic!("{sql}: {e}");
             }
         }

@@ -9,8 +9,7 @@
 //! against the allowlist.
 
 use super::{
-    Checked, Denial, Grants, Kind, PartitionCheck, SqlVerb, function_allowed, readable_catalog,
-    refused, same_table,
+    Checked, Denial, Grants, Kind, SqlVerb, function_allowed, readable_catalog, refused, same_table,
 };
 use pg_query::protobuf::{
     AlterTableType, DropBehavior, ObjectType, OnConflictAction, ReindexObjectType,
@@ -28,8 +27,6 @@ enum Use {
     Lock,
     /// Acted on with this verb.
     Act(SqlVerb),
-    /// Being created: needs nothing of its own (the plan says what).
-    Created,
 }
 
 /// A relation as PostgreSQL resolves it: schema (if written) and name, each
@@ -84,16 +81,11 @@ type Found = Result<(), Denial>;
 struct Plan {
     kind: Kind,
     verb: SqlVerb,
-    checks: Vec<PartitionCheck>,
 }
 
 impl Plan {
     fn new(kind: Kind, verb: SqlVerb) -> Self {
-        Plan {
-            kind,
-            verb,
-            checks: Vec::new(),
-        }
+        Plan { kind, verb }
     }
 }
 
@@ -131,7 +123,7 @@ pub(super) fn check(
     Ok(Checked {
         kind: plan.kind,
         verb: plan.verb,
-        partition_checks: plan.checks,
+        partition_checks: Vec::new(),
     })
 }
 
@@ -597,29 +589,20 @@ impl Walk<'_> {
             if same_table(&parent_rel.key(), &table.key()) {
                 return Err(refused("a table cannot be a partition of itself"));
             }
-            // With `ddl` on the parent this is plain DDL, which needs `ddl`
-            // on the new table too; otherwise `create_partition` on the
-            // parent.
-            if self.grants.allows(&parent_rel.key(), SqlVerb::Ddl) {
-                self.range_var(parent, Use::Act(SqlVerb::Ddl), &top)?;
-                self.range_var(new, Use::Act(SqlVerb::Ddl), &top)?;
-                self.rest(body, &["relation", "inh_relations"], &top)?;
-                return Ok(Plan::new(Kind::Change, SqlVerb::Ddl));
+            // Free text under `create_partition` is refused: that verb is
+            // for the call the host builds itself. With `ddl` on the parent
+            // this is plain DDL, which needs `ddl` on the new table too.
+            if !self.grants.allows(&parent_rel.key(), SqlVerb::Ddl)
+                && self
+                    .grants
+                    .allows(&parent_rel.key(), SqlVerb::CreatePartition)
+            {
+                return Err(refused(CREATE_PARTITION_CALL));
             }
-            let copies = list(body, "table_elts")
-                .iter()
-                .any(|e| matches!(unwrap_node(e), Some(("TableLikeClause", _))));
-            if copies {
-                return Err(refused(
-                    "CREATE TABLE … PARTITION OF must not copy other tables",
-                ));
-            }
-            self.range_var(parent, Use::Act(SqlVerb::CreatePartition), &top)?;
-            // The new table does not exist yet, so it needs no grant of
-            // its own.
-            self.range_var(new, Use::Created, &top)?;
+            self.range_var(parent, Use::Act(SqlVerb::Ddl), &top)?;
+            self.range_var(new, Use::Act(SqlVerb::Ddl), &top)?;
             self.rest(body, &["relation", "inh_relations"], &top)?;
-            return Ok(Plan::new(Kind::Change, SqlVerb::CreatePartition));
+            return Ok(Plan::new(Kind::Change, SqlVerb::Ddl));
         }
         self.range_var(new, Use::Act(SqlVerb::Ddl), &top)?;
         // INHERITS makes the new table's rows part of every scan of the
@@ -643,31 +626,20 @@ impl Walk<'_> {
                 "DROP TABLE … CASCADE is not allowed: drop each table by name",
             ));
         }
-        let parents = self.grants.tables_with(SqlVerb::DropPartition);
-        let mut plan = Plan::new(Kind::Change, SqlVerb::Ddl);
         for object in list(body, "objects") {
             let table = dropped(object)?;
             if table.is_system() {
                 return Err(refused(format!("`{}` is a system relation", table.key())));
             }
             let key = table.key();
-            if self.grants.allows(&key, SqlVerb::Ddl) {
-                self.add(table, Use::Act(SqlVerb::Ddl));
-            } else if parents.is_empty() {
-                return Err(Denial::AccessDenied {
-                    table: key,
-                    verb: SqlVerb::DropPartition,
-                });
-            } else {
-                plan.verb = SqlVerb::DropPartition;
-                plan.checks.push(PartitionCheck {
-                    partition: key,
-                    parents: parents.clone(),
-                });
-                self.add(table, Use::Created);
+            if !self.grants.allows(&key, SqlVerb::Ddl)
+                && !self.grants.tables_with(SqlVerb::DropPartition).is_empty()
+            {
+                return Err(refused(DROP_PARTITION_CALL));
             }
+            self.add(table, Use::Act(SqlVerb::Ddl));
         }
-        Ok(plan)
+        Ok(Plan::new(Kind::Change, SqlVerb::Ddl))
     }
 
     fn alter_table(&mut self, body: &Value) -> Result<Plan, Denial> {
@@ -685,30 +657,14 @@ impl Walk<'_> {
             })
             .collect::<Result<_, _>>()?;
         let detach = AlterTableType::AtDetachPartition as i64;
-        let all_detach = !commands.is_empty()
-            && commands.iter().all(|c| int(c, "subtype") == detach)
-            && !self.grants.allows(&table.key(), SqlVerb::Ddl);
-        if all_detach {
-            let mut plan = Plan::new(Kind::Change, SqlVerb::DropPartition);
-            self.range_var(target, Use::Act(SqlVerb::DropPartition), &top)?;
-            for cmd in commands {
-                let partition = field(cmd, "def");
-                let Some(("PartitionCmd", pc)) = unwrap_node(partition) else {
-                    return Err(refused("DETACH PARTITION without a partition"));
-                };
-                if flag(pc, "concurrent") {
-                    return Err(refused(
-                        "DETACH PARTITION CONCURRENTLY/FINALIZE cannot run inside the host's transaction",
-                    ));
-                }
-                let name = relation(field(pc, "name"))?;
-                plan.checks.push(PartitionCheck {
-                    partition: name.key(),
-                    parents: vec![table.key()],
-                });
-                self.add(name, Use::Created);
-            }
-            return Ok(plan);
+        let finalize = AlterTableType::AtDetachPartitionFinalize as i64;
+        if commands
+            .iter()
+            .any(|c| int(c, "subtype") == detach || int(c, "subtype") == finalize)
+            && !self.grants.allows(&table.key(), SqlVerb::Ddl)
+            && self.grants.allows(&table.key(), SqlVerb::DropPartition)
+        {
+            return Err(refused(DETACH_PARTITION_CALL));
         }
         self.range_var(target, Use::Act(SqlVerb::Ddl), &top)?;
         for cmd in commands {
@@ -740,68 +696,14 @@ impl Walk<'_> {
         Ok(Plan::new(Kind::Change, SqlVerb::Ddl))
     }
 
+    /// `VACUUM` and `ANALYZE` run only as the host's own calls, as the
+    /// table's owner.
     fn maintenance(&mut self, body: &Value) -> Result<Plan, Denial> {
-        let vacuum = flag(body, "is_vacuumcmd");
-        let command = if vacuum { "VACUUM" } else { "ANALYZE" };
-        let mut analyze = !vacuum;
-        for option in list(body, "options") {
-            let Some(("DefElem", d)) = unwrap_node(option) else {
-                return Err(refused(format!(
-                    "{command}: an option the guard cannot read"
-                )));
-            };
-            let name = text(d, "defname");
-            if !MAINTENANCE_OPTIONS.contains(&name) {
-                return Err(refused(format!(
-                    "{command}: option `{name}` is not allowed"
-                )));
-            }
-            let arg = field(d, "arg");
-            if present(arg) && !is_constant(arg) {
-                return Err(refused(format!(
-                    "{command}: option `{name}` takes a constant value"
-                )));
-            }
-            if name == "analyze" || name == "analyse" {
-                analyze = is_on(arg);
-            }
-        }
-        let mut verbs = Vec::new();
-        if vacuum {
-            verbs.push(SqlVerb::Vacuum);
-        }
-        if analyze {
-            verbs.push(SqlVerb::Analyze);
-        }
-        let rels = list(body, "rels");
-        if rels.is_empty() {
-            for verb in &verbs {
-                self.grants.require("*", *verb)?;
-            }
-        }
-        for rel in rels {
-            let Some(("VacuumRelation", vr)) = unwrap_node(rel) else {
-                return Err(refused(format!("{command}: a table the guard cannot read")));
-            };
-            let table = relation(field(vr, "relation"))?;
-            if table.is_system() {
-                return Err(refused(format!(
-                    "{command}: `{}` is a system relation",
-                    table.key()
-                )));
-            }
-            for verb in &verbs {
-                self.grants.require(&table.key(), *verb)?;
-            }
-        }
-        Ok(Plan::new(
-            Kind::Maintenance,
-            if vacuum {
-                SqlVerb::Vacuum
-            } else {
-                SqlVerb::Analyze
-            },
-        ))
+        Err(refused(if flag(body, "is_vacuumcmd") {
+            VACUUM_CALL
+        } else {
+            ANALYZE_CALL
+        }))
     }
 
     /// Every relation the walk found, against the grants.
@@ -809,17 +711,12 @@ impl Walk<'_> {
         let targets: Vec<String> = self
             .uses
             .iter()
-            .filter(|(_, u)| matches!(u, Use::Act(_) | Use::Created))
+            .filter(|(_, u)| matches!(u, Use::Act(_)))
             .map(|(r, _)| r.key())
             .collect();
         for (relation, used) in &self.uses {
             let key = relation.key();
             match used {
-                Use::Created => {
-                    if relation.is_system() {
-                        return Err(refused(format!("`{key}` is a system relation")));
-                    }
-                }
                 Use::Act(verb) => {
                     if relation.is_system() {
                         return Err(refused(format!(
@@ -914,44 +811,15 @@ fn string_constant(value: &Value) -> Option<String> {
     }
 }
 
-fn is_constant(value: &Value) -> bool {
-    constant(value).is_some()
-}
-
-/// An option without a value is on; `off`, `false`, `0` turn it off.
-fn is_on(arg: &Value) -> bool {
-    if !present(arg) {
-        return true;
-    }
-    match constant(arg) {
-        None => true,
-        Some(("String", s)) => !matches!(
-            text(s, "sval").to_ascii_lowercase().as_str(),
-            "off" | "false" | "no" | "0"
-        ),
-        Some(("Integer", i)) => int(i, "ival") != 0,
-        Some(("Boolean", b)) => flag(b, "boolval"),
-        _ => true,
-    }
-}
-
-const MAINTENANCE_OPTIONS: &[&str] = &[
-    "analyze",
-    "analyse",
-    "verbose",
-    "freeze",
-    "full",
-    "skip_locked",
-    "index_cleanup",
-    "process_toast",
-    "process_main",
-    "truncate",
-    "parallel",
-    "disable_page_skipping",
-    "buffer_usage_limit",
-    "skip_database_stats",
-    "only_database_stats",
-];
+pub(super) const CREATE_PARTITION_CALL: &str =
+    "a partition is created with the `create-partition` call (sql::create_partition), not as SQL";
+pub(super) const DROP_PARTITION_CALL: &str = "a partition is dropped with the `drop-partition` call (sql::drop_partition), not as SQL; DROP TABLE needs `ddl` on the table";
+pub(super) const DETACH_PARTITION_CALL: &str =
+    "a partition is detached with the `detach-partition` call (sql::detach_partition), not as SQL";
+pub(super) const VACUUM_CALL: &str =
+    "VACUUM runs only through the `vacuum` call (sql::vacuum), not as SQL";
+pub(super) const ANALYZE_CALL: &str =
+    "ANALYZE runs only through the `analyze` call (sql::analyze), not as SQL";
 
 /// Settings `current_setting` may read.
 const READABLE_SETTINGS: &[&str] = &[
