@@ -151,7 +151,7 @@ pub async fn load_component(
         .spawn(async move { rt.describe(&described).await })
         .await
         .map_err(|e| format!("describe() did not finish: {e}"))?
-        .map_err(|(status, message)| format!("{message} ({status})"))?;
+        .map_err(|e| e.to_string())?;
     Ok((component, info))
 }
 

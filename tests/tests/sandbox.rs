@@ -159,10 +159,10 @@ async fn a_task_error_is_an_error_not_a_trap() {
 #[tokio::test]
 async fn a_describe_that_loops_is_stopped() {
     let c = component(&fixture_path("describe-loop"));
-    let (status, message) = runtime().describe(&c).await.unwrap_err();
+    let e = runtime().describe(&c).await.unwrap_err();
     assert!(
-        matches!(status, RunStatus::OutOfFuel | RunStatus::Timeout),
-        "{status}: {message}"
+        matches!(e.status, RunStatus::OutOfFuel | RunStatus::Timeout),
+        "{e}"
     );
 }
 

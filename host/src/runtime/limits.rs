@@ -1,5 +1,6 @@
 //! Per-run limits and how a run that hit one is classified.
 
+use super::RunError;
 use crate::capabilities::budget::{DeadlineExceeded, MemoryBudget};
 use crate::model::RunStatus;
 use std::sync::Arc;
@@ -109,8 +110,18 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Maps an error out of wasmtime to a run status and a message.
-pub fn classify(error: &wasmtime::Error, memory_denied: bool) -> (RunStatus, String) {
+/// Maps an error out of wasmtime, after the guest used `fuel_used`, to how
+/// the run ended.
+pub fn classify(error: &wasmtime::Error, memory_denied: bool, fuel_used: u64) -> RunError {
+    let (status, message) = status_and_message(error, memory_denied);
+    RunError {
+        status,
+        message,
+        fuel_used,
+    }
+}
+
+fn status_and_message(error: &wasmtime::Error, memory_denied: bool) -> (RunStatus, String) {
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
         return (RunStatus::Timeout, "the run's deadline passed".into());
     }
@@ -229,11 +240,14 @@ mod tests {
     #[test]
     fn traps_map_to_statuses() {
         let fuel = wasmtime::Error::from(Trap::OutOfFuel);
-        assert_eq!(classify(&fuel, false).0, RunStatus::OutOfFuel);
+        assert_eq!(classify(&fuel, false, 0).status, RunStatus::OutOfFuel);
         let deadline = wasmtime::Error::from(DeadlineExceeded);
-        assert_eq!(classify(&deadline, false).0, RunStatus::Timeout);
+        assert_eq!(classify(&deadline, false, 0).status, RunStatus::Timeout);
         let unreachable = wasmtime::Error::from(Trap::UnreachableCodeReached);
-        assert_eq!(classify(&unreachable, false).0, RunStatus::Trapped);
-        assert_eq!(classify(&unreachable, true).0, RunStatus::OutOfMemory);
+        assert_eq!(classify(&unreachable, false, 0).status, RunStatus::Trapped);
+        assert_eq!(
+            classify(&unreachable, true, 0).status,
+            RunStatus::OutOfMemory
+        );
     }
 }

@@ -118,6 +118,30 @@ pub enum LoadError {
     CompileBound { what: String, message: String },
 }
 
+/// Why a call into a task (`run` or `describe()`) ended without an answer
+/// of the task's own: the call could not be set up, the guest was stopped
+/// (trap, fuel, memory, deadline), or what it returned was unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} ({status})")]
+pub struct RunError {
+    /// How the run is recorded.
+    pub status: RunStatus,
+    pub message: String,
+    /// Fuel the guest used before it stopped; 0 if it never started.
+    pub fuel_used: u64,
+}
+
+impl RunError {
+    /// The call could not be set up: the guest never started.
+    fn setup(message: impl Into<String>) -> Self {
+        RunError {
+            status: RunStatus::Error,
+            message: message.into(),
+            fuel_used: 0,
+        }
+    }
+}
+
 /// A compiled, pre-linked component, ready to instantiate for each run.
 /// Clones share one compiled copy.
 #[derive(Clone)]
@@ -384,10 +408,7 @@ impl Runtime {
     }
 
     /// Calls the component's `describe()` with no grants and small limits.
-    pub async fn describe(
-        &self,
-        component: &TaskComponent,
-    ) -> Result<TaskInfo, (RunStatus, String)> {
+    pub async fn describe(&self, component: &TaskComponent) -> Result<TaskInfo, RunError> {
         let output = Output::new("describe", "describe", self.inner.options.output_cap);
         let sql = SqlCapability::new(
             "describe",
@@ -402,17 +423,20 @@ impl Runtime {
         let fs_limits = FsLimits::new(ResourceLimits::default(), None, memory.clone());
         let capabilities =
             RunCapabilities::new(&[], true, false, ConfigMap::new(), &output, sql, fs_limits)
-                .map_err(|e| (RunStatus::Error, format!("{e:#}")))?;
+                .map_err(|e| RunError::setup(format!("{e:#}")))?;
         let mut store = self.store(capabilities, memory, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
         let call = async {
             let task = component.pre.instantiate_async(&mut store).await?;
             task.call_describe(&mut store).await
         };
-        match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
-            Err(_) => Err((
-                RunStatus::Timeout,
-                "describe() did not return in time".into(),
-            )),
+        let outcome = tokio::time::timeout(DESCRIBE_TIMEOUT, call).await;
+        let fuel_used = DESCRIBE_FUEL.saturating_sub(store.get_fuel().unwrap_or(0));
+        match outcome {
+            Err(_) => Err(RunError {
+                status: RunStatus::Timeout,
+                message: "describe() did not return in time".into(),
+                fuel_used,
+            }),
             Ok(Ok(info)) => report::task_info(TaskInfo {
                 name: info.name,
                 version: info.version,
@@ -421,10 +445,17 @@ impl Runtime {
                 run_on_startup: info.run_on_startup,
                 capabilities: info.capabilities,
             })
-            .map_err(|e| (RunStatus::Error, e)),
+            .map_err(|message| RunError {
+                status: RunStatus::Error,
+                message,
+                fuel_used,
+            }),
             Ok(Err(e)) => {
-                let (status, message) = limits::classify(&e, store.data().limiter.denied());
-                Err((status, format!("describe() failed: {message}")))
+                let stopped = limits::classify(&e, store.data().limiter.denied(), fuel_used);
+                Err(RunError {
+                    message: format!("describe() failed: {}", stopped.message),
+                    ..stopped
+                })
             }
         }
     }
@@ -482,7 +513,7 @@ impl Runtime {
                 memory.clone(),
             ),
         ) {
-            Err(e) => Err((RunStatus::Error, format!("{e:#}"), 0)),
+            Err(e) => Err(RunError::setup(format!("{e:#}"))),
             Ok(capabilities) => {
                 self.call_run(component, &request, capabilities, memory)
                     .await
@@ -507,10 +538,10 @@ impl Runtime {
                 });
                 result.fuel_used = fuel;
             }
-            Err((status, message, fuel)) => {
-                result.status = status;
-                result.error = Some(message);
-                result.fuel_used = fuel;
+            Err(e) => {
+                result.status = e.status;
+                result.error = Some(e.message);
+                result.fuel_used = e.fuel_used;
             }
         }
         result.error = result.error.map(report::error);
@@ -520,23 +551,19 @@ impl Runtime {
         result
     }
 
-    #[allow(clippy::type_complexity)]
+    /// The task's own answer and the fuel it used.
     async fn call_run(
         &self,
         component: &TaskComponent,
         request: &RunRequest,
         capabilities: RunCapabilities,
         memory: Arc<MemoryBudget>,
-    ) -> Result<(Result<types::RunReport, types::TaskError>, u64), (RunStatus, String, u64)> {
+    ) -> Result<(Result<types::RunReport, types::TaskError>, u64), RunError> {
         if request.memory_bytes > MAX_MEMORY_BYTES {
-            return Err((
-                RunStatus::Error,
-                format!(
-                    "memory limit {} is above the host's maximum",
-                    request.memory_bytes
-                ),
-                0,
-            ));
+            return Err(RunError::setup(format!(
+                "memory limit {} is above the host's maximum",
+                request.memory_bytes
+            )));
         }
         let mut store = self.store(capabilities, memory, request.fuel, request.timeout);
         let ctx = types::RunContext {
@@ -562,19 +589,16 @@ impl Runtime {
         .await;
         let fuel = request.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         match outcome {
-            Err(_) => Err((
-                RunStatus::Timeout,
-                format!(
+            Err(_) => Err(RunError {
+                status: RunStatus::Timeout,
+                message: format!(
                     "the run's deadline of {} passed",
                     humantime::format_duration(request.timeout)
                 ),
-                fuel,
-            )),
+                fuel_used: fuel,
+            }),
             Ok(Ok(returned)) => Ok((returned, fuel)),
-            Ok(Err(e)) => {
-                let (status, message) = limits::classify(&e, store.data().limiter.denied());
-                Err((status, message, fuel))
-            }
+            Ok(Err(e)) => Err(limits::classify(&e, store.data().limiter.denied(), fuel)),
         }
     }
 
