@@ -479,7 +479,7 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
     }
     for dir in &m.dirs {
         lines.push(format!(
-            "  grants dir:   {} -> {} ({:?})",
+            "  grants dir:   {} -> {} ({})",
             dir.host.display(),
             dir.guest,
             dir.mode
@@ -487,9 +487,11 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
     }
     if let Some(db) = &m.database {
         for (table, verbs) in &db.tables {
+            let verbs: Vec<&str> = verbs.iter().map(|v| v.as_str()).collect();
             lines.push(format!(
-                "  grants sql:   {}.{table} {verbs:?}",
-                db.connection
+                "  grants sql:   {}.{table} [{}]",
+                db.connection,
+                verbs.join(", ")
             ));
         }
     }
@@ -548,8 +550,8 @@ async fn tasks(args: TasksArgs) -> ExitCode {
         };
         let last = stats
             .get(name)
-            .and_then(|s| s.last_status.clone())
-            .unwrap_or_else(|| "-".into());
+            .and_then(|s| s.last_status)
+            .map_or("-", RunStatus::as_str);
         println!(
             "{:<36} {:<16} {:<16} {:<8} {:<22} {}",
             name,

@@ -7,8 +7,9 @@
 use crate::model::{ConfigMap, ConfigValue};
 use crate::schedule::{self, Schedule};
 use chrono_tz::Tz;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Component as PathComponent, Path, PathBuf};
 use std::time::Duration;
 
@@ -26,8 +27,11 @@ pub enum ManifestError {
     Invalid { path: PathBuf, message: String },
 }
 
+// The manifest enums serialize (API, `check`) as they are written in a
+// manifest.
+
 /// What to do when a fire comes while the previous run still runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Overlap {
     #[default]
@@ -38,7 +42,7 @@ pub enum Overlap {
 }
 
 /// What to do about fires missed while the service was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Misfire {
     #[default]
@@ -46,11 +50,28 @@ pub enum Misfire {
     RunOnce,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// How a granted directory is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DirMode {
     Ro,
     Rw,
+}
+
+impl DirMode {
+    /// The mode as written in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DirMode::Ro => "ro",
+            DirMode::Rw => "rw",
+        }
+    }
+}
+
+impl fmt::Display for DirMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A host directory made visible to the task.
@@ -61,7 +82,20 @@ pub struct DirGrant {
     pub mode: DirMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+/// What a database grant allows on a table.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Deserialize,
+    Serialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SqlVerb {
     Select,
@@ -89,6 +123,12 @@ impl SqlVerb {
             SqlVerb::Analyze => "analyze",
             SqlVerb::Ddl => "ddl",
         }
+    }
+}
+
+impl fmt::Display for SqlVerb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -712,6 +752,44 @@ mod tests {
         assert_eq!(m.config["premake_days"], ConfigValue::Integer(30));
         assert_eq!(m.config["ratio"], ConfigValue::Float(0.5));
         assert_eq!(m.config["tables"], ConfigValue::Json(r#"["a","b"]"#.into()));
+    }
+
+    /// What a manifest says is what the API and `check` show.
+    #[test]
+    fn enums_show_as_they_are_written() {
+        fn round_trip<T>(written: &str) -> T
+        where
+            T: serde::de::DeserializeOwned + Serialize,
+        {
+            let value: T = toml::Value::String(written.into()).try_into().unwrap();
+            assert_eq!(serde_json::to_value(&value).unwrap(), written);
+            value
+        }
+        for written in [
+            "select",
+            "insert",
+            "update",
+            "delete",
+            "create_partition",
+            "drop_partition",
+            "vacuum",
+            "analyze",
+            "ddl",
+        ] {
+            let verb: SqlVerb = round_trip(written);
+            assert_eq!(verb.to_string(), written);
+            assert_eq!(verb.as_str(), written);
+        }
+        for written in ["ro", "rw"] {
+            let mode: DirMode = round_trip(written);
+            assert_eq!(mode.to_string(), written);
+        }
+        for written in ["skip", "queue", "replace", "allow"] {
+            round_trip::<Overlap>(written);
+        }
+        for written in ["skip", "run-once"] {
+            round_trip::<Misfire>(written);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How a run ended. The names are what the store and the API show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Still going.
@@ -47,7 +47,7 @@ impl RunStatus {
         RunStatus::Interrupted,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::Success => "success",
@@ -65,7 +65,8 @@ impl RunStatus {
 
 impl fmt::Display for RunStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so a column width (`{:<14}`) applies.
+        f.pad(self.as_str())
     }
 }
 
@@ -80,8 +81,8 @@ impl FromStr for RunStatus {
     }
 }
 
-/// Why a run was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Why a run was started. The names are what the store and the API show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Schedule,
@@ -89,17 +90,52 @@ pub enum Trigger {
     Manual,
     Retry,
     Cli,
+    /// Started through the reference service's API: only runs taken over
+    /// from it say this. No run is started with it.
+    Api,
+    /// Not recorded: only runs taken over from the reference service that
+    /// named no trigger say this. No run is started with it.
+    Unknown,
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub const ALL: [Trigger; 7] = [
+        Trigger::Schedule,
+        Trigger::Startup,
+        Trigger::Manual,
+        Trigger::Retry,
+        Trigger::Cli,
+        Trigger::Api,
+        Trigger::Unknown,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::Startup => "startup",
             Trigger::Manual => "manual",
             Trigger::Retry => "retry",
             Trigger::Cli => "cli",
+            Trigger::Api => "api",
+            Trigger::Unknown => "unknown",
         }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Trigger::ALL
+            .into_iter()
+            .find(|trigger| trigger.as_str() == s)
+            .ok_or_else(|| format!("unknown trigger {s:?}"))
     }
 }
 
@@ -193,6 +229,27 @@ mod tests {
             assert_eq!(status.as_str().parse::<RunStatus>(), Ok(status));
         }
         assert!("exploded".parse::<RunStatus>().is_err());
+        for trigger in Trigger::ALL {
+            assert_eq!(trigger.as_str().parse::<Trigger>(), Ok(trigger));
+            assert_eq!(
+                serde_json::to_value(trigger).unwrap(),
+                serde_json::json!(trigger.as_str())
+            );
+        }
+        assert!("scheduler".parse::<Trigger>().is_err());
+    }
+
+    #[test]
+    fn serialized_names_are_the_stored_ones() {
+        for status in RunStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+        // Displayed in columns by the CLI.
+        assert_eq!(format!("[{:<9}]", RunStatus::Error), "[error    ]");
+        assert_eq!(format!("[{:<7}]", Trigger::Cli), "[cli    ]");
     }
 
     #[test]

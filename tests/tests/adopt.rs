@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use housekeeper::model::RunStatus;
 use housekeeper::store::adopt::{
     AdoptOptions, Finding, LEFT_RUNNING, REFERENCE_REPLICA, UNKNOWN_TRIGGER,
 };
@@ -240,7 +241,7 @@ fn assert_carried_over(old: &[OldRun], new: &BTreeMap<i64, RunRecord>, tz: Tz) {
         assert_eq!(n.task_name, o.task_name);
         assert_eq!(n.started_at, instant(tz, o.started_at), "run {}", o.id);
         assert_eq!(n.completed_at, o.completed_at.map(|t| instant(tz, t)));
-        assert_eq!(n.status, o.status);
+        assert_eq!(n.status.as_str(), o.status);
         assert_eq!(n.duration_ms, o.duration_ms.map(i64::from));
         assert_eq!((&n.output, &n.error), (&o.output, &o.error));
         let trigger = match o.triggered_by.as_deref() {
@@ -248,7 +249,7 @@ fn assert_carried_over(old: &[OldRun], new: &BTreeMap<i64, RunRecord>, tz: Tz) {
             Some(other) => other,
             None => UNKNOWN_TRIGGER,
         };
-        assert_eq!(n.triggered_by, trigger);
+        assert_eq!(n.triggered_by.as_str(), trigger);
         assert_eq!(n.replica, REFERENCE_REPLICA);
         assert!(!n.dry_run);
         assert_eq!(n.scheduled_for, None);
@@ -321,7 +322,10 @@ async fn history_toggles_and_stats_are_taken_over(pool: PgPool) {
             (s.total_runs, s.success_count, s.error_count),
             (total, success, error)
         );
-        assert_eq!((s.last_run_at, &s.last_status), (last_run_at, &last_status));
+        assert_eq!(
+            (s.last_run_at, s.last_status.map(|l| l.as_str())),
+            (last_run_at, last_status.as_deref())
+        );
         let durations: Vec<f64> = old
             .iter()
             .filter(|r| r.task_name == task)
@@ -866,7 +870,7 @@ async fn leftovers_of_the_reference_service_are_carried_over(pool: PgPool) {
     let mut runs = all_runs(&store).await;
     let running = old.iter().find(|r| r.status == "running").unwrap();
     let interrupted = runs.remove(&i64::from(running.id)).unwrap();
-    assert_eq!(interrupted.status, "interrupted");
+    assert_eq!(interrupted.status, RunStatus::Interrupted);
     assert_eq!(interrupted.error.as_deref(), Some(LEFT_RUNNING));
     assert_eq!(interrupted.completed_at, None);
     let others: Vec<OldRun> = old.iter().filter(|r| r.id != running.id).cloned().collect();

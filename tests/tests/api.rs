@@ -5,7 +5,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use housekeeper::api::{AppState, BODY_LIMIT, router};
-use housekeeper::manifest::{Manifest, Overlap};
+use housekeeper::manifest::{
+    DatabaseGrant, DirGrant, DirMode, Manifest, Misfire, Overlap, SqlVerb,
+};
 use housekeeper::metrics::Metrics;
 use housekeeper::model::ConfigValue;
 use housekeeper::scheduler::clock::SystemClock;
@@ -38,6 +40,11 @@ async fn def(name: &str, fixture: &str, edit: impl FnOnce(&mut Manifest)) -> Tas
 }
 
 async fn api(token: Option<&'static str>) -> Api {
+    api_with(token, Vec::new()).await
+}
+
+/// The usual tasks (`noop`, `slow`, the failing `broken`) plus `extra`.
+async fn api_with(token: Option<&'static str>, extra: Vec<TaskDef>) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("hk.db").display());
     let store = Store::open(&url, "api-test", &StoreOptions::default())
@@ -65,7 +72,9 @@ async fn api(token: Option<&'static str>) -> Api {
         m.schedule = Some(housekeeper::schedule::Schedule::parse("0 3 * * *").unwrap())
     })
     .await;
-    scheduler.register(vec![noop, slow]).await.unwrap();
+    let mut defs = vec![noop, slow];
+    defs.extend(extra);
+    scheduler.register(defs).await.unwrap();
     scheduler.start().await.unwrap();
     let mut load_errors = BTreeMap::new();
     load_errors.insert(
@@ -263,6 +272,51 @@ async fn task_details_show_manifest_grants_and_history() {
     assert!(body["setup"].is_null());
     let (status, body) = a.get("/api/housekeeper/tasks/missing").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "missing");
+}
+
+/// Modes and verbs are shown as a manifest writes them.
+#[tokio::test]
+async fn task_details_show_grants_as_written() {
+    let granted = def("granted", "noop", |m| {
+        m.dirs = vec![
+            DirGrant {
+                host: "/srv/logs".into(),
+                guest: "/logs".into(),
+                mode: DirMode::Rw,
+            },
+            DirGrant {
+                host: "/srv/archive".into(),
+                guest: "/archive".into(),
+                mode: DirMode::Ro,
+            },
+        ];
+        m.database = Some(DatabaseGrant {
+            connection: "main".into(),
+            tables: BTreeMap::from([(
+                "events".to_owned(),
+                vec![
+                    SqlVerb::Select,
+                    SqlVerb::CreatePartition,
+                    SqlVerb::DropPartition,
+                ],
+            )]),
+        });
+        m.misfire = Misfire::RunOnce;
+    })
+    .await;
+    let a = api_with(None, vec![granted]).await;
+    let (status, body) = a.get("/api/housekeeper/tasks/granted").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let grants = &body["setup"]["grants"];
+    assert_eq!(grants["dirs"][0]["mode"], "rw", "{grants}");
+    assert_eq!(grants["dirs"][1]["mode"], "ro", "{grants}");
+    assert_eq!(
+        grants["database"]["tables"]["events"],
+        serde_json::json!(["select", "create_partition", "drop_partition"]),
+        "{grants}"
+    );
+    assert_eq!(body["setup"]["misfire"], "run-once");
+    assert_eq!(body["setup"]["overlap"], "skip");
 }
 
 #[tokio::test]
@@ -596,6 +650,30 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert!(doc["components"]["schemas"]["TaskList"].is_object());
     assert!(doc["components"]["schemas"]["TaskStatus"].is_object());
+    // Names with a fixed set of values list them.
+    let values = |schema: &str| -> Vec<String> {
+        doc["components"]["schemas"][schema]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema} lists no values"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        values("RunStatus"),
+        housekeeper::model::RunStatus::ALL.map(|s| s.as_str())
+    );
+    assert_eq!(
+        values("Trigger"),
+        housekeeper::model::Trigger::ALL.map(|t| t.as_str())
+    );
+    assert_eq!(values("DirMode"), ["ro", "rw"]);
+    assert!(values("SqlVerb").contains(&"create_partition".to_owned()));
+    assert_eq!(values("Misfire"), ["skip", "run-once"]);
+    assert_eq!(
+        doc["components"]["schemas"]["RunSummary"]["properties"]["status"]["$ref"],
+        "#/components/schemas/RunStatus"
+    );
 }
 
 /// Holds the guest worker it runs on until released, then runs the task:

@@ -276,7 +276,7 @@ fn check_prints_describe_and_grants_for_a_directory() {
     );
     assert!(out.contains("schedule:     0 3 * * *"), "{out}");
     assert!(
-        out.contains(&format!("grants dir:   {} -> /logs (Rw)", s.logs.display())),
+        out.contains(&format!("grants dir:   {} -> /logs (rw)", s.logs.display())),
         "{out}"
     );
 

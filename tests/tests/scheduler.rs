@@ -217,7 +217,7 @@ async fn rows(h: &Harness, task: &str) -> Vec<RunRecord> {
     rows
 }
 
-fn with_status<'a>(rows: &'a [RunRecord], status: &str) -> Vec<&'a RunRecord> {
+fn with_status(rows: &[RunRecord], status: RunStatus) -> Vec<&RunRecord> {
     rows.iter().filter(|r| r.status == status).collect()
 }
 
@@ -236,8 +236,8 @@ async fn a_seconds_schedule_fires_every_second() {
     }
     assert_eq!(fires[0], t0() + chrono::Duration::seconds(1));
     let rows = rows(&h, "tick").await;
-    assert_eq!(with_status(&rows, "success").len(), calls.len());
-    assert!(rows.iter().all(|r| r.triggered_by == "schedule"));
+    assert_eq!(with_status(&rows, RunStatus::Success).len(), calls.len());
+    assert!(rows.iter().all(|r| r.triggered_by == Trigger::Schedule));
 }
 
 #[tokio::test]
@@ -257,7 +257,7 @@ async fn overlap_skip_records_the_skipped_fires() {
 
     assert_eq!(h.fake.peak("slow"), 1);
     let rows = rows(&h, "slow").await;
-    let skipped = with_status(&rows, "skipped");
+    let skipped = with_status(&rows, RunStatus::Skipped);
     assert!(skipped.len() >= 4, "{rows:#?}");
     assert!(
         skipped[0]
@@ -266,7 +266,7 @@ async fn overlap_skip_records_the_skipped_fires() {
             .unwrap()
             .contains("overlap = skip")
     );
-    assert!(with_status(&rows, "success").len() >= 2);
+    assert!(with_status(&rows, RunStatus::Success).len() >= 2);
 }
 
 #[tokio::test]
@@ -284,7 +284,7 @@ async fn overlap_allow_runs_side_by_side() {
     wait(6.5).await;
     h.scheduler.shutdown(Duration::from_secs(5)).await;
     assert!(h.fake.peak("wide") >= 2);
-    assert!(with_status(&rows(&h, "wide").await, "skipped").is_empty());
+    assert!(with_status(&rows(&h, "wide").await, RunStatus::Skipped).is_empty());
 }
 
 #[tokio::test]
@@ -304,7 +304,7 @@ async fn overlap_queue_holds_at_most_one_waiting_run() {
 
     assert_eq!(h.fake.peak("q"), 1);
     let rows = rows(&h, "q").await;
-    let skipped = with_status(&rows, "skipped");
+    let skipped = with_status(&rows, RunStatus::Skipped);
     assert!(!skipped.is_empty());
     assert!(
         skipped
@@ -337,11 +337,11 @@ async fn overlap_replace_cancels_the_running_one() {
 
     assert_eq!(h.fake.peak("r"), 1);
     let rows = rows(&h, "r").await;
-    let cancelled = with_status(&rows, "cancelled");
+    let cancelled = with_status(&rows, RunStatus::Cancelled);
     assert!(cancelled.len() >= 2, "{rows:#?}");
     assert!(cancelled[0].error.as_deref().unwrap().contains("replaced"));
     assert_eq!(
-        with_status(&rows, "interrupted").len(),
+        with_status(&rows, RunStatus::Interrupted).len(),
         1,
         "the last one is cut by shutdown"
     );
@@ -380,12 +380,11 @@ async fn retries_back_off_exponentially_then_stop() {
     );
     assert!(calls[1].at - calls[0].at >= Duration::from_secs(30));
     assert!(calls[2].at - calls[1].at >= Duration::from_secs(60));
-    let statuses: Vec<_> = rows(&h, "flaky")
-        .await
-        .iter()
-        .map(|r| r.status.clone())
-        .collect();
-    assert_eq!(statuses, ["error", "trapped", "success"]);
+    let statuses: Vec<_> = rows(&h, "flaky").await.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [RunStatus::Error, RunStatus::Trapped, RunStatus::Success]
+    );
 }
 
 #[tokio::test]
@@ -631,9 +630,9 @@ async fn shutdown_waits_for_the_grace_period_then_interrupts() {
         took >= Duration::from_secs(30) && took < Duration::from_secs(60),
         "{took:?}"
     );
-    assert_eq!(rows(&h, "short").await[0].status, "success");
+    assert_eq!(rows(&h, "short").await[0].status, RunStatus::Success);
     let long = &rows(&h, "long").await[0];
-    assert_eq!(long.status, "interrupted");
+    assert_eq!(long.status, RunStatus::Interrupted);
     assert!(long.error.as_deref().unwrap().contains("shut down"));
 }
 
@@ -650,10 +649,10 @@ async fn a_running_row_gets_heartbeats() {
     h.scheduler.trigger("slow", false).unwrap();
     wait(5.0).await;
     let row = &rows(&h, "slow").await[0];
-    assert_eq!(row.status, "running");
+    assert_eq!(row.status, RunStatus::Running);
     assert!(row.heartbeat_at.unwrap() > row.started_at, "{row:#?}");
     h.scheduler.shutdown(Duration::from_secs(30)).await;
-    assert_eq!(rows(&h, "slow").await[0].status, "success");
+    assert_eq!(rows(&h, "slow").await[0].status, RunStatus::Success);
 }
 
 #[tokio::test]
@@ -726,6 +725,9 @@ async fn a_restart_or_reload_in_the_repeated_hour_fires_no_occurrence_twice() {
     assert_eq!(scheduled("daily"), [at(0, 30)]);
     for task in ["quarterly", "daily"] {
         let rows = rows(&h, task).await;
-        assert!(rows.iter().all(|r| r.status == "success"), "{rows:#?}");
+        assert!(
+            rows.iter().all(|r| r.status == RunStatus::Success),
+            "{rows:#?}"
+        );
     }
 }

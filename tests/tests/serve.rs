@@ -1,6 +1,7 @@
 //! `housekeeper serve` as a real process: scheduled runs, SIGTERM with a
 //! grace period, kill -9 and recovery, persisted toggles, bad configuration.
 
+use housekeeper::model::{RunStatus, Trigger};
 use housekeeper::store::{RunRecord, Store, StoreOptions};
 use housekeeper_tests::{binary, fixture_path};
 use std::io::{Read, Write};
@@ -149,10 +150,10 @@ async fn the_demo_starts_healthy() {
 
     let (_service, port) = s.start(&[]);
     let runs = wait_for_runs(&s, "cleanup-old-logs", "the startup run", |runs| {
-        runs.iter().any(|r| r.status != "running")
+        runs.iter().any(|r| r.status != RunStatus::Running)
     })
     .await;
-    assert_eq!(runs[0].status, "success", "{:?}", runs[0]);
+    assert_eq!(runs[0].status, RunStatus::Success, "{:?}", runs[0]);
     // Older than 7 days, or past the 20 newest.
     assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 7);
     let (code, body) = get(port, "/api/housekeeper/status").unwrap();
@@ -248,13 +249,13 @@ async fn scheduled_runs_repeat_and_are_recorded() {
     assert_eq!(health["service"], "housekeeper");
 
     let runs = wait_for_runs(&s, "tick", "three scheduled runs", |r| {
-        r.iter().filter(|r| r.status == "success").count() >= 3
+        r.iter().filter(|r| r.status == RunStatus::Success).count() >= 3
     })
     .await;
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
-    for r in runs.iter().filter(|r| r.status == "success") {
-        assert_eq!(r.triggered_by, "schedule");
+    for r in runs.iter().filter(|r| r.status == RunStatus::Success) {
+        assert_eq!(r.triggered_by, Trigger::Schedule);
         assert_eq!(r.replica, "test-replica");
         assert_eq!(r.component_hash.as_ref().unwrap().len(), 64);
         let at = r.scheduled_for.unwrap();
@@ -275,7 +276,7 @@ async fn sigterm_waits_for_a_running_task_then_records_it() {
     );
     let (mut child, _) = s.start(&[]);
     wait_for_runs(&s, "long", "the run to start", |r| {
-        r.iter().any(|r| r.status == "running")
+        r.iter().any(|r| r.status == RunStatus::Running)
     })
     .await;
     signal(&child, "-TERM");
@@ -283,8 +284,8 @@ async fn sigterm_waits_for_a_running_task_then_records_it() {
     assert!(status.success(), "{}", s.log());
     let runs = s.runs("long").await;
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].status, "timeout", "{runs:#?}");
-    assert_eq!(runs[0].triggered_by, "startup");
+    assert_eq!(runs[0].status, RunStatus::Timeout, "{runs:#?}");
+    assert_eq!(runs[0].triggered_by, Trigger::Startup);
 }
 
 #[tokio::test]
@@ -297,13 +298,13 @@ async fn sigterm_interrupts_what_outlives_the_grace_period() {
     );
     let (mut child, _) = s.start(&[("HOUSEKEEPER_SHUTDOWN_GRACE", "1s")]);
     wait_for_runs(&s, "endless", "the run to start", |r| {
-        r.iter().any(|r| r.status == "running")
+        r.iter().any(|r| r.status == RunStatus::Running)
     })
     .await;
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
     let runs = s.runs("endless").await;
-    assert_eq!(runs[0].status, "interrupted", "{runs:#?}");
+    assert_eq!(runs[0].status, RunStatus::Interrupted, "{runs:#?}");
     assert!(runs[0].error.as_deref().unwrap().contains("shut down"));
 }
 
@@ -317,7 +318,7 @@ async fn kill_9_leaves_a_row_that_the_next_start_marks_interrupted() {
     );
     let (mut child, _) = s.start(&[]);
     let runs = wait_for_runs(&s, "endless", "the run to start", |r| {
-        r.iter().any(|r| r.status == "running")
+        r.iter().any(|r| r.status == RunStatus::Running)
     })
     .await;
     let id = runs[0].id;
@@ -325,14 +326,14 @@ async fn kill_9_leaves_a_row_that_the_next_start_marks_interrupted() {
     child.wait().unwrap();
     assert_eq!(
         s.store().await.run(id).await.unwrap().unwrap().status,
-        "running"
+        RunStatus::Running
     );
 
     // Next start: no startup run this time, only recovery.
     s.task("endless", "hostile", "[config]\nmode = \"spin\"\n");
     let (mut child, _) = s.start(&[]);
     let row = s.store().await.run(id).await.unwrap().unwrap();
-    assert_eq!(row.status, "interrupted");
+    assert_eq!(row.status, RunStatus::Interrupted);
     assert!(row.completed_at.is_some());
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
@@ -541,7 +542,7 @@ async fn hot_reload_adds_changes_and_removes_tasks() {
         let runs = s.runs("tick").await;
         assert!(
             runs.iter()
-                .filter(|r| r.status != "skipped")
+                .filter(|r| r.status != RunStatus::Skipped)
                 .all(|r| r.component_hash.as_ref() == Some(&hash)),
             "{runs:#?}"
         );
@@ -579,7 +580,7 @@ async fn a_replaced_component_applies_to_new_runs_while_a_running_one_finishes()
     );
     let (mut child, port) = s.start(&[]);
     let runs = wait_for_runs(&s, "flip", "the old version to start", |r| {
-        r.iter().any(|r| r.status == "running")
+        r.iter().any(|r| r.status == RunStatus::Running)
     })
     .await;
     let old_hash = runs[0].component_hash.clone().unwrap();
@@ -592,7 +593,7 @@ async fn a_replaced_component_applies_to_new_runs_while_a_running_one_finishes()
     );
     drop_file(&s.tasks, "flip.toml", b"schedule = \"* * * * * *\"\n");
     let runs = wait_for_runs(&s, "flip", "a run of the new version", |r| {
-        r.iter().any(|r| r.status == "success")
+        r.iter().any(|r| r.status == RunStatus::Success)
     })
     .await;
     let first = runs
@@ -600,11 +601,15 @@ async fn a_replaced_component_applies_to_new_runs_while_a_running_one_finishes()
         .find(|r| r.id == runs.iter().map(|r| r.id).min().unwrap())
         .unwrap();
     assert_eq!(
-        first.status, "timeout",
+        first.status,
+        RunStatus::Timeout,
         "the old run finished on the old version"
     );
     assert_eq!(first.component_hash.as_ref(), Some(&old_hash));
-    let new = runs.iter().find(|r| r.status == "success").unwrap();
+    let new = runs
+        .iter()
+        .find(|r| r.status == RunStatus::Success)
+        .unwrap();
     assert_ne!(new.component_hash.as_ref(), Some(&old_hash));
 
     // POST /reload answers with what it did (nothing changed now).
@@ -637,7 +642,7 @@ async fn a_slowly_copied_component_is_loaded_once_complete() {
         t["loadError"].is_null() && t["schedule"] == "* * * * * *"
     });
     let runs = wait_for_runs(&s, "slow", "a run", |r| {
-        r.iter().any(|r| r.status != "running")
+        r.iter().any(|r| r.status != RunStatus::Running)
     })
     .await;
     use sha2::Digest;
@@ -817,11 +822,11 @@ async fn a_fifo_in_a_grant_neither_hangs_its_run_nor_holds_a_guest_worker() {
         ("HOUSEKEEPER_SHUTDOWN_GRACE", "2s"),
     ]);
     let runs = wait_for_runs(&s, "fifo", "the FIFO run to end", |r| {
-        r.iter().any(|r| r.status != "running")
+        r.iter().any(|r| r.status != RunStatus::Running)
     })
     .await;
     let fifo = &runs[0];
-    assert_eq!(fifo.status, "error", "{fifo:#?}");
+    assert_eq!(fifo.status, RunStatus::Error, "{fifo:#?}");
     assert!(
         fifo.error.as_deref().unwrap().contains("/data/fifo"),
         "{fifo:#?}"
@@ -834,7 +839,7 @@ async fn a_fifo_in_a_grant_neither_hangs_its_run_nor_holds_a_guest_worker() {
     let ended = fifo.completed_at.unwrap();
     wait_for_runs(&s, "after", "another task to run after it", |r| {
         r.iter()
-            .any(|r| r.status == "success" && r.started_at > ended)
+            .any(|r| r.status == RunStatus::Success && r.started_at > ended)
     })
     .await;
     let health: serde_json::Value = serde_json::from_str(&get(port, "/health").unwrap().1).unwrap();
@@ -900,13 +905,13 @@ async fn a_run_hoarding_files_leaves_the_service_its_own() {
             s.log()
         );
         let runs = s.runs("hog").await;
-        if let Some(done) = runs.iter().find(|r| r.status != "running") {
+        if let Some(done) = runs.iter().find(|r| r.status != RunStatus::Running) {
             break done.clone();
         }
         assert!(Instant::now() < deadline, "the hog never ended: {runs:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(hog.status, "error", "{hog:#?}");
+    assert_eq!(hog.status, RunStatus::Error, "{hog:#?}");
     // Half of 512 for guests, two runs at a time.
     assert!(
         hog.error.as_deref().unwrap().starts_with("held 128 files"),
@@ -923,7 +928,7 @@ async fn a_run_hoarding_files_leaves_the_service_its_own() {
         "a run of another task while the hog held its files",
         |r| {
             r.iter()
-                .any(|r| r.status == "success" && r.started_at > from && r.started_at < to)
+                .any(|r| r.status == RunStatus::Success && r.started_at > from && r.started_at < to)
         },
     )
     .await;
@@ -1007,7 +1012,7 @@ async fn a_slow_compile_on_reload_delays_only_its_own_task() {
     );
     wait_for("the late task", || !api_task(port, "late").is_null());
     wait_for_runs(&s, "late", "a run of the late task", |r| {
-        r.iter().any(|r| r.status == "success")
+        r.iter().any(|r| r.status == RunStatus::Success)
     })
     .await;
     // The bomb is still compiling, once: later rescans did not start it again.

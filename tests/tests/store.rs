@@ -50,7 +50,7 @@ async fn run_to_end(store: &Store, task: &str, status: RunStatus, ms: u64) -> i6
 async fn history_and_stats(store: Store) {
     let id = store.begin_run(&manual("t")).await.unwrap().unwrap();
     let running = store.run(id).await.unwrap().unwrap();
-    assert_eq!(running.status, "running");
+    assert_eq!(running.status, RunStatus::Running);
     assert!(running.heartbeat_at.is_some());
     store.heartbeat(id).await.unwrap();
     store
@@ -62,8 +62,8 @@ async fn history_and_stats(store: Store) {
     run_to_end(&store, "other", RunStatus::Success, 5).await;
 
     let done = store.run(id).await.unwrap().unwrap();
-    assert_eq!(done.status, "success");
-    assert_eq!(done.triggered_by, "manual");
+    assert_eq!(done.status, RunStatus::Success);
+    assert_eq!(done.triggered_by, Trigger::Manual);
     assert_eq!(done.duration_ms, Some(100));
     assert_eq!(done.fuel_used, Some(1234));
     assert_eq!(done.component_hash.as_deref(), Some("abc"));
@@ -73,7 +73,7 @@ async fn history_and_stats(store: Store) {
 
     let runs = store.runs("t", 10).await.unwrap();
     assert_eq!(runs.len(), 3);
-    assert_eq!(runs[0].status, "out_of_fuel", "newest first");
+    assert_eq!(runs[0].status, RunStatus::OutOfFuel, "newest first");
     assert_eq!(store.runs("t", 1).await.unwrap().len(), 1);
     assert!(store.run(99_999).await.unwrap().is_none());
 
@@ -81,7 +81,7 @@ async fn history_and_stats(store: Store) {
     let t = &stats["t"];
     assert_eq!((t.total_runs, t.success_count, t.error_count), (3, 1, 2));
     assert_eq!(t.avg_duration_ms, Some(200.0));
-    assert_eq!(t.last_status.as_deref(), Some("out_of_fuel"));
+    assert_eq!(t.last_status, Some(RunStatus::OutOfFuel));
     assert!(t.last_success_at.is_some());
     assert_eq!(stats["other"].total_runs, 1);
 }
@@ -124,7 +124,7 @@ async fn occurrences_are_recorded_once(store: Store) {
         .unwrap()
         .unwrap();
     let row = store.run(skipped).await.unwrap().unwrap();
-    assert_eq!(row.status, "skipped");
+    assert_eq!(row.status, RunStatus::Skipped);
     assert_eq!(row.error.as_deref(), Some("previous run still running"));
     assert_eq!(store.last_scheduled_for("t").await.unwrap(), Some(later));
     let stats = store.stats().await.unwrap();
@@ -137,16 +137,25 @@ async fn crash_recovery_touches_only_this_replica(a: Store, b: Store) {
     let mine = a.begin_run(&manual("t")).await.unwrap().unwrap();
     let theirs = b.begin_run(&manual("t")).await.unwrap().unwrap();
     assert_eq!(a.interrupt_orphans().await.unwrap(), vec![mine]);
-    assert_eq!(a.run(mine).await.unwrap().unwrap().status, "interrupted");
-    assert_eq!(a.run(theirs).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        a.run(mine).await.unwrap().unwrap().status,
+        RunStatus::Interrupted
+    );
+    assert_eq!(
+        a.run(theirs).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
     // A late finish does not overwrite the recorded interruption.
     a.finish_run(mine, &result("t", RunStatus::Success, 1))
         .await
         .unwrap();
-    assert_eq!(a.run(mine).await.unwrap().unwrap().status, "interrupted");
     assert_eq!(
-        a.stats().await.unwrap()["t"].last_status.as_deref(),
-        Some("interrupted")
+        a.run(mine).await.unwrap().unwrap().status,
+        RunStatus::Interrupted
+    );
+    assert_eq!(
+        a.stats().await.unwrap()["t"].last_status,
+        Some(RunStatus::Interrupted)
     );
 }
 
@@ -184,6 +193,71 @@ async fn pruning_keeps_recent_and_running(store: Store, backdate: impl AsyncFn(i
     assert_eq!(store.runs("other", 10).await.unwrap().len(), 1);
     // Lifetime stats are not affected by pruning.
     assert_eq!(store.stats().await.unwrap()["t"].total_runs, 6);
+}
+
+/// Names are read back as their types: a name this version does not know
+/// is an error naming it, its column and the row, never a guess; `unknown`
+/// (a taken-over run that named no trigger) reads back.
+async fn stored_names_are_decoded(store: Store, exec: impl AsyncFn(&str)) {
+    let id = run_to_end(&store, "t", RunStatus::Success, 1).await;
+    let error_of = async |store: &Store| format!("{:#}", store.run(id).await.unwrap_err());
+
+    exec(&format!(
+        "UPDATE housekeeper_runs SET status = 'exploded' WHERE id = {id}"
+    ))
+    .await;
+    let e = error_of(&store).await;
+    assert!(e.contains("housekeeper_runs.status"), "{e}");
+    assert!(e.contains("\"exploded\""), "{e}");
+    assert!(e.contains(&format!("run {id}")), "{e}");
+    assert!(store.runs("t", 10).await.is_err());
+    assert!(store.runs_page("t", 10, 0).await.is_err());
+
+    exec(&format!(
+        "UPDATE housekeeper_runs SET status = 'out_of_memory', triggered_by = 'scheduler' WHERE id = {id}"
+    ))
+    .await;
+    let e = error_of(&store).await;
+    assert!(e.contains("housekeeper_runs.triggered_by"), "{e}");
+    assert!(e.contains("\"scheduler\""), "{e}");
+
+    exec(&format!(
+        "UPDATE housekeeper_runs SET triggered_by = 'unknown' WHERE id = {id}"
+    ))
+    .await;
+    let run = store.run(id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.triggered_by),
+        (RunStatus::OutOfMemory, Trigger::Unknown)
+    );
+
+    assert_eq!(
+        store.stats().await.unwrap()["t"].last_status,
+        Some(RunStatus::Success)
+    );
+    exec("UPDATE housekeeper_task_stats SET last_status = 'Success' WHERE task_name = 't'").await;
+    let e = format!("{:#}", store.stats().await.unwrap_err());
+    assert!(e.contains("housekeeper_task_stats.last_status"), "{e}");
+    assert!(e.contains("\"Success\""), "{e}");
+    assert!(e.contains("\"t\""), "{e}");
+}
+
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_stored_names_are_decoded(pool: SqlitePool) {
+    let store = Store::from_sqlite(pool.clone(), "r1");
+    stored_names_are_decoded(store, async |sql| {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    })
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_stored_names_are_decoded(pool: PgPool) {
+    let store = Store::from_postgres(pool.clone(), "r1");
+    stored_names_are_decoded(store, async |sql| {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    })
+    .await;
 }
 
 #[sqlx::test(migrations = "../migrations/sqlite")]

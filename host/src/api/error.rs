@@ -1,8 +1,13 @@
 //! API errors: JSON `{"error": "..."}` with the right status. Internal
-//! failures are logged and answered with a generic message.
+//! failures are logged and answered with a generic message. Requests that
+//! axum cannot extract (path, query, body) are answered the same way,
+//! through [`Input`].
 
 use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,5 +51,70 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl ApiError {
+    /// What axum refused to extract, by its status: a body over the limit
+    /// is 413, a fault of the route itself (a 5xx) is internal, anything
+    /// else is the caller's 400 with axum's text.
+    fn rejected(status: StatusCode, text: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(super::BODY_LIMIT)
+        } else if status.is_server_error() {
+            ApiError::Internal(anyhow::anyhow!(text))
+        } else {
+            ApiError::BadRequest(text)
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::rejected(e.status(), e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::rejected(e.status(), e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::rejected(e.status(), e.body_text())
+    }
+}
+
+/// Any axum extractor (`Path`, `Query`, `Json`) whose rejection is an
+/// [`ApiError`], so bad input is answered like every other error:
+/// `Input(Json(body)): Input<Json<T>>`. Take `Result<Input<E>, ApiError>`
+/// to decide when a bad input counts (after a 404, say).
+pub struct Input<E>(pub E);
+
+impl<S, E> FromRequestParts<S> for Input<E>
+where
+    S: Send + Sync,
+    E: FromRequestParts<S>,
+    ApiError: From<E::Rejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Input(E::from_request_parts(parts, state).await?))
+    }
+}
+
+impl<S, E> FromRequest<S> for Input<E>
+where
+    S: Send + Sync,
+    E: FromRequest<S>,
+    ApiError: From<E::Rejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(Input(E::from_request(request, state).await?))
     }
 }

@@ -5,13 +5,12 @@
 mod error;
 pub mod types;
 
-pub use error::ApiError;
+pub use error::{ApiError, Input};
 
-use crate::manifest::DirMode;
 use crate::metrics::Metrics;
+use crate::model::RunStatus;
 use crate::scheduler::{FireOutcome, Scheduler, TaskView};
 use crate::store::{RunRecord, Store, TaskStats};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -411,7 +410,7 @@ fn find(state: &AppState, name: &str) -> Result<TaskView, ApiError> {
     responses((status = 200, body = TaskDetail), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_detail(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Input(Path(name)): Input<Path<String>>,
 ) -> Result<Json<TaskDetail>, ApiError> {
     let stats = state.store.stats().await?;
     let recent: Vec<RunSummary> = state
@@ -443,11 +442,8 @@ async fn task_detail(
         run_on_startup: def.run_on_startup(),
         startup_delay_ms: m.startup_delay.as_millis() as u64,
         jitter_ms: m.jitter.as_millis() as u64,
-        overlap: format!("{:?}", m.overlap).to_lowercase(),
-        misfire: match m.misfire {
-            crate::manifest::Misfire::Skip => "skip".into(),
-            crate::manifest::Misfire::RunOnce => "run-once".into(),
-        },
+        overlap: m.overlap,
+        misfire: m.misfire,
         timeout_ms: m.timeout.as_millis() as u64,
         retries: RetriesView {
             max: m.retries.max,
@@ -472,19 +468,12 @@ async fn task_detail(
                 .map(|d| DirGrantView {
                     host: d.host.display().to_string(),
                     guest: d.guest.clone(),
-                    mode: match d.mode {
-                        DirMode::Ro => "ro".into(),
-                        DirMode::Rw => "rw".into(),
-                    },
+                    mode: d.mode,
                 })
                 .collect(),
             database: m.database.as_ref().map(|db| DatabaseGrantView {
                 connection: db.connection.clone(),
-                tables: db
-                    .tables
-                    .iter()
-                    .map(|(t, verbs)| (t.clone(), verbs.iter().map(|v| format!("{v:?}")).collect()))
-                    .collect(),
+                tables: db.tables.clone(),
             }),
         },
     };
@@ -513,10 +502,9 @@ struct RunParams {
               (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn run_task(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    query: Result<Query<RunParams>, QueryRejection>,
+    Input(Path(name)): Input<Path<String>>,
+    Input(Query(params)): Input<Query<RunParams>>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     find(&state, &name)?;
     let dry_run = params.dry_run.unwrap_or(false);
     let (outcome, run_id) = state
@@ -558,17 +546,12 @@ async fn run_task(
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn toggle_task(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    body: Result<Json<Toggle>, JsonRejection>,
+    Input(Path(name)): Input<Path<String>>,
+    // An unknown task is a 404 whatever the body.
+    body: Result<Input<Json<Toggle>>, ApiError>,
 ) -> Result<Json<Toggled>, ApiError> {
     find(&state, &name)?;
-    let Json(body) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(BODY_LIMIT)
-        } else {
-            ApiError::BadRequest(e.body_text())
-        }
-    })?;
+    let Input(Json(body)) = body?;
     state.scheduler.set_enabled(&name, body.enabled).await?;
     let view = find(&state, &name)?;
     Ok(Json(Toggled {
@@ -599,7 +582,10 @@ struct PageParams {
 #[utoipa::path(get, path = "/api/housekeeper/tasks/{name}/status", security(("bearer" = [])),
     params(("name" = String, Path, description = "task name")),
     responses((status = 200, body = TaskStatus), (status = 401, body = ErrorBody)))]
-async fn task_status(State(state): State<AppState>, Path(name): Path<String>) -> Json<TaskStatus> {
+async fn task_status(
+    State(state): State<AppState>,
+    Input(Path(name)): Input<Path<String>>,
+) -> Json<TaskStatus> {
     let view = state.scheduler.tasks().into_iter().find(|t| t.name == name);
     Json(TaskStatus {
         registered: view.is_some(),
@@ -615,10 +601,9 @@ async fn task_status(State(state): State<AppState>, Path(name): Path<String>) ->
     responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_runs(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    query: Result<Query<PageParams>, QueryRejection>,
+    Input(Path(name)): Input<Path<String>>,
+    Input(Query(page)): Input<Query<PageParams>>,
 ) -> Result<Json<RunPage>, ApiError> {
-    let Query(page) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = page.limit.unwrap_or(50);
     let offset = page.offset.unwrap_or(0);
     if !(1..=1000).contains(&limit) {
@@ -658,7 +643,7 @@ fn parse_run_id(text: &str) -> Result<i64, ApiError> {
     responses((status = 200, body = RunDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_run(
     State(state): State<AppState>,
-    Path((name, run_id)): Path<(String, String)>,
+    Input(Path((name, run_id))): Input<Path<(String, String)>>,
 ) -> Result<Json<RunDetail>, ApiError> {
     let id = parse_run_id(&run_id)?;
     let run = state
@@ -677,7 +662,7 @@ async fn task_run(
               (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn cancel_run(
     State(state): State<AppState>,
-    Path(run_id): Path<String>,
+    Input(Path(run_id)): Input<Path<String>>,
 ) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     let id = parse_run_id(&run_id)?;
     let run = state
@@ -685,7 +670,7 @@ async fn cancel_run(
         .run(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
-    if run.status != "running" {
+    if run.status != RunStatus::Running {
         return Err(ApiError::Conflict(format!(
             "run {id} is not running (status {})",
             run.status
@@ -716,10 +701,10 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
         .iter()
         .filter_map(|t| {
             let s = stats.get(&t.name)?;
-            let last = s.last_status.as_deref()?;
-            (last != "success").then(|| LastError {
+            let last = s.last_status?;
+            (last != RunStatus::Success).then(|| LastError {
                 task: t.name.clone(),
-                status: last.to_owned(),
+                status: last,
                 at: s.last_run_at,
             })
         })
@@ -754,11 +739,11 @@ fn run_summary(r: &RunRecord) -> RunSummary {
     RunSummary {
         id: r.id,
         task_name: r.task_name.clone(),
-        status: r.status.clone(),
+        status: r.status,
         started_at: r.started_at,
         completed_at: r.completed_at,
         duration_ms: r.duration_ms,
-        triggered_by: r.triggered_by.clone(),
+        triggered_by: r.triggered_by,
         scheduled_for: r.scheduled_for,
         dry_run: r.dry_run,
         error: r.error.clone(),

@@ -2,6 +2,8 @@
 //! (`isRunning`, `nextRunAt`, `stats.total_runs`, …) so existing scripts keep
 //! working; the OpenAPI document is generated from these types.
 
+use crate::manifest::{DirMode, Misfire, Overlap, SqlVerb};
+use crate::model::{RunStatus, Trigger};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,7 +55,7 @@ pub struct Stats {
     pub skipped_count: i64,
     pub avg_duration_ms: Option<i64>,
     pub last_run_at: Option<DateTime<Utc>>,
-    pub last_status: Option<String>,
+    pub last_status: Option<RunStatus>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -100,14 +102,14 @@ pub struct TaskList {
 pub struct DirGrantView {
     pub host: String,
     pub guest: String,
-    /// `ro` or `rw`.
-    pub mode: String,
+    pub mode: DirMode,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct DatabaseGrantView {
     pub connection: String,
-    pub tables: BTreeMap<String, Vec<String>>,
+    /// What each table may be used for, as the manifest says it.
+    pub tables: BTreeMap<String, Vec<SqlVerb>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -163,8 +165,8 @@ pub struct TaskSetup {
     pub startup_delay_ms: u64,
     #[serde(rename = "jitterMs")]
     pub jitter_ms: u64,
-    pub overlap: String,
-    pub misfire: String,
+    pub overlap: Overlap,
+    pub misfire: Misfire,
     #[serde(rename = "timeoutMs")]
     pub timeout_ms: u64,
     pub retries: RetriesView,
@@ -186,14 +188,11 @@ pub struct TaskDetail {
 pub struct RunSummary {
     pub id: i64,
     pub task_name: String,
-    /// running, success, error, trapped, timeout, out_of_fuel,
-    /// out_of_memory, skipped, cancelled or interrupted.
-    pub status: String,
+    pub status: RunStatus,
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    /// schedule, startup, manual, retry or cli.
-    pub triggered_by: String,
+    pub triggered_by: Trigger,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub dry_run: bool,
     pub error: Option<String>,
@@ -255,7 +254,7 @@ pub struct Cancelled {
 #[derive(Serialize, ToSchema)]
 pub struct LastError {
     pub task: String,
-    pub status: String,
+    pub status: RunStatus,
     pub at: Option<DateTime<Utc>>,
 }
 

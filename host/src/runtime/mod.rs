@@ -575,6 +575,9 @@ impl Runtime {
                 Trigger::Manual => types::Trigger::Manual,
                 Trigger::Retry => types::Trigger::Retry,
                 Trigger::Cli => types::Trigger::Cli,
+                // Only runs recorded by the reference service say these;
+                // no run is started with them.
+                Trigger::Api | Trigger::Unknown => types::Trigger::Manual,
             },
             scheduled_for: request.scheduled_for.map(|t| t.timestamp_millis()),
             last_success: request.last_success.map(|t| t.timestamp_millis()),

@@ -31,7 +31,7 @@ pub const ADOPTED_VERSION: i64 = 20261123000001;
 pub const REFERENCE_REPLICA: &str = "reference";
 
 /// `triggered_by` of old rows that recorded none.
-pub const UNKNOWN_TRIGGER: &str = "unknown";
+pub const UNKNOWN_TRIGGER: &str = crate::model::Trigger::Unknown.as_str();
 
 /// `error` of runs the reference service left `running`, now `interrupted`.
 pub const LEFT_RUNNING: &str = "the reference service stopped while the run was in progress";

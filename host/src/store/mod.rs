@@ -81,11 +81,11 @@ pub struct RunRecord {
     pub task_name: String,
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
-    pub status: String,
+    pub status: RunStatus,
     pub duration_ms: Option<i64>,
     pub output: Option<String>,
     pub error: Option<String>,
-    pub triggered_by: String,
+    pub triggered_by: Trigger,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub component_hash: Option<String>,
     pub dry_run: bool,
@@ -105,7 +105,7 @@ pub struct TaskStats {
     pub skipped_count: i64,
     pub avg_duration_ms: Option<f64>,
     pub last_run_at: Option<DateTime<Utc>>,
-    pub last_status: Option<String>,
+    pub last_status: Option<RunStatus>,
     pub last_success_at: Option<DateTime<Utc>>,
 }
 
@@ -515,15 +515,23 @@ impl Store {
                 .map(|row| {
                     let total: i64 = row.try_get("total_runs")?;
                     let duration: i64 = row.try_get("total_duration_ms")?;
+                    let task_name: String = row.try_get("task_name")?;
+                    let last_status: Option<String> = row.try_get("last_status")?;
+                    let last_status = last_status
+                        .map(|text| {
+                            decode(&text, "housekeeper_task_stats", "last_status")
+                                .with_context(|| format!("task {task_name:?}"))
+                        })
+                        .transpose()?;
                     let stats = TaskStats {
-                        task_name: row.try_get("task_name")?,
+                        task_name,
                         total_runs: total,
                         success_count: row.try_get("success_count")?,
                         error_count: row.try_get("error_count")?,
                         skipped_count: row.try_get("skipped_count")?,
                         avg_duration_ms: (total > 0).then(|| duration as f64 / total as f64),
                         last_run_at: row.try_get("last_run_at")?,
-                        last_status: row.try_get("last_status")?,
+                        last_status,
                         last_success_at: row.try_get("last_success_at")?,
                     };
                     Ok((stats.task_name.clone(), stats))
@@ -778,17 +786,23 @@ where
     for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
+    let id: i64 = row.try_get("id")?;
+    let text = |column: &str| -> anyhow::Result<String> { Ok(row.try_get(column)?) };
+    let status = decode(&text("status")?, "housekeeper_runs", "status")
+        .with_context(|| format!("run {id}"))?;
+    let triggered_by = decode(&text("triggered_by")?, "housekeeper_runs", "triggered_by")
+        .with_context(|| format!("run {id}"))?;
     let metrics: Option<String> = row.try_get("metrics")?;
     Ok(RunRecord {
-        id: row.try_get("id")?,
+        id,
         task_name: row.try_get("task_name")?,
         started_at: row.try_get("started_at")?,
         completed_at: row.try_get("completed_at")?,
-        status: row.try_get("status")?,
+        status,
         duration_ms: row.try_get("duration_ms")?,
         output: row.try_get("output")?,
         error: row.try_get("error")?,
-        triggered_by: row.try_get("triggered_by")?,
+        triggered_by,
         scheduled_for: row.try_get("scheduled_for")?,
         component_hash: row.try_get("component_hash")?,
         dry_run: row.try_get("dry_run")?,
@@ -797,4 +811,12 @@ where
         replica: row.try_get("replica")?,
         heartbeat_at: row.try_get("heartbeat_at")?,
     })
+}
+
+/// A stored name (`status`, `triggered_by`) as its type. A value this
+/// version does not know is an error naming it and its column, never a
+/// guess.
+fn decode<T: FromStr<Err = String>>(text: &str, table: &str, column: &str) -> anyhow::Result<T> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("{table}.{column} holds {e}"))
 }
