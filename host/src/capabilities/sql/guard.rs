@@ -71,22 +71,12 @@ pub enum Kind {
     Maintenance,
 }
 
-/// A table that must be a partition of one of `parents`: a catalog check
-/// the caller makes before running the statement. The guard itself returns
-/// none, since free-text partition changes are refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionCheck {
-    pub partition: String,
-    pub parents: Vec<String>,
-}
-
 /// An allowed statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub kind: Kind,
     /// The verb the statement is recorded under.
     pub verb: SqlVerb,
-    pub partition_checks: Vec<PartitionCheck>,
 }
 
 /// A task's table grants, with names normalized as the database folds them.
@@ -358,7 +348,6 @@ impl<'g> Analysis<'g> {
         Ok(Checked {
             kind: plan.kind,
             verb: plan.verb,
-            partition_checks: Vec::new(),
         })
     }
 

@@ -203,7 +203,6 @@ impl SqlCapability {
                 checked: Checked {
                     kind: Kind::Change,
                     verb: crate::manifest::SqlVerb::Select,
-                    partition_checks: Vec::new(),
                 },
             });
         }
@@ -262,18 +261,6 @@ impl SqlCapability {
             Ok(a) => (a.connection.clone(), a.grants.clone()),
             Err(e) => return Ok(Err(e)),
         };
-        let maintenance = statements
-            .iter()
-            .any(|s| s.checked.kind == Kind::Maintenance);
-        if maintenance && self.dry_run {
-            for s in &statements {
-                self.output.log(
-                    Level::Info,
-                    &format!("sql (dry-run, not run): {}", excerpt(&s.sql)),
-                );
-            }
-            return Ok(Ok(statements.iter().map(|_| Outcome::Changed(0)).collect()));
-        }
         let role = match &connection.pool {
             Pool::Postgres(pool) => match self.task_role(&connection, pool, budget).await {
                 Ok(role) => role,
@@ -533,11 +520,6 @@ impl Host for SqlCapability {
         let mut prepared = Vec::with_capacity(statements.len());
         for statement in statements {
             match self.check(&statement.sql, statement.params).await {
-                Ok(p) if p.checked.kind == Kind::Maintenance => {
-                    return Ok(Err(wit::SqlError::Refused(
-                        "VACUUM and ANALYZE cannot run inside a transaction; call execute".into(),
-                    )));
-                }
                 Ok(p) => prepared.push(p),
                 Err(e) => return Ok(Err(e)),
             }

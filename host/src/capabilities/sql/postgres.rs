@@ -1,9 +1,7 @@
 //! Running checked statements on PostgreSQL.
 
-use super::guard::Kind;
 use super::{Budget, Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
-use crate::manifest::SqlVerb;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -30,16 +28,6 @@ pub(super) struct Session<'a> {
     pub dry_run: bool,
     pub budget: Budget,
     pub limits: &'a SqlLimits,
-}
-
-/// Whether the statement runs as the task's role. The partition and
-/// maintenance verbs, which PostgreSQL ties to ownership, run as the login
-/// role once the guard and the catalog checks have passed.
-fn as_task_role(statement: &Prepared) -> bool {
-    !matches!(
-        statement.checked.verb,
-        SqlVerb::CreatePartition | SqlVerb::DropPartition | SqlVerb::Vacuum | SqlVerb::Analyze
-    )
 }
 
 pub(super) async fn run(
@@ -70,21 +58,6 @@ async fn run_on(
     } = *session;
     let fail = |e: sqlx::Error| error(e, budget);
 
-    if let [only] = statements
-        && only.checked.kind == Kind::Maintenance
-    {
-        // VACUUM cannot run in a transaction: the limits go on the session
-        // and come off again afterwards.
-        // The session is reset after the call.
-        sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false), set_config('standard_conforming_strings', 'on', false)")
-            .bind(budget.millis())
-            .execute(&mut **conn)
-            .await
-            .map_err(fail)?;
-        conn.execute(sqlx::raw_sql(&only.sql)).await.map_err(fail)?;
-        return Ok(vec![Outcome::Changed(0)]);
-    }
-
     // One round trip opens the transaction, sets its limits and switches to
     // the task's role (a number and a quoted name of our own, not guest
     // input).
@@ -98,38 +71,14 @@ async fn run_on(
         .await
         .map_err(fail)?;
     let mut outcomes = Vec::with_capacity(statements.len());
-    let mut in_role = true;
     for (index, statement) in statements.iter().enumerate() {
         // Before every statement after the first the role is switched to
         // again: whatever an earlier statement of the call set (a
         // `set_config('role', …, true)` the parse missed) ends there.
-        if as_task_role(statement) != in_role || (in_role && index > 0) {
-            in_role = as_task_role(statement);
-            let switch = if in_role {
-                format!("SET LOCAL ROLE {role}")
-            } else {
-                "RESET ROLE".to_owned()
-            };
-            tx.execute(sqlx::raw_sql(&switch)).await.map_err(fail)?;
-        }
-        for check in &statement.checked.partition_checks {
-            let is_partition: bool = sqlx::query_scalar(
-                "SELECT to_regclass($1) IS NULL OR EXISTS (
-                     SELECT 1 FROM pg_inherits
-                     WHERE inhrelid = to_regclass($1)
-                       AND inhparent = ANY (ARRAY(SELECT to_regclass(p) FROM unnest($2::text[]) p)))",
-            )
-            .bind(quote_name(&check.partition))
-            .bind(check.parents.iter().map(|p| quote_name(p)).collect::<Vec<_>>())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(fail)?;
-            if !is_partition {
-                return Err(Failure::Guest(wit::SqlError::AccessDenied(wit::Denial {
-                    table: check.partition.clone(),
-                    verb: SqlVerb::DropPartition.as_str().to_owned(),
-                })));
-            }
+        if index > 0 {
+            tx.execute(sqlx::raw_sql(&format!("SET LOCAL ROLE {role}")))
+                .await
+                .map_err(fail)?;
         }
         let query = bind(sqlx::query(&statement.sql), &statement.params);
         if want_rows {
@@ -180,15 +129,6 @@ pub(super) fn error(e: sqlx::Error, budget: Budget) -> Failure {
             message: other.to_string(),
         })),
     }
-}
-
-/// `events` → `"events"`, `public.Events` → `"public"."Events"`: names are
-/// already folded by the guard.
-fn quote_name(name: &str) -> String {
-    name.split('.')
-        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// A NULL whose type the server infers from where it is used.
@@ -391,12 +331,5 @@ mod tests {
         assert_eq!(numeric_text(&numeric(1, 1, 0, 0, &[7])).unwrap(), "70000");
         assert_eq!(numeric_text(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
         assert!(numeric_text(&[0, 1]).is_err());
-    }
-
-    #[test]
-    fn names_are_quoted_part_by_part() {
-        assert_eq!(quote_name("events"), "\"events\"");
-        assert_eq!(quote_name("public.Events"), "\"public\".\"Events\"");
-        assert_eq!(quote_name("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -525,9 +525,8 @@ pub async fn inspect(
             .fetch_one(&mut *conn)
             .await?;
     if create_schemas {
-        out.differences.push(format!(
-            "role `{role}` may create schemas in this database"
-        ));
+        out.differences
+            .push(format!("role `{role}` may create schemas in this database"));
         out.steps.push(Step {
             sql: format!(
                 "REVOKE CREATE ON DATABASE {} FROM {q_role};",

@@ -434,11 +434,7 @@ mod tests {
         Prepared {
             sql: sql.to_owned(),
             params: Vec::new(),
-            checked: Checked {
-                kind,
-                verb,
-                partition_checks: Vec::new(),
-            },
+            checked: Checked { kind, verb },
         }
     }
 

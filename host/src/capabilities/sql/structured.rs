@@ -396,7 +396,6 @@ impl SqlCapability {
                     Kind::Change
                 },
                 verb: action.grant().1[0],
-                partition_checks: Vec::new(),
             },
         }
     }

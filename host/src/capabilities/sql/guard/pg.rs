@@ -123,7 +123,6 @@ pub(super) fn check(
     Ok(Checked {
         kind: plan.kind,
         verb: plan.verb,
-        partition_checks: Vec::new(),
     })
 }
 
