@@ -312,8 +312,9 @@ async fn install(conn: &mut SqliteConnection, policy: &Arc<Policy>) -> Result<In
     Ok(Installed(data as usize))
 }
 
-/// Takes the authorizer off and releases its policy; on failure the
-/// connection is closed rather than returned to the pool with it.
+/// Takes the authorizer off and releases its policy. If the connection's
+/// worker is gone this fails and the policy stays alive; the next call on
+/// the connection clears the authorizer before anything else (`clear`).
 async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(), Failure> {
     let mut handle = conn.lock_handle().await.map_err(error)?;
     // SAFETY: the handle is locked; a NULL callback removes the authorizer.
