@@ -79,6 +79,11 @@ pub struct DbArgs {
     #[arg(long, env = "HOUSEKEEPER_SQL_CALL_TIMEOUT", value_name = "HOUSEKEEPER_SQL_CALL_TIMEOUT",
           default_value = "15m", value_parser = parse_duration)]
     pub sql_call_timeout: Duration,
+    /// Longest SQL statement of a task the host parses; a longer one is
+    /// refused unparsed.
+    #[arg(long, env = "HOUSEKEEPER_SQL_MAX_STATEMENT", value_name = "HOUSEKEEPER_SQL_MAX_STATEMENT",
+          default_value = "256KiB", value_parser = parse_statement_size)]
+    pub sql_max_statement: u64,
     /// Name of this process in the run history (default: the host name).
     #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
     pub replica: Option<String>,
@@ -133,6 +138,7 @@ impl DbArgs {
         SqlLimits {
             max_rows: self.sql_max_rows as usize,
             call_timeout: self.sql_call_timeout,
+            max_statement_bytes: self.sql_max_statement as usize,
             ..SqlLimits::default()
         }
     }
@@ -232,6 +238,16 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be longer than 0s".into()),
         d => Ok(d),
     }
+}
+
+/// A statement size: at least 1 KiB, at most 16 MiB (parsing is bounded by
+/// the call's time, but its memory is the host's).
+fn parse_statement_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    if !(1 << 10..=16 << 20).contains(&bytes) {
+        return Err(format!("{text:?}: expected a size from 1KiB to 16MiB"));
+    }
+    Ok(bytes)
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -341,8 +357,20 @@ mod tests {
             db_config: None,
             sql_max_rows: 100_000,
             sql_call_timeout: Duration::from_secs(900),
+            sql_max_statement: 256 << 10,
             replica: None,
             adopt_timezone: None,
+        }
+    }
+
+    #[test]
+    fn the_statement_cap_reaches_the_sql_limits_and_refuses_odd_sizes() {
+        let mut d = db();
+        assert_eq!(d.sql_limits().max_statement_bytes, 256 << 10);
+        d.sql_max_statement = parse_statement_size("1MiB").unwrap();
+        assert_eq!(d.sql_limits().max_statement_bytes, 1 << 20);
+        for bad in ["0", "10", "1GiB", "lots"] {
+            assert!(parse_statement_size(bad).is_err(), "{bad}");
         }
     }
 
