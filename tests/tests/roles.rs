@@ -672,10 +672,16 @@ async fn a_callable_security_definer_function_refuses_the_run(pool: PgPool) {
     assert!(error.contains("leak()"), "{error}");
     assert!(error.contains("SECURITY DEFINER"), "{error}");
 
-    sqlx::raw_sql("REVOKE EXECUTE ON FUNCTION leak() FROM PUBLIC")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // One in a schema the role may not use is out of its reach.
+    sqlx::raw_sql(
+        "CREATE SCHEMA tools;
+         CREATE FUNCTION tools.leak() RETURNS text LANGUAGE sql SECURITY DEFINER
+             AS 'SELECT value FROM secrets LIMIT 1';
+         REVOKE EXECUTE ON FUNCTION leak() FROM PUBLIC",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let ok = run(request(
         &task,
         connection,

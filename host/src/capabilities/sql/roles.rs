@@ -538,12 +538,14 @@ pub async fn inspect(
     }
 
     // Functions that run with their owner's privileges reach whatever the
-    // owner may: the role may not call any outside the system schemas.
+    // owner may: the role may not be able to call any outside the system
+    // schemas (calling needs EXECUTE and USAGE on the function's schema).
     let definers: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT n.nspname::text, p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text
          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND has_function_privilege($1, p.oid, 'EXECUTE')
+           AND has_schema_privilege($1, n.oid, 'USAGE')
          ORDER BY 2",
     )
     .bind(role)
