@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
-const REFERENCE_SCHEMA: &str = include_str!("../sql/reference-schema.sql");
+const REFERENCE_SCHEMA: &str = include_str!("../../sql/reference-schema.sql");
 
 const TASKS: [&str; 4] = [
     "api-key-rotation",
