@@ -5,10 +5,12 @@
 //! `premake` periods ahead (filling gaps), then drops or detaches
 //! partitions that lie entirely before the retention cutoff, and warns when
 //! the default partition holds rows (which blocks creating partitions for
-//! their range). Each partition is one host call (`sql::create_partition`,
-//! `drop_partition`, `detach_partition`): the host builds the statement,
-//! checks the catalog and runs it as the table's owner, and one that fails
-//! does not hold back the rest.
+//! their range). The partitions to create, and those to drop or detach, go
+//! to the host in one call each (`sql::create_partitions`,
+//! `drop_partitions`, `detach_partitions`): the host builds every
+//! statement, checks the catalog and runs them as the table's owner in one
+//! transaction, each under a savepoint, so one that fails does not hold
+//! back the rest.
 //!
 //! `[config]`: `table` (required), `interval` (`daily` | `hourly` |
 //! `monthly`, default daily), `premake` (periods ahead; default 30 daily, 48
@@ -79,18 +81,31 @@ fn settings() -> Result<Settings, Error> {
     })
 }
 
-/// Runs each call, so one failure does not hold back the rest. Returns how
-/// many succeeded and the failures, by partition name.
-fn apply(calls: Vec<(String, impl FnOnce() -> Result<(), SqlError>)>) -> (u64, Vec<String>) {
-    let mut done = 0;
-    let mut failed = Vec::new();
-    for (name, call) in calls {
-        match call() {
-            Ok(()) => done += 1,
-            Err(e) => failed.push(format!("{name}: {}", e.message())),
+/// Counts what a batch call did, and its failures by partition name.
+fn tally(
+    names: Vec<String>,
+    results: Result<Vec<Result<(), SqlError>>, SqlError>,
+) -> (u64, Vec<String>) {
+    match results {
+        Err(e) => (
+            0,
+            names
+                .iter()
+                .map(|n| format!("{n}: {}", e.message()))
+                .collect(),
+        ),
+        Ok(results) => {
+            let mut done = 0;
+            let mut failed = Vec::new();
+            for (name, result) in names.into_iter().zip(results) {
+                match result {
+                    Ok(()) => done += 1,
+                    Err(e) => failed.push(format!("{name}: {}", e.message())),
+                }
+            }
+            (done, failed)
         }
     }
-    (done, failed)
 }
 
 impl Task for PartitionMaintenance {
@@ -138,39 +153,42 @@ impl Task for PartitionMaintenance {
         let now = time::now();
         let wanted = partition::wanted(s.table.name(), s.interval, now, s.premake);
         let parent = s.table.relation();
-        let creates: Vec<_> = wanted
+        let missing: Vec<&Partition> = wanted
             .iter()
             .filter(|p| !existing.contains(&p.name))
-            .map(|p| {
-                let (partition, bounds) = (p.relation(&s.table), p.bounds());
-                let parent = &parent;
-                (p.name.clone(), move || {
-                    sql::create_partition(parent, &partition, &bounds)
-                })
-            })
             .collect();
-        let attempted = creates.len() as u64;
-        let (created, mut failures) = apply(creates);
+        let attempted = missing.len() as u64;
+        let (created, mut failures) = if missing.is_empty() {
+            (0, Vec::new())
+        } else {
+            let specs: Vec<_> = missing
+                .iter()
+                .map(|p| (p.relation(&s.table), p.bounds()))
+                .collect();
+            tally(
+                missing.iter().map(|p| p.name.clone()).collect(),
+                sql::create_partitions(&parent, &specs),
+            )
+        };
 
         let mut removed = 0;
         if let Some(age) = s.retention {
             let cutoff = age.before(now);
-            let removals: Vec<_> = existing
+            let expired: Vec<Partition> = existing
                 .iter()
                 .filter_map(|name| Partition::parse(s.table.name(), s.interval, name))
                 .filter(|p| p.end <= cutoff)
-                .map(|p| {
-                    let partition = p.relation(&s.table);
-                    let (parent, mode) = (&parent, s.mode);
-                    (p.name, move || match mode {
-                        Mode::Drop => sql::drop_partition(parent, &partition),
-                        Mode::Detach => sql::detach_partition(parent, &partition, false),
-                    })
-                })
                 .collect();
-            let (n, failed) = apply(removals);
-            removed = n;
-            failures.extend(failed);
+            if !expired.is_empty() {
+                let relations: Vec<_> = expired.iter().map(|p| p.relation(&s.table)).collect();
+                let results = match s.mode {
+                    Mode::Drop => sql::drop_partitions(&parent, &relations),
+                    Mode::Detach => sql::detach_partitions(&parent, &relations),
+                };
+                let (n, failed) = tally(expired.into_iter().map(|p| p.name).collect(), results);
+                removed = n;
+                failures.extend(failed);
+            }
         }
 
         let mut default_rows = 0;

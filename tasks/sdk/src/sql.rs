@@ -150,6 +150,40 @@ pub fn detach_partition(
     host::detach_partition(parent, partition, concurrently)
 }
 
+/// [`create_partition`] for each `(partition, bounds)`, in one transaction:
+/// one that fails is rolled back alone. One result per partition, in order;
+/// the outer error is for the call as a whole (then nothing changed).
+pub fn create_partitions(
+    parent: &Relation,
+    partitions: &[(Relation, PartitionBounds)],
+) -> Result<Vec<Result<(), SqlError>>, SqlError> {
+    let partitions: Vec<host::NewPartition> = partitions
+        .iter()
+        .map(|(partition, bounds)| host::NewPartition {
+            partition: partition.clone(),
+            bounds: bounds.clone(),
+        })
+        .collect();
+    host::create_partitions(parent, &partitions)
+}
+
+/// [`drop_partition`] for each of `partitions`, as [`create_partitions`].
+pub fn drop_partitions(
+    parent: &Relation,
+    partitions: &[Relation],
+) -> Result<Vec<Result<(), SqlError>>, SqlError> {
+    host::drop_partitions(parent, partitions)
+}
+
+/// [`detach_partition`] (not concurrently) for each of `partitions`, as
+/// [`create_partitions`].
+pub fn detach_partitions(
+    parent: &Relation,
+    partitions: &[Relation],
+) -> Result<Vec<Result<(), SqlError>>, SqlError> {
+    host::detach_partitions(parent, partitions)
+}
+
 /// `VACUUM` of `table`, or of the whole database (a grant on `*`).
 pub fn vacuum(table: Option<&Relation>, options: VacuumOptions) -> Result<(), SqlError> {
     host::vacuum(table, options)

@@ -1514,3 +1514,75 @@ async fn a_partition_is_created_in_its_parents_schema_only(pool: PgPool) {
         Some(("r".into(), true))
     );
 }
+
+/// Several partitions in one call: each with the checks of one call, one
+/// that fails rolled back alone, a result per partition in order; without
+/// the grant nothing at all, and a dry run changes nothing.
+#[sqlx::test]
+async fn partitions_in_one_call_fail_one_by_one(pool: PgPool) {
+    schema(&pool).await;
+    let batch = |op: &'static str, lines: &'static str| {
+        structured(&pool, "sql-partitions", op)
+            .config("parent", "events")
+            .config("partitions", lines)
+    };
+    let creates = "events_2031_01_01 2031-01-01 2031-01-02\n\
+                   events_overlap 2031-01-01 2031-01-03\n\
+                   events_2031_01_02 2031-01-02 2031-01-03";
+    let before = catalog(&pool).await;
+    let r = batch("create", creates).go().await;
+    ok(&r);
+    let said: Vec<&str> = r.summary.as_deref().unwrap().split(" | ").collect();
+    assert_eq!(said.len(), 3, "{said:?}");
+    assert!(
+        said.iter()
+            .all(|s| s.contains("`events` is not granted `create_partition`")),
+        "{said:?}"
+    );
+    assert_eq!(catalog(&pool).await, before);
+    let r = batch("create", creates)
+        .grant("events", &[CreatePartition])
+        .dry_run()
+        .go()
+        .await;
+    ok(&r);
+    assert_eq!(catalog(&pool).await, before);
+
+    let r = batch("create", creates)
+        .grant("events", &[CreatePartition])
+        .go()
+        .await;
+    ok(&r);
+    let said: Vec<&str> = r.summary.as_deref().unwrap().split(" | ").collect();
+    assert_eq!(said.len(), 3, "{said:?}");
+    assert_eq!(said[0], "ok");
+    assert!(said[1].contains("would overlap"), "{said:?}");
+    assert_eq!(said[2], "ok");
+    let made = partitions(&pool, "events").await;
+    assert!(made.contains(&"events_2031_01_01".to_owned()), "{made:?}");
+    assert!(made.contains(&"events_2031_01_02".to_owned()), "{made:?}");
+    assert!(!made.contains(&"events_overlap".to_owned()), "{made:?}");
+
+    // A table that is no partition of `events` is refused in place; the
+    // partitions around it go.
+    let r = batch("drop", "events_2031_01_01\ndevices\nevents_2031_01_02")
+        .grant("events", &[DropPartition])
+        .go()
+        .await;
+    ok(&r);
+    let said: Vec<&str> = r.summary.as_deref().unwrap().split(" | ").collect();
+    assert_eq!(said[0], "ok", "{said:?}");
+    assert!(said[1].contains("devices"), "{said:?}");
+    assert_eq!(said[2], "ok", "{said:?}");
+    let left = partitions(&pool, "events").await;
+    assert!(
+        !left.iter().any(|p| p.starts_with("events_2031")),
+        "{left:?}"
+    );
+    assert!(
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass('devices') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    );
+}

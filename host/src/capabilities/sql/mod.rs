@@ -570,6 +570,53 @@ impl Host for SqlCapability {
         .await
     }
 
+    async fn create_partitions(
+        &mut self,
+        parent: wit::Relation,
+        partitions: Vec<wit::NewPartition>,
+    ) -> wasmtime::Result<Result<Vec<Result<(), wit::SqlError>>, wit::SqlError>> {
+        let actions = partitions
+            .into_iter()
+            .map(|p| structured::Action::Create {
+                parent: parent.clone(),
+                partition: p.partition,
+                bounds: p.bounds,
+            })
+            .collect();
+        self.structured_many(actions).await
+    }
+
+    async fn drop_partitions(
+        &mut self,
+        parent: wit::Relation,
+        partitions: Vec<wit::Relation>,
+    ) -> wasmtime::Result<Result<Vec<Result<(), wit::SqlError>>, wit::SqlError>> {
+        let actions = partitions
+            .into_iter()
+            .map(|partition| structured::Action::Drop {
+                parent: parent.clone(),
+                partition,
+            })
+            .collect();
+        self.structured_many(actions).await
+    }
+
+    async fn detach_partitions(
+        &mut self,
+        parent: wit::Relation,
+        partitions: Vec<wit::Relation>,
+    ) -> wasmtime::Result<Result<Vec<Result<(), wit::SqlError>>, wit::SqlError>> {
+        let actions = partitions
+            .into_iter()
+            .map(|partition| structured::Action::Detach {
+                parent: parent.clone(),
+                partition,
+                concurrently: false,
+            })
+            .collect();
+        self.structured_many(actions).await
+    }
+
     async fn vacuum(
         &mut self,
         table: Option<wit::Relation>,

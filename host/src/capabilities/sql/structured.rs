@@ -417,6 +417,177 @@ impl SqlCapability {
     }
 }
 
+/// Most calls in one `create-partitions`, `drop-partitions` or
+/// `detach-partitions`.
+const MAX_BATCH: usize = 10_000;
+
+/// Per call of a batch: what it did, or why it failed and the statement
+/// when the host got as far as building it.
+type Item = Result<Done, (Failure, Option<String>)>;
+
+impl SqlCapability {
+    /// Several structured calls on one parent: on PostgreSQL in one
+    /// transaction, each under a savepoint, so that one that fails is
+    /// rolled back alone; elsewhere one call each.
+    pub(super) async fn structured_many(
+        &mut self,
+        actions: Vec<Action>,
+    ) -> wasmtime::Result<Result<Vec<Result<(), wit::SqlError>>, wit::SqlError>> {
+        if actions.len() > MAX_BATCH {
+            return Ok(Err(wit::SqlError::Refused(format!(
+                "{} partitions in one call; at most {MAX_BATCH}",
+                actions.len()
+            ))));
+        }
+        let access = match self.access() {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        let pool = match &access.connection.pool {
+            Pool::Postgres(pool) if !actions.iter().any(Action::outside_transaction) => {
+                pool.clone()
+            }
+            _ => {
+                let mut out = Vec::with_capacity(actions.len());
+                for action in actions {
+                    out.push(self.structured(action).await?);
+                }
+                return Ok(Ok(out));
+            }
+        };
+        let grants = access.grants.clone();
+        let budget = match self.budget() {
+            Ok(b) => b,
+            Err(f) => return self.fail(f, &[]),
+        };
+        // What needs no database first, per call.
+        let mut results: Vec<Option<Result<(), wit::SqlError>>> = Vec::new();
+        let mut todo: Vec<(usize, &Action)> = Vec::new();
+        for (index, action) in actions.iter().enumerate() {
+            let (table, verbs) = action.grant();
+            let early = match denied(&grants, table, &verbs) {
+                Some(denial) => Some(denial),
+                None => action.validate().err().map(wit::SqlError::Refused),
+            };
+            match early {
+                Some(error) => {
+                    let call = self.call(action, None);
+                    results.push(Some(self.fail(Failure::Guest(error), &[call])?));
+                }
+                None => {
+                    results.push(None);
+                    todo.push((index, action));
+                }
+            }
+        }
+        if !todo.is_empty() {
+            let cx = Context {
+                grants: &grants,
+                output: &self.output,
+                dry_run: self.dry_run,
+                budget,
+            };
+            let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
+            let grace = Duration::from_millis(250);
+            let items =
+                match tokio::time::timeout(budget.limit + grace, postgres_many(&pool, &run, &cx))
+                    .await
+                {
+                    Err(_) => return self.fail(budget.expired(), &[]),
+                    Ok(Err(failure)) => return self.fail(failure, &[]),
+                    Ok(Ok(items)) => items,
+                };
+            for ((index, action), item) in todo.iter().zip(items) {
+                results[*index] = Some(match item {
+                    Ok(done) => {
+                        self.record_done(&done);
+                        Ok(())
+                    }
+                    Err((failure, statement)) => {
+                        let call = self.call(action, statement);
+                        self.fail(failure, &[call])?
+                    }
+                });
+            }
+        }
+        Ok(Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Ok(())))
+            .collect()))
+    }
+}
+
+/// Runs `actions` in one transaction, each under a savepoint: the checks
+/// and the statement of each as for one call, and one that fails rolled
+/// back alone. `Err` (nothing changed) when the transaction itself failed
+/// or the run's deadline came.
+async fn postgres_many(
+    pool: &sqlx::PgPool,
+    actions: &[&Action],
+    cx: &Context<'_>,
+) -> Result<Vec<Item>, Failure> {
+    let mut conn = pool.acquire().await.map_err(cx.fail())?;
+    // The value is a number of the host's own, not guest input.
+    let millis = cx.budget.millis();
+    let mut tx = (*conn)
+        .begin_with(format!(
+            "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
+        ))
+        .await
+        .map_err(cx.fail())?;
+    let mut out = Vec::with_capacity(actions.len());
+    for action in actions {
+        let plan = match cx.plan(&mut tx, action).await {
+            Ok(plan) => plan,
+            // A database error while checking leaves the transaction
+            // aborted: the call as a whole fails.
+            Err(f @ (Failure::Deadline | Failure::Guest(wit::SqlError::Database(_)))) => {
+                return Err(f);
+            }
+            Err(f) => {
+                out.push(Err((f, None)));
+                continue;
+            }
+        };
+        // One round trip: the savepoint, the owner's role, the statement
+        // (built by the host), back to the login role.
+        let role = plan
+            .role
+            .as_deref()
+            .map(|r| format!("SET LOCAL ROLE {}; ", super::roles::quote_ident(r)))
+            .unwrap_or_default();
+        let batch = format!(
+            "SAVEPOINT housekeeper_call; {role}{}; RESET ROLE; RELEASE SAVEPOINT housekeeper_call",
+            plan.statement
+        );
+        match tx.execute(sqlx::raw_sql(&batch)).await {
+            Ok(_) => out.push(Ok(Done {
+                statement: plan.statement,
+                role: plan.role,
+                ran: true,
+            })),
+            Err(e) => {
+                let failure = pg_error(e, cx.budget);
+                if matches!(failure, Failure::Deadline) {
+                    return Err(failure);
+                }
+                tx.execute(sqlx::raw_sql(
+                    "ROLLBACK TO SAVEPOINT housekeeper_call; RELEASE SAVEPOINT housekeeper_call",
+                ))
+                .await
+                .map_err(cx.fail())?;
+                out.push(Err((failure, Some(plan.statement))));
+            }
+        }
+    }
+    if cx.dry_run {
+        tx.rollback().await.map_err(cx.fail())?;
+    } else {
+        tx.commit().await.map_err(cx.fail())?;
+    }
+    Ok(out)
+}
+
 /// What a PostgreSQL call needs besides the action.
 struct Context<'a> {
     grants: &'a Grants,
