@@ -358,6 +358,7 @@ impl SqlCapability {
                         output: &self.output,
                         dry_run: self.dry_run,
                         budget,
+                        parents: Default::default(),
                     };
                     postgres(pool, &action, &context, &mut statement).await
                 }
@@ -486,6 +487,7 @@ impl SqlCapability {
                 output: &self.output,
                 dry_run: self.dry_run,
                 budget,
+                parents: Default::default(),
             };
             let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
             let grace = Duration::from_millis(250);
@@ -594,9 +596,15 @@ struct Context<'a> {
     output: &'a Output,
     dry_run: bool,
     budget: Budget,
+    /// Parents already resolved in this transaction (a list call names one
+    /// parent for every partition), by name as given and verb.
+    parents: std::sync::Mutex<Vec<(ParentKey, Found)>>,
 }
 
+type ParentKey = (Option<String>, String, SqlVerb);
+
 /// What the catalog says about a relation.
+#[derive(Clone)]
 struct Found {
     oid: i64,
     schema: String,
@@ -739,6 +747,17 @@ impl Context<'_> {
         parent: &wit::Relation,
         verb: SqlVerb,
     ) -> Result<Found, Failure> {
+        let key = (parent.schema.clone(), parent.name.clone(), verb);
+        let known = self
+            .parents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, found)| found.clone());
+        if let Some(found) = known {
+            return Ok(found);
+        }
         let found = self.existing(conn, parent, None).await?;
         if found.kind != "p" {
             return Err(refused(format!(
@@ -747,6 +766,10 @@ impl Context<'_> {
             )));
         }
         self.regrant(&found, &[verb])?;
+        self.parents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key, found.clone()));
         Ok(found)
     }
 
