@@ -130,3 +130,48 @@ pub fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
     )
     .unwrap_or_else(|e| panic!("mknod {} (run the tests as root): {e}", path.display()));
 }
+
+/// A run of the `hostile` fixture as task `task`, granted `grants` on
+/// connection `main` (which is `connection`), with `[config]` `mode` and
+/// `sql`, and 30 s to run.
+pub fn sql_request(
+    task: &str,
+    connection: housekeeper::capabilities::sql::Connection,
+    mode: &str,
+    sql: &str,
+    grants: &[(&str, &[housekeeper::manifest::SqlVerb])],
+) -> housekeeper::runtime::RunRequest {
+    use housekeeper::model::ConfigValue;
+    let mut request = housekeeper::runtime::RunRequest::from_manifest(
+        &housekeeper::manifest::Manifest::implicit(task, "hostile.wasm"),
+        housekeeper::cli::new_run_id(),
+        housekeeper::model::Trigger::Manual,
+    );
+    request.timeout = std::time::Duration::from_secs(30);
+    request.database = Some(housekeeper::manifest::DatabaseGrant {
+        connection: "main".into(),
+        tables: grants
+            .iter()
+            .map(|(t, v)| (t.to_string(), v.to_vec()))
+            .collect(),
+    });
+    request.connections =
+        Some(housekeeper::capabilities::sql::Connections::from_connections([("main", connection)]));
+    request
+        .config
+        .insert("mode".into(), ConfigValue::Text(mode.into()));
+    request
+        .config
+        .insert("sql".into(), ConfigValue::Text(sql.into()));
+    request
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -3,7 +3,7 @@
 //! example schema on the database that `DATABASE_URL` or
 //! `HOUSEKEEPER_DB_<NAME>_URL` names.
 
-use housekeeper_tests::{EXAMPLE_SCHEMA, binary, target_dir};
+use housekeeper_tests::{EXAMPLE_SCHEMA, KillOnDrop, binary, target_dir};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -253,14 +253,7 @@ async fn serve_runs_database_tasks_on_named_connections(pool: PgPool) {
         .stderr(log)
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let _child = KillOnDrop(child);
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {

@@ -4,15 +4,14 @@
 //! never runs task SQL on a superuser login unless the connection opts in.
 
 use SqlVerb::*;
+use housekeeper::capabilities::sql::Connection;
 use housekeeper::capabilities::sql::roles::role_name;
-use housekeeper::capabilities::sql::{Connection, Connections};
-use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
-use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use housekeeper::manifest::SqlVerb;
+use housekeeper::model::{RunResult, RunStatus};
 use housekeeper::runtime::RunRequest;
-use housekeeper_tests::{binary, component, fixture_path, runtime};
+use housekeeper_tests::{KillOnDrop, binary, component, fixture_path, runtime, sql_request};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -59,36 +58,6 @@ async fn pool_as(pool: &PgPool, user: &str) -> PgPool {
         .unwrap()
 }
 
-fn request(
-    task: &str,
-    connection: Connection,
-    mode: &str,
-    sql: &str,
-    grants: &[(&str, &[SqlVerb])],
-) -> RunRequest {
-    let mut request = RunRequest::from_manifest(
-        &Manifest::implicit(task, "hostile.wasm"),
-        housekeeper::cli::new_run_id(),
-        Trigger::Manual,
-    );
-    request.timeout = Duration::from_secs(30);
-    request.database = Some(DatabaseGrant {
-        connection: "main".into(),
-        tables: grants
-            .iter()
-            .map(|(t, v)| (t.to_string(), v.to_vec()))
-            .collect::<BTreeMap<_, _>>(),
-    });
-    request.connections = Some(Connections::from_connections([("main", connection)]));
-    request
-        .config
-        .insert("mode".into(), ConfigValue::Text(mode.into()));
-    request
-        .config
-        .insert("sql".into(), ConfigValue::Text(sql.into()));
-    request
-}
-
 async fn run(request: RunRequest) -> RunResult {
     runtime()
         .run(&component(&fixture_path("hostile")), request)
@@ -110,7 +79,7 @@ async fn a_superuser_login_runs_no_task_sql_unless_the_connection_opts_in(pool: 
     sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
     let task = unique_task(&pool).await;
     let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
-    let refused = run(request(
+    let refused = run(sql_request(
         &task,
         Connection::postgres(pool.clone()),
         "sql-query",
@@ -123,7 +92,7 @@ async fn a_superuser_login_runs_no_task_sql_unless_the_connection_opts_in(pool: 
     assert!(error.contains("a superuser"), "{error}");
     assert!(error.contains("unsafe_superuser"), "{error}");
 
-    let allowed = run(request(
+    let allowed = run(sql_request(
         &task,
         Connection::postgres(pool.clone()).allow_unsafe_superuser(),
         "sql-query",
@@ -143,7 +112,7 @@ async fn statements_run_as_a_role_holding_exactly_the_grant(pool: PgPool) {
     let task = unique_task(&pool).await;
     let role = role_name(&task);
     let connection = Connection::postgres(pool.clone()).allow_unsafe_superuser();
-    let result = run(request(
+    let result = run(sql_request(
         &task,
         connection.clone(),
         "sql-query",
@@ -182,7 +151,7 @@ async fn statements_run_as_a_role_holding_exactly_the_grant(pool: PgPool) {
     }
 
     // Only the role's own name reaches the statement.
-    let who = run(request(
+    let who = run(sql_request(
         &task,
         connection,
         "sql-values",
@@ -217,7 +186,7 @@ async fn the_host_brings_a_drifted_role_back_to_the_grant(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let result = run(request(
+    let result = run(sql_request(
         &task,
         Connection::postgres(pool.clone()).allow_unsafe_superuser(),
         "sql-execute",
@@ -273,7 +242,7 @@ async fn without_createrole_the_run_is_refused_and_db_roles_prints_the_fix(pool:
         .unwrap();
     let plain = pool_as(&pool, &login).await;
     let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
-    let refused = run(request(
+    let refused = run(sql_request(
         &task,
         Connection::postgres(plain.clone()),
         "sql-query",
@@ -333,7 +302,7 @@ async fn without_createrole_the_run_is_refused_and_db_roles_prints_the_fix(pool:
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
-    let ok = run(request(
+    let ok = run(sql_request(
         &task,
         Connection::postgres(plain.clone()),
         "sql-query",
@@ -367,7 +336,7 @@ async fn the_recommended_login_role_sets_up_task_roles_itself(pool: PgPool) {
     .unwrap();
     let as_login = pool_as(&pool, &login).await;
     let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select, Insert])];
-    let result = run(request(
+    let result = run(sql_request(
         &task,
         Connection::postgres(as_login.clone()),
         "sql-transaction",
@@ -414,7 +383,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     let role = role_name(&task);
     let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
     // The role, set up once by the host through an allowed superuser login.
-    let setup = run(request(
+    let setup = run(sql_request(
         &task,
         Connection::postgres(pool.clone()).allow_unsafe_superuser(),
         "sql-query",
@@ -507,7 +476,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
         let result = unparsed
             .run(
                 &hostile,
-                request(
+                sql_request(
                     &task,
                     Connection::postgres(as_login.clone()),
                     mode,
@@ -543,7 +512,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     let set = unparsed
         .run(
             &hostile,
-            request(
+            sql_request(
                 &task,
                 Connection::postgres(as_login.clone()),
                 "sql-query",
@@ -556,7 +525,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     let after = unparsed
         .run(
             &hostile,
-            request(
+            sql_request(
                 &task,
                 Connection::postgres(as_login.clone()),
                 "sql-values",
@@ -616,14 +585,7 @@ async fn serve_sets_the_roles_up_when_it_loads_the_tasks(pool: PgPool) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let _child = KillOnDrop(child);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !sqlx::query_scalar::<_, bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
@@ -659,7 +621,7 @@ async fn a_callable_security_definer_function_refuses_the_run(pool: PgPool) {
     let task = unique_task(&pool).await;
     let grants: &[(&str, &[SqlVerb])] = &[("events", &[Select])];
     let connection = Connection::postgres(pool.clone()).allow_unsafe_superuser();
-    let refused = run(request(
+    let refused = run(sql_request(
         &task,
         connection.clone(),
         "sql-query",
@@ -682,7 +644,7 @@ async fn a_callable_security_definer_function_refuses_the_run(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let ok = run(request(
+    let ok = run(sql_request(
         &task,
         connection,
         "sql-query",

@@ -4,13 +4,12 @@
 //! capped, and dry-runs change nothing.
 
 use SqlVerb::*;
-use housekeeper::capabilities::sql::{Connection, Connections};
-use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
-use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
+use housekeeper::capabilities::sql::Connection;
+use housekeeper::manifest::SqlVerb;
+use housekeeper::model::{RunResult, RunStatus};
 use housekeeper::runtime::RunRequest;
-use housekeeper_tests::{EXAMPLE_SCHEMA, component, fixture_path, runtime};
+use housekeeper_tests::{EXAMPLE_SCHEMA, component, fixture_path, runtime, sql_request};
 use sqlx::{PgPool, SqlitePool};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 async fn schema(pool: &PgPool) {
@@ -30,41 +29,9 @@ async fn schema(pool: &PgPool) {
     .unwrap();
 }
 
-fn tables(grants: &[(&str, &[SqlVerb])]) -> BTreeMap<String, Vec<SqlVerb>> {
-    grants
-        .iter()
-        .map(|(t, v)| (t.to_string(), v.to_vec()))
-        .collect()
-}
-
-fn request(
-    connection: Connection,
-    mode: &str,
-    sql: &str,
-    grants: &[(&str, &[SqlVerb])],
-) -> RunRequest {
-    let mut request = RunRequest::from_manifest(
-        &Manifest::implicit("hostile", "hostile.wasm"),
-        housekeeper::cli::new_run_id(),
-        Trigger::Manual,
-    );
-    request.timeout = Duration::from_secs(30);
-    request.database = Some(DatabaseGrant {
-        connection: "main".into(),
-        tables: tables(grants),
-    });
-    request.connections = Some(Connections::from_connections([("main", connection)]));
-    request
-        .config
-        .insert("mode".into(), ConfigValue::Text(mode.into()));
-    request
-        .config
-        .insert("sql".into(), ConfigValue::Text(sql.into()));
-    request
-}
-
 fn pg_request(pool: &PgPool, mode: &str, sql: &str, grants: &[(&str, &[SqlVerb])]) -> RunRequest {
-    request(
+    sql_request(
+        "hostile",
         Connection::postgres(pool.clone()).allow_unsafe_superuser(),
         mode,
         sql,
@@ -430,7 +397,14 @@ async fn lite(
     sql: &str,
     grants: &[(&str, &[SqlVerb])],
 ) -> RunResult {
-    run(request(Connection::sqlite(pool.clone()), mode, sql, grants)).await
+    run(sql_request(
+        "hostile",
+        Connection::sqlite(pool.clone()),
+        mode,
+        sql,
+        grants,
+    ))
+    .await
 }
 
 #[sqlx::test(migrations = false)]
@@ -473,7 +447,8 @@ async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
         "{r:#?}"
     );
 
-    let mut req = request(
+    let mut req = sql_request(
+        "hostile",
         Connection::sqlite(pool.clone()),
         "sql-execute",
         "DELETE FROM readings WHERE created_at < datetime('now', '-90 days')",
