@@ -340,7 +340,7 @@ fn refused_failure(reason: &str) -> Failure {
     Failure::Guest(wit::SqlError::Refused(reason.to_owned()))
 }
 
-fn error(e: sqlx::Error) -> Failure {
+pub(super) fn error(e: sqlx::Error) -> Failure {
     let (code, message) = match &e {
         sqlx::Error::Database(db) => (
             db.code().map(|c| c.into_owned()).unwrap_or_default(),

@@ -20,10 +20,6 @@ use std::time::Duration;
 /// PostgreSQL's longest name (NAMEDATALEN - 1); a longer one would be cut.
 const MAX_NAME: usize = 63;
 
-/// SQLSTATEs that mean a time limit ended the statement.
-const QUERY_CANCELED: &str = "57014";
-const LOCK_NOT_AVAILABLE: &str = "55P03";
-
 /// One structured call, as the guest made it.
 pub(super) enum Action {
     Create {
@@ -569,7 +565,7 @@ async fn postgres_many(
                 ran: true,
             })),
             Err(e) => {
-                let failure = pg_error(e, cx.budget);
+                let failure = super::postgres::error(e, cx.budget);
                 if matches!(failure, Failure::Deadline) {
                     return Err(failure);
                 }
@@ -685,31 +681,9 @@ fn refused(reason: String) -> Failure {
     Failure::Guest(wit::SqlError::Refused(reason))
 }
 
-/// A database error, as the guest sees it (or the run's deadline).
-fn pg_error(e: sqlx::Error, budget: Budget) -> Failure {
-    let (code, message) = match &e {
-        sqlx::Error::Database(db) => (
-            db.code().map(|c| c.into_owned()).unwrap_or_default(),
-            db.message().to_owned(),
-        ),
-        sqlx::Error::PoolTimedOut => (
-            String::new(),
-            "no database connection became available in time".to_owned(),
-        ),
-        other => (String::new(), other.to_string()),
-    };
-    if code == QUERY_CANCELED || code == LOCK_NOT_AVAILABLE {
-        return budget.expired();
-    }
-    Failure::Guest(wit::SqlError::Database(wit::DatabaseError {
-        code,
-        message,
-    }))
-}
-
 impl Context<'_> {
     fn fail(&self) -> impl Fn(sqlx::Error) -> Failure + '_ {
-        |e| pg_error(e, self.budget)
+        |e| super::postgres::error(e, self.budget)
     }
 
     /// The relation named, which must exist.
@@ -1066,24 +1040,10 @@ fn quote_sqlite(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn sqlite_error(e: sqlx::Error) -> Failure {
-    let (code, message) = match &e {
-        sqlx::Error::Database(db) => (
-            db.code().map(|c| c.into_owned()).unwrap_or_default(),
-            db.message().to_owned(),
-        ),
-        other => (String::new(), other.to_string()),
-    };
-    Failure::Guest(wit::SqlError::Database(wit::DatabaseError {
-        code,
-        message,
-    }))
-}
-
 /// Runs `action` on SQLite, which has no partitions, vacuums whole
 /// databases and has no owners.
 async fn sqlite(pool: &SqlitePool, action: &Action, dry_run: bool) -> Result<Done, Failure> {
-    let mut conn = pool.acquire().await.map_err(sqlite_error)?;
+    let mut conn = pool.acquire().await.map_err(super::sqlite::error)?;
     let statements: Vec<String> = match action {
         Action::Create { .. } | Action::Drop { .. } | Action::Detach { .. } => {
             return Err(refused("SQLite has no partitions".into()));
@@ -1113,7 +1073,7 @@ async fn sqlite(pool: &SqlitePool, action: &Action, dry_run: bool) -> Result<Don
             .bind(&table.name)
             .fetch_one(&mut *conn)
             .await
-            .map_err(sqlite_error)?;
+            .map_err(super::sqlite::error)?;
             if !exists {
                 return Err(refused(format!("`{}` is not a table", display(table))));
             }
@@ -1127,7 +1087,9 @@ async fn sqlite(pool: &SqlitePool, action: &Action, dry_run: bool) -> Result<Don
     let statement = statements.join("; ");
     if !dry_run {
         for s in &statements {
-            conn.execute(sqlx::raw_sql(s)).await.map_err(sqlite_error)?;
+            conn.execute(sqlx::raw_sql(s))
+                .await
+                .map_err(super::sqlite::error)?;
         }
     }
     Ok(Done {
