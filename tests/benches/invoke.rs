@@ -5,27 +5,11 @@
 use housekeeper::manifest::Manifest;
 use housekeeper::model::{RunStatus, Trigger};
 use housekeeper::runtime::{RunRequest, Runtime, RuntimeOptions};
-use housekeeper_tests::fixture_path;
+use housekeeper_tests::{fixture_path, report};
 use std::time::{Duration, Instant};
 
 const WARMUP: usize = 200;
 const SAMPLES: usize = 5_000;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let p50 = percentile(&samples, 0.50);
-    println!(
-        "{name:<40} p50 {:>9.1} µs   p99 {:>9.1} µs   ({} samples)",
-        p50.as_secs_f64() * 1e6,
-        percentile(&samples, 0.99).as_secs_f64() * 1e6,
-        samples.len()
-    );
-    p50
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -14,28 +14,12 @@ use housekeeper::capabilities::sql::{Connection, Connections};
 use housekeeper::manifest::{DatabaseGrant, Manifest, SqlVerb};
 use housekeeper::model::{ConfigValue, RunStatus, Trigger};
 use housekeeper::runtime::{RunRequest, Runtime, RuntimeOptions};
-use housekeeper_tests::fixture_path;
+use housekeeper_tests::{fixture_path, report};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const DATABASE: &str = "housekeeper_bench_sql";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let p50 = percentile(&samples, 0.50);
-    println!(
-        "{name:<52} p50 {:>9.1} µs   p99 {:>9.1} µs   ({} samples)",
-        p50.as_secs_f64() * 1e6,
-        percentile(&samples, 0.99).as_secs_f64() * 1e6,
-        samples.len()
-    );
-    p50
-}
 
 fn time<F: FnMut()>(warmup: usize, samples: usize, mut f: F) -> Vec<Duration> {
     let mut out = Vec::with_capacity(samples);

@@ -175,3 +175,21 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The `p` quantile of sorted samples (benchmarks).
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Prints a benchmark line (p50, p99, how many samples) and returns p50.
+pub fn report(name: &str, mut samples: Vec<std::time::Duration>) -> std::time::Duration {
+    samples.sort();
+    let p50 = percentile(&samples, 0.50);
+    println!(
+        "{name:<52} p50 {:>9.1} µs   p99 {:>9.1} µs   ({} samples)",
+        p50.as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6,
+        samples.len()
+    );
+    p50
+}
