@@ -5,7 +5,7 @@ use crate::catalog::{Catalog, TaskEntry};
 use crate::config::{CompileArgs, DbArgs, ServeArgs};
 use crate::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use crate::runtime::{RunRequest, Runtime, RuntimeOptions, TaskComponent};
-use crate::scheduler::next::next_fire;
+use crate::schedule::next_fire;
 use crate::store::adopt::{Finding, Plan};
 use crate::store::{NewRun, Store, is_postgres};
 use crate::terminal::{escape, escape_lines};

@@ -1,6 +1,6 @@
 //! Cron schedules: parsing, validation, and when a schedule fires next in a
-//! time zone. This is the one place that knows cron and daylight saving;
-//! `scheduler::next` only re-exports the two search functions.
+//! time zone. This is the one place that knows cron and daylight saving:
+//! the scheduler, the CLI and the API all ask it.
 //!
 //! Accepted: 5 fields (minute hour day-of-month month day-of-week), 6 with
 //! leading seconds, and the macros `@yearly`/`@annually`, `@monthly`,

@@ -43,8 +43,6 @@ macro_rules! on_pool {
 pub struct Store {
     backend: Backend,
     replica: String,
-    /// Run queries on the blocking pool (see [`Store::with_blocking_io`]).
-    blocking_io: Option<tokio::runtime::Handle>,
 }
 
 /// How the store's connection pool behaves.
@@ -191,7 +189,6 @@ impl Store {
         Ok(Store {
             backend,
             replica: replica.to_owned(),
-            blocking_io: None,
         })
     }
 
@@ -227,7 +224,6 @@ impl Store {
         Store {
             backend: Backend::Sqlite(pool),
             replica: replica.to_owned(),
-            blocking_io: None,
         }
     }
 
@@ -236,7 +232,6 @@ impl Store {
         Store {
             backend: Backend::Postgres(pool),
             replica: replica.to_owned(),
-            blocking_io: None,
         }
     }
 
@@ -260,14 +255,14 @@ impl Store {
     }
 
     /// Whether the database answers.
-    async fn ping_now(&self) -> anyhow::Result<()> {
+    pub async fn ping(&self) -> anyhow::Result<()> {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
     }
 
     /// Records a run as `running`. For a scheduled run whose occurrence is
     /// already recorded (by this or another replica) returns `None`.
-    async fn begin_run_now(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
+    pub async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
         let now = Utc::now();
         let sql = "INSERT INTO housekeeper_runs \
                    (task_name, started_at, status, triggered_by, scheduled_for, dry_run, component_hash, replica, heartbeat_at) \
@@ -289,7 +284,7 @@ impl Store {
     }
 
     /// Marks a running row alive.
-    async fn heartbeat_now(&self, id: i64) -> anyhow::Result<()> {
+    pub async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
         on_pool!(self, pool => sqlx::query("UPDATE housekeeper_runs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running'")
             .bind(Utc::now())
             .bind(id)
@@ -300,7 +295,7 @@ impl Store {
     }
 
     /// Records how run `id` ended and updates the task's summary.
-    async fn finish_run_now(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
+    pub async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
         let metrics: serde_json::Map<String, serde_json::Value> = result
             .metrics
             .iter()
@@ -331,7 +326,7 @@ impl Store {
 
     /// Ends run `id` without a result from the runtime (cancelled,
     /// interrupted, or a failure before the guest started).
-    async fn end_run_now(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
+    pub async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
         let now = Utc::now();
         let started: DateTime<Utc> = on_pool!(self, pool => sqlx::query_scalar("SELECT started_at FROM housekeeper_runs WHERE id = $1")
             .bind(id)
@@ -414,7 +409,7 @@ impl Store {
 
     /// Records a fire that was not run, with the reason. A scheduled
     /// occurrence is recorded once; returns `None` if it already was.
-    async fn record_skipped_now(
+    pub async fn record_skipped(
         &self,
         task_name: &str,
         triggered_by: Trigger,
@@ -451,7 +446,7 @@ impl Store {
     }
 
     /// Marks this replica's `running` rows (left by a crash) `interrupted`.
-    async fn interrupt_orphans_now(&self) -> anyhow::Result<Vec<i64>> {
+    pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
         let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 ORDER BY id")
             .bind(&self.replica)
             .fetch_all(pool)
@@ -468,7 +463,7 @@ impl Store {
     }
 
     /// The most recent runs of `task`, newest first.
-    async fn runs_now(&self, task: &str, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
+    pub async fn runs(&self, task: &str, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE task_name = $1 \
              ORDER BY started_at DESC, id DESC LIMIT $2"
@@ -479,7 +474,7 @@ impl Store {
         })
     }
 
-    async fn runs_page_now(
+    pub async fn runs_page(
         &self,
         task: &str,
         limit: i64,
@@ -497,7 +492,7 @@ impl Store {
         })
     }
 
-    async fn run_now(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
+    pub async fn run(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE id = $1");
         on_pool!(self, pool => {
             let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
@@ -506,7 +501,7 @@ impl Store {
     }
 
     /// The summary of every task that has run.
-    async fn stats_now(&self) -> anyhow::Result<HashMap<String, TaskStats>> {
+    pub async fn stats(&self) -> anyhow::Result<HashMap<String, TaskStats>> {
         let sql = "SELECT task_name, total_runs, success_count, error_count, skipped_count, total_duration_ms, \
                    last_run_at, last_status, last_success_at FROM housekeeper_task_stats";
         on_pool!(self, pool => {
@@ -542,7 +537,7 @@ impl Store {
 
     /// The latest occurrence of `task`'s schedule that was recorded (run or
     /// skipped): where a restarted scheduler picks up.
-    async fn last_scheduled_for_now(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+    pub async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         let sql = "SELECT MAX(scheduled_for) FROM housekeeper_runs WHERE task_name = $1 AND triggered_by = 'schedule'";
         let last: Option<DateTime<Utc>> =
             on_pool!(self, pool => sqlx::query_scalar(sql).bind(task).fetch_one(pool).await)?;
@@ -550,7 +545,7 @@ impl Store {
     }
 
     /// Persisted settings of every task that has any.
-    async fn settings_now(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
+    pub async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
         let sql = "SELECT task_name, enabled, schedule, last_modified_at FROM housekeeper_config";
         on_pool!(self, pool => {
             let rows = sqlx::query(sql).fetch_all(pool).await?;
@@ -570,7 +565,7 @@ impl Store {
     }
 
     /// Persists `task`'s enabled flag.
-    async fn set_enabled_now(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
+    pub async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
         let sql = "INSERT INTO housekeeper_config (task_name, enabled, last_modified_at) VALUES ($1, $2, $3) \
                    ON CONFLICT (task_name) DO UPDATE SET enabled = excluded.enabled, last_modified_at = excluded.last_modified_at";
         on_pool!(self, pool => sqlx::query(sql).bind(task).bind(enabled).bind(Utc::now()).execute(pool).await.map(|_| ()))?;
@@ -579,7 +574,7 @@ impl Store {
 
     /// Deletes `task`'s finished runs older than `keep_days`, and beyond the
     /// newest `keep_last`. Returns how many rows went.
-    async fn prune_now(&self, task: &str, keep_days: u32, keep_last: u32) -> anyhow::Result<u64> {
+    pub async fn prune(&self, task: &str, keep_days: u32, keep_last: u32) -> anyhow::Result<u64> {
         let cutoff = Utc::now() - ChronoDuration::days(i64::from(keep_days));
         let sql = "DELETE FROM housekeeper_runs WHERE task_name = $1 AND status <> 'running' AND ( \
                      started_at < $2 OR id NOT IN ( \
@@ -593,161 +588,6 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))?;
         Ok(done)
-    }
-}
-
-/// The public API. Each call runs its queries directly, or, with
-/// [`Store::with_blocking_io`], on tokio's blocking pool.
-impl Store {
-    /// Runs every query through `spawn_blocking` on `handle`. Meant for
-    /// tests on tokio's paused clock: a blocking task holds the clock still,
-    /// whereas waiting on the database would let it jump ahead.
-    pub fn with_blocking_io(mut self, handle: tokio::runtime::Handle) -> Self {
-        self.blocking_io = Some(handle);
-        self
-    }
-
-    async fn io<T, F>(&self, call: impl FnOnce(Store) -> F) -> anyhow::Result<T>
-    where
-        T: Send + 'static,
-        F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
-    {
-        let fut = call(self.clone());
-        match &self.blocking_io {
-            None => fut.await,
-            Some(handle) => {
-                let handle = handle.clone();
-                tokio::task::spawn_blocking(move || handle.block_on(fut))
-                    .await
-                    .context("store query panicked")?
-            }
-        }
-    }
-
-    /// Whether the database answers.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        self.io(|s| async move { s.ping_now().await }).await
-    }
-
-    /// Records a run as `running`. For a scheduled run whose occurrence is
-    /// already recorded (by this or another replica) returns `None`.
-    pub async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
-        let (task, hash) = (
-            run.task_name.to_owned(),
-            run.component_hash.map(str::to_owned),
-        );
-        let (triggered_by, scheduled_for, dry_run) =
-            (run.triggered_by, run.scheduled_for, run.dry_run);
-        self.io(|s| async move {
-            let run = NewRun {
-                task_name: &task,
-                triggered_by,
-                scheduled_for,
-                dry_run,
-                component_hash: hash.as_deref(),
-            };
-            s.begin_run_now(&run).await
-        })
-        .await
-    }
-
-    /// Marks a running row alive.
-    pub async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
-        self.io(|s| async move { s.heartbeat_now(id).await }).await
-    }
-
-    /// Records how run `id` ended and updates the task's summary.
-    pub async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
-        let result = result.clone();
-        self.io(|s| async move { s.finish_run_now(id, &result).await })
-            .await
-    }
-
-    /// Ends run `id` without a result from the runtime (cancelled,
-    /// interrupted, or a failure before the guest started).
-    pub async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
-        let reason = reason.to_owned();
-        self.io(|s| async move { s.end_run_now(id, status, &reason).await })
-            .await
-    }
-
-    /// Records a fire that was not run, with the reason. A scheduled
-    /// occurrence is recorded once; returns `None` if it already was.
-    pub async fn record_skipped(
-        &self,
-        task_name: &str,
-        triggered_by: Trigger,
-        scheduled_for: Option<DateTime<Utc>>,
-        reason: &str,
-    ) -> anyhow::Result<Option<i64>> {
-        let (task, reason) = (task_name.to_owned(), reason.to_owned());
-        self.io(|s| async move {
-            s.record_skipped_now(&task, triggered_by, scheduled_for, &reason)
-                .await
-        })
-        .await
-    }
-
-    /// Marks this replica's `running` rows (left by a crash) `interrupted`.
-    pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
-        self.io(|s| async move { s.interrupt_orphans_now().await })
-            .await
-    }
-
-    /// The most recent runs of `task`, newest first.
-    pub async fn runs(&self, task: &str, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
-        let task = task.to_owned();
-        self.io(|s| async move { s.runs_now(&task, limit).await })
-            .await
-    }
-
-    /// One page of `task`'s runs, newest first, and how many there are.
-    pub async fn runs_page(
-        &self,
-        task: &str,
-        limit: i64,
-        offset: i64,
-    ) -> anyhow::Result<(Vec<RunRecord>, i64)> {
-        let task = task.to_owned();
-        self.io(|s| async move { s.runs_page_now(&task, limit, offset).await })
-            .await
-    }
-
-    pub async fn run(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
-        self.io(|s| async move { s.run_now(id).await }).await
-    }
-
-    /// The summary of every task that has run.
-    pub async fn stats(&self) -> anyhow::Result<HashMap<String, TaskStats>> {
-        self.io(|s| async move { s.stats_now().await }).await
-    }
-
-    /// The latest occurrence of `task`'s schedule that was recorded (run or
-    /// skipped): where a restarted scheduler picks up.
-    pub async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let task = task.to_owned();
-        self.io(|s| async move { s.last_scheduled_for_now(&task).await })
-            .await
-    }
-
-    /// Persisted settings of every task that has any.
-    pub async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
-        self.io(|s| async move { s.settings_now().await }).await
-    }
-
-    /// Persists `task`'s enabled flag.
-    pub async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
-        let task = task.to_owned();
-        self.io(|s| async move { s.set_enabled_now(&task, enabled).await })
-            .await
-    }
-
-    /// Deletes `task`'s finished runs older than `keep_days`, and beyond the
-    /// newest `keep_last`. Returns how many rows went.
-    pub async fn prune(&self, task: &str, keep_days: u32, keep_last: u32) -> anyhow::Result<u64> {
-        let task = task.to_owned();
-        self.io(|s| async move { s.prune_now(&task, keep_days, keep_last).await })
-            .await
     }
 }
 

@@ -1,14 +1,15 @@
 //! Scheduler policies on tokio's paused clock, with a fake executor whose
-//! runs take virtual time, and a real SQLite store.
+//! runs take virtual time and an in-memory ledger that keeps the store's
+//! rules (one row per scheduled occurrence, a run ended once).
 
 use chrono::{DateTime, TimeZone, Utc};
 use housekeeper::manifest::{Manifest, Misfire, Overlap, Retries};
 use housekeeper::model::{RunResult, RunStatus, TaskInfo, Trigger};
 use housekeeper::runtime::{RunRequest, TaskComponent};
 use housekeeper::schedule::Schedule;
-use housekeeper::scheduler::clock::TokioClock;
-use housekeeper::scheduler::{Executor, FireOutcome, Scheduler, SchedulerConfig, TaskDef};
-use housekeeper::store::{NewRun, RunRecord, Store, StoreOptions};
+use housekeeper::scheduler::clock::{Clock, TokioClock};
+use housekeeper::scheduler::{Executor, FireOutcome, Ledger, Scheduler, SchedulerConfig, TaskDef};
+use housekeeper::store::{NewRun, RunRecord, TaskSettings};
 use housekeeper_tests::{component, fixture_path};
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +32,8 @@ struct Call {
     task: String,
     trigger: Trigger,
     scheduled_for: Option<DateTime<Utc>>,
+    /// The manifest's timeout: tells versions of a task apart.
+    timeout: Duration,
     at: tokio::time::Instant,
 }
 
@@ -88,6 +91,7 @@ impl Executor for FakeExecutor {
                     task: task.clone(),
                     trigger: request.trigger,
                     scheduled_for: request.scheduled_for,
+                    timeout: request.timeout,
                     at: tokio::time::Instant::now(),
                 });
                 calls.iter().filter(|c| c.task == task).count() - 1
@@ -139,10 +143,192 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(T0.0, T0.1, T0.2, 12, 0, 0).unwrap()
 }
 
+/// The scheduler's ledger in memory, on the test's clock. It keeps the
+/// store's rules that the policies rely on; `suite::store` tests the
+/// store's own SQL for them.
+struct Memory {
+    clock: TokioClock,
+    rows: Mutex<Vec<RunRecord>>,
+    settings: Mutex<HashMap<String, TaskSettings>>,
+}
+
+impl Memory {
+    fn new(start: DateTime<Utc>) -> Self {
+        Memory {
+            clock: TokioClock::starting_at(start),
+            rows: Mutex::default(),
+            settings: Mutex::default(),
+        }
+    }
+
+    /// Inserts a row unless it is a scheduled occurrence already recorded.
+    fn insert(&self, mut row: RunRecord) -> Option<i64> {
+        let mut rows = self.rows.lock().unwrap();
+        let taken = row.triggered_by == Trigger::Schedule
+            && rows.iter().any(|r| {
+                r.task_name == row.task_name
+                    && r.triggered_by == Trigger::Schedule
+                    && r.scheduled_for == row.scheduled_for
+            });
+        if taken {
+            return None;
+        }
+        row.id = rows.len() as i64 + 1;
+        rows.push(row);
+        Some(rows.len() as i64)
+    }
+
+    /// Ends a running row; one that already ended keeps what it says.
+    fn end(&self, id: i64, edit: impl FnOnce(&mut RunRecord)) {
+        let now = self.clock.now();
+        let mut rows = self.rows.lock().unwrap();
+        let row = &mut rows[id as usize - 1];
+        if row.status == RunStatus::Running {
+            row.completed_at = Some(now);
+            row.duration_ms = Some((now - row.started_at).num_milliseconds());
+            edit(row);
+        }
+    }
+
+    fn runs(&self, task: &str) -> Vec<RunRecord> {
+        let rows = self.rows.lock().unwrap();
+        rows.iter()
+            .filter(|r| r.task_name == task)
+            .cloned()
+            .collect()
+    }
+
+    fn row(&self, task: &str, status: RunStatus, trigger: Trigger) -> RunRecord {
+        let now = self.clock.now();
+        RunRecord {
+            id: 0,
+            task_name: task.into(),
+            started_at: now,
+            completed_at: None,
+            status,
+            duration_ms: None,
+            output: None,
+            error: None,
+            triggered_by: trigger,
+            scheduled_for: None,
+            component_hash: None,
+            dry_run: false,
+            metrics: None,
+            fuel_used: None,
+            replica: "test".into(),
+            heartbeat_at: Some(now),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for Memory {
+    async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
+        Ok(self.settings.lock().unwrap().clone())
+    }
+
+    async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
+        let settings = TaskSettings {
+            enabled,
+            schedule: None,
+            last_modified_at: self.clock.now(),
+        };
+        self.settings.lock().unwrap().insert(task.into(), settings);
+        Ok(())
+    }
+
+    async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
+        let running: Vec<i64> = {
+            let rows = self.rows.lock().unwrap();
+            rows.iter()
+                .filter(|r| r.status == RunStatus::Running)
+                .map(|r| r.id)
+                .collect()
+        };
+        for id in &running {
+            self.end_run(*id, RunStatus::Interrupted, "orphan").await?;
+        }
+        Ok(running)
+    }
+
+    async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .iter()
+            .filter(|r| r.task_name == task && r.triggered_by == Trigger::Schedule)
+            .filter_map(|r| r.scheduled_for)
+            .max())
+    }
+
+    async fn last_success(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .iter()
+            .filter(|r| r.task_name == task && r.status == RunStatus::Success)
+            .filter_map(|r| r.completed_at)
+            .max())
+    }
+
+    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
+        let mut row = self.row(run.task_name, RunStatus::Running, run.triggered_by);
+        row.scheduled_for = run.scheduled_for;
+        row.dry_run = run.dry_run;
+        row.component_hash = run.component_hash.map(str::to_owned);
+        Ok(self.insert(row))
+    }
+
+    async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let mut rows = self.rows.lock().unwrap();
+        let row = &mut rows[id as usize - 1];
+        if row.status == RunStatus::Running {
+            row.heartbeat_at = Some(now);
+        }
+        Ok(())
+    }
+
+    async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
+        self.end(id, |row| {
+            row.status = result.status;
+            row.error = result.error.clone();
+            row.output = result.summary.clone();
+            row.fuel_used = Some(result.fuel_used as i64);
+        });
+        Ok(())
+    }
+
+    async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
+        self.end(id, |row| {
+            row.status = status;
+            row.error = Some(reason.to_owned());
+        });
+        Ok(())
+    }
+
+    async fn record_skipped(
+        &self,
+        task: &str,
+        triggered_by: Trigger,
+        scheduled_for: Option<DateTime<Utc>>,
+        reason: &str,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut row = self.row(task, RunStatus::Skipped, triggered_by);
+        row.scheduled_for = scheduled_for;
+        row.completed_at = Some(row.started_at);
+        row.error = Some(reason.to_owned());
+        Ok(self.insert(row))
+    }
+
+    async fn prune(&self, _task: &str, _keep_days: u32, _keep_last: u32) -> anyhow::Result<u64> {
+        // The tests read every row back; the store's pruning is tested in
+        // `suite::store`.
+        Ok(0)
+    }
+}
+
 struct Harness {
-    _dir: tempfile::TempDir,
     fake: Arc<Fake>,
-    store: Store,
+    ledger: Arc<Memory>,
     scheduler: Scheduler,
 }
 
@@ -164,42 +350,25 @@ fn def(name: &str, schedule: Option<&str>, edit: impl FnOnce(&mut Manifest)) -> 
     }
 }
 
-async fn harness_with(
-    config: SchedulerConfig,
-    start: DateTime<Utc>,
-    dir: Option<tempfile::TempDir>,
-) -> Harness {
-    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-    let url = format!("sqlite:{}", dir.path().join("hk.db").display());
-    // Opened on real time; the test then runs on tokio's paused clock.
-    // Waiting on the database lets the paused clock jump to the next timer,
-    // so nothing here may depend on a query being quick in virtual time.
-    let options = StoreOptions {
-        pool_max: 4,
-        acquire_timeout: Duration::from_secs(365 * 86_400),
-    };
-    let store = Store::open(&url, "test", &options)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .with_blocking_io(tokio::runtime::Handle::current());
+async fn harness_with(config: SchedulerConfig, start: DateTime<Utc>) -> Harness {
     tokio::time::pause();
     let fake = Arc::new(Fake::default());
-    let scheduler = Scheduler::new(
+    let ledger = Arc::new(Memory::new(start));
+    let scheduler = Scheduler::with_ledger(
         Arc::new(FakeExecutor(fake.clone())),
-        store.clone(),
+        ledger.clone(),
         Arc::new(TokioClock::starting_at(start)),
         config,
     );
     Harness {
-        _dir: dir,
         fake,
-        store,
+        ledger,
         scheduler,
     }
 }
 
 async fn harness() -> Harness {
-    harness_with(SchedulerConfig::default(), t0(), None).await
+    harness_with(SchedulerConfig::default(), t0()).await
 }
 
 async fn start(h: &Harness, defs: Vec<TaskDef>) {
@@ -212,7 +381,7 @@ async fn wait(secs: f64) {
 }
 
 async fn rows(h: &Harness, task: &str) -> Vec<RunRecord> {
-    let mut rows = h.store.runs(task, 10_000).await.unwrap();
+    let mut rows = h.ledger.runs(task);
     rows.sort_by_key(|r| r.id);
     rows
 }
@@ -413,7 +582,7 @@ async fn max_concurrent_runs_is_global() {
         max_concurrent_runs: 2,
         ..SchedulerConfig::default()
     };
-    let h = harness_with(config, t0(), None).await;
+    let h = harness_with(config, t0()).await;
     let mut defs = Vec::new();
     for i in 0..6 {
         let name = format!("t{i}");
@@ -437,7 +606,7 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
     // The last recorded occurrence was five hours ago.
     let last = t0() - chrono::Duration::hours(5);
     let id = h
-        .store
+        .ledger
         .begin_run(&NewRun {
             task_name: "hourly",
             triggered_by: Trigger::Schedule,
@@ -448,7 +617,7 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
         .await
         .unwrap()
         .unwrap();
-    h.store.end_run(id, RunStatus::Success, "").await.unwrap();
+    h.ledger.end_run(id, RunStatus::Success, "").await.unwrap();
     start(
         &h,
         vec![def("hourly", Some("0 * * * *"), |m| {
@@ -467,7 +636,7 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
 async fn misfire_skip_records_the_missed_fire_and_waits() {
     let h = harness().await;
     let last = t0() - chrono::Duration::minutes(150);
-    h.store
+    h.ledger
         .record_skipped("hourly", Trigger::Schedule, Some(last), "earlier")
         .await
         .unwrap();
@@ -531,7 +700,7 @@ async fn globally_disabled_fires_nothing_but_manual_runs_work() {
         enabled: false,
         ..SchedulerConfig::default()
     };
-    let h = harness_with(config, t0(), None).await;
+    let h = harness_with(config, t0()).await;
     start(
         &h,
         vec![def("t", Some("* * * * * *"), |m| {
@@ -575,9 +744,9 @@ async fn a_disabled_task_does_not_fire_until_enabled_and_the_toggle_persists() {
     h.scheduler.shutdown(Duration::from_secs(1)).await;
 
     // A new scheduler on the same database sees the task disabled.
-    let again = Scheduler::new(
+    let again = Scheduler::with_ledger(
         Arc::new(FakeExecutor(h.fake.clone())),
-        h.store.clone(),
+        h.ledger.clone(),
         Arc::new(TokioClock::starting_at(t0())),
         SchedulerConfig::default(),
     );
@@ -642,7 +811,7 @@ async fn a_running_row_gets_heartbeats() {
         heartbeat_interval: Duration::from_secs(1),
         ..SchedulerConfig::default()
     };
-    let h = harness_with(config, t0(), None).await;
+    let h = harness_with(config, t0()).await;
     h.fake
         .plan("slow", Duration::from_secs(10), &[RunStatus::Success]);
     start(&h, vec![def("slow", None, |_| {})]).await;
@@ -689,14 +858,14 @@ async fn a_restart_or_reload_in_the_repeated_hour_fires_no_occurrence_twice() {
         ("quarterly".to_owned(), Some(at(2, 0))),
     ];
 
-    let h = harness_with(SchedulerConfig::default(), at(0, 20), None).await;
+    let h = harness_with(SchedulerConfig::default(), at(0, 20)).await;
     start(&h, tasks(Duration::ZERO)).await;
     wait(45.0 * 60.0).await;
     h.scheduler.shutdown(Duration::from_secs(5)).await;
 
-    let again = Scheduler::new(
+    let again = Scheduler::with_ledger(
         Arc::new(FakeExecutor(h.fake.clone())),
-        h.store.clone(),
+        h.ledger.clone(),
         Arc::new(TokioClock::starting_at(at(1, 5))),
         SchedulerConfig::default(),
     );
@@ -730,4 +899,230 @@ async fn a_restart_or_reload_in_the_repeated_hour_fires_no_occurrence_twice() {
             "{rows:#?}"
         );
     }
+}
+
+// Hot reload: `Scheduler::apply` brings the registered tasks in line with
+// what the tasks directory holds now.
+
+/// The scheduled fires `task` ran, as offsets from `t0()` in seconds.
+fn fired_at(h: &Harness, task: &str) -> Vec<i64> {
+    h.fake
+        .calls(task)
+        .iter()
+        .filter_map(|c| c.scheduled_for)
+        .map(|t| (t - t0()).num_seconds())
+        .collect()
+}
+
+fn applied(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn apply_adds_a_task_that_then_fires_on_its_schedule() {
+    let h = harness().await;
+    start(&h, vec![def("old", None, |_| {})]).await;
+    wait(5.5).await;
+    let changes = h
+        .scheduler
+        .apply(
+            vec![
+                def("old", None, |_| {}),
+                def("new", Some("*/2 * * * * *"), |_| {}),
+            ],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes, (applied(&["new"]), vec![], vec![]));
+    wait(5.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    // From the moment it was added, not from the start: no catch-up of the
+    // fires before it existed.
+    assert_eq!(fired_at(&h, "new"), [6, 8, 10]);
+    assert!(h.fake.calls("old").is_empty());
+}
+
+#[tokio::test]
+async fn apply_with_nothing_changed_replaces_nothing_and_fires_nothing_twice() {
+    let h = harness().await;
+    let tasks = || vec![def("tick", Some("* * * * * *"), |_| {})];
+    start(&h, tasks()).await;
+    for _ in 0..5 {
+        wait(1.0).await;
+        let changes = h
+            .scheduler
+            .apply(tasks(), &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(changes, (vec![], vec![], vec![]));
+    }
+    wait(0.5).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(fired_at(&h, "tick"), [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn apply_removes_a_task_but_lets_its_running_run_finish() {
+    let h = harness().await;
+    h.fake
+        .plan("gone", Duration::from_secs(3), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![
+            def("gone", Some("*/10 * * * * *"), |_| {}),
+            def("stays", None, |_| {}),
+        ],
+    )
+    .await;
+    wait(11.0).await;
+    let changes = h
+        .scheduler
+        .apply(vec![def("stays", None, |_| {})], &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(changes, (vec![], vec![], applied(&["gone"])));
+    assert_eq!(
+        h.scheduler
+            .tasks()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>(),
+        ["stays"]
+    );
+    assert!(h.scheduler.trigger("gone", false).is_err());
+    wait(60.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(fired_at(&h, "gone"), [10], "no fire after the removal");
+    let rows = rows(&h, "gone").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RunStatus::Success, "{rows:#?}");
+}
+
+#[tokio::test]
+async fn apply_keeps_a_task_whose_file_failed_to_load() {
+    let h = harness().await;
+    start(&h, vec![def("broken", Some("*/10 * * * * *"), |_| {})]).await;
+    let keep = ["broken".to_owned()].into_iter().collect();
+    let changes = h.scheduler.apply(vec![], &keep).await.unwrap();
+    assert_eq!(changes, (vec![], vec![], vec![]));
+    wait(25.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        fired_at(&h, "broken"),
+        [10, 20],
+        "the working version runs on"
+    );
+}
+
+#[tokio::test]
+async fn apply_replaces_a_changed_task_and_the_run_in_progress_finishes_on_its_version() {
+    let h = harness().await;
+    h.fake
+        .plan("t", Duration::from_secs(8), &[RunStatus::Success]);
+    let version = |schedule: &str, timeout: u64| {
+        let schedule = schedule.to_owned();
+        vec![def("t", Some(&schedule), move |m| {
+            m.timeout = Duration::from_secs(timeout);
+            m.overlap = Overlap::Skip;
+        })]
+    };
+    start(&h, version("*/10 * * * * *", 100)).await;
+    wait(12.0).await;
+    // Mid-run, the schedule and the timeout change.
+    let changes = h
+        .scheduler
+        .apply(version("*/15 * * * * *", 200), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(changes, (vec![], applied(&["t"]), vec![]));
+    let view = &h.scheduler.tasks()[0];
+    assert_eq!(view.schedule.as_deref(), Some("*/15 * * * * *"));
+    assert_eq!(view.running, 1, "the run in progress is still counted");
+    assert_eq!(view.next_fire, Some(t0() + chrono::Duration::seconds(15)));
+    // The new version's first fire comes while the old run is still going:
+    // overlap holds across the replacement.
+    wait(4.0).await;
+    assert_eq!(h.fake.calls("t").len(), 1);
+    wait(30.0).await;
+    h.scheduler.shutdown(Duration::from_secs(30)).await;
+
+    let calls = h.fake.calls("t");
+    let seen: Vec<(i64, u64)> = calls
+        .iter()
+        .map(|c| {
+            let at = (c.scheduled_for.unwrap() - t0()).num_seconds();
+            (at, c.timeout.as_secs())
+        })
+        .collect();
+    assert_eq!(seen, [(10, 100), (30, 200), (45, 200)]);
+    let rows = rows(&h, "t").await;
+    let skipped: Vec<_> = with_status(&rows, RunStatus::Skipped)
+        .iter()
+        .map(|r| (r.scheduled_for.unwrap() - t0()).num_seconds())
+        .collect();
+    assert_eq!(skipped, [15], "{rows:#?}");
+    assert_eq!(with_status(&rows, RunStatus::Success).len(), 3);
+}
+
+#[tokio::test]
+async fn apply_keeps_a_persisted_toggle_and_a_queued_run() {
+    let h = harness().await;
+    h.fake
+        .plan("t", Duration::from_secs(10), &[RunStatus::Success]);
+    let version = |timeout: u64| {
+        vec![def("t", Some("0 * * * *"), move |m| {
+            m.timeout = Duration::from_secs(timeout);
+            m.overlap = Overlap::Queue;
+        })]
+    };
+    start(&h, version(100)).await;
+    h.scheduler.set_enabled("t", false).await.unwrap();
+    assert_eq!(h.scheduler.trigger("t", false), Ok(FireOutcome::Started));
+    assert_eq!(h.scheduler.trigger("t", false), Ok(FireOutcome::Queued));
+    wait(1.0).await;
+    let changes = h
+        .scheduler
+        .apply(version(200), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(changes.1, ["t"]);
+    assert!(
+        !h.scheduler.tasks()[0].enabled,
+        "the toggle survives a reload"
+    );
+    wait(3700.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    let calls = h.fake.calls("t");
+    assert_eq!(
+        calls.len(),
+        2,
+        "the queued run ran, the schedule did not fire"
+    );
+    assert!(calls.iter().all(|c| c.trigger == Trigger::Manual));
+    // The queued run starts after the reload, on the new version.
+    assert_eq!(calls[1].timeout, Duration::from_secs(200));
+}
+
+#[tokio::test]
+async fn apply_before_start_registers_without_firing() {
+    let h = harness().await;
+    let changes = h
+        .scheduler
+        .apply(
+            vec![def("early", Some("* * * * * *"), |_| {})],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes.0, ["early"]);
+    wait(5.0).await;
+    assert!(
+        h.fake.calls("early").is_empty(),
+        "nothing fires before start"
+    );
+    h.scheduler.start().await.unwrap();
+    wait(2.5).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(fired_at(&h, "early"), [6, 7]);
 }

@@ -1,0 +1,348 @@
+//! Executing fires: the overlap policy, the global concurrency limit,
+//! retries with backoff, heartbeats, and recording every attempt in the
+//! ledger. Timing (when a fire happens) stays in the parent module.
+
+use super::{FireOutcome, Inner, Slot, TaskDef};
+use crate::manifest::Overlap;
+use crate::model::{RunResult, RunStatus, Trigger};
+use crate::runtime::{RunRequest, Runtime, TaskComponent};
+use crate::store::NewRun;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+/// Runs a component; the real one is [`Runtime`]. Tests substitute their
+/// own to exercise the policies on tokio's paused clock.
+pub trait Executor: Send + Sync + 'static {
+    fn execute(
+        &self,
+        component: TaskComponent,
+        request: RunRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>;
+}
+
+impl Executor for Runtime {
+    fn execute(
+        &self,
+        component: TaskComponent,
+        request: RunRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>> {
+        let runtime = self.clone();
+        Box::pin(async move { runtime.run(&component, request).await })
+    }
+}
+
+/// Runs handed to the executor and not yet returned, by key.
+pub(super) type InFlight = Arc<Mutex<BTreeMap<u64, (String, i64, tokio::time::Instant)>>>;
+
+/// Holds a run's place in [`InFlight`] for as long as its future exists. The
+/// future is dropped when the run returns, or when it is aborted and its
+/// worker gets to drop it: a worker blocked inside the run keeps it listed.
+pub(super) struct InFlightEntry {
+    in_flight: InFlight,
+    key: u64,
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct Active {
+    pub(super) token: u64,
+    /// The store's id of the current attempt, once recorded.
+    pub(super) run_id: Arc<Mutex<Option<i64>>>,
+    /// Told the first run id (manual triggers wait for it).
+    pub(super) notify: Arc<Mutex<Option<tokio::sync::oneshot::Sender<i64>>>>,
+    pub(super) cancel: CancellationToken,
+    /// Set by whoever cancels: the status and reason to record.
+    pub(super) why: Arc<OnceLock<(RunStatus, String)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fire {
+    pub(super) trigger: Trigger,
+    pub(super) scheduled_for: Option<DateTime<Utc>>,
+    pub(super) dry_run: bool,
+}
+
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Inner {
+    pub(super) fn fire(self: &Arc<Self>, name: &str, fire: Fire) -> FireOutcome {
+        self.fire_with(name, fire, None)
+    }
+
+    /// Applies the overlap policy and starts, queues or skips.
+    pub(super) fn fire_with(
+        self: &Arc<Self>,
+        name: &str,
+        fire: Fire,
+        notify: Option<tokio::sync::oneshot::Sender<i64>>,
+    ) -> FireOutcome {
+        let mut tasks = self.lock();
+        let Some(slot) = tasks.get_mut(name) else {
+            return FireOutcome::Skipped(format!("no task named {name:?}"));
+        };
+        if !slot.active.is_empty() {
+            let skip = |reason: &str| {
+                let ledger = self.ledger.clone();
+                let (task, why) = (name.to_owned(), reason.to_owned());
+                let inner = self.clone();
+                self.jobs.spawn(async move {
+                    if let Err(e) = ledger
+                        .record_skipped(&task, fire.trigger, fire.scheduled_for, &why)
+                        .await
+                    {
+                        tracing::error!(task, error = %e, "cannot record a skipped fire");
+                    }
+                    inner.changed();
+                });
+                tracing::info!(task = name, reason, "fire skipped");
+                if let Some(m) = &self.config.metrics {
+                    m.run_finished(name, RunStatus::Skipped, 0, 0, 0.0);
+                }
+                FireOutcome::Skipped(reason.to_owned())
+            };
+            match slot.def.manifest.overlap {
+                Overlap::Skip => return skip("the previous run is still running (overlap = skip)"),
+                Overlap::Queue if slot.queued.is_some() => {
+                    return skip(
+                        "a run is already queued behind the running one (overlap = queue)",
+                    );
+                }
+                Overlap::Queue => {
+                    slot.queued = Some(fire);
+                    return FireOutcome::Queued;
+                }
+                Overlap::Replace => {
+                    for a in &slot.active {
+                        let _ = a.why.set((
+                            RunStatus::Cancelled,
+                            "replaced by a newer run (overlap = replace)".into(),
+                        ));
+                        a.cancel.cancel();
+                    }
+                }
+                Overlap::Allow => {}
+            }
+        }
+        self.start_job(name, slot, fire, notify);
+        FireOutcome::Started
+    }
+
+    fn start_job(
+        self: &Arc<Self>,
+        name: &str,
+        slot: &mut Slot,
+        fire: Fire,
+        notify: Option<tokio::sync::oneshot::Sender<i64>>,
+    ) {
+        let active = Active {
+            token: NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            run_id: Arc::new(Mutex::new(None)),
+            notify: Arc::new(Mutex::new(notify)),
+            cancel: CancellationToken::new(),
+            why: Arc::new(OnceLock::new()),
+        };
+        slot.active.push(active.clone());
+        let inner = self.clone();
+        let def = slot.def.clone();
+        let name = name.to_owned();
+        self.jobs.spawn(async move {
+            inner.job(&name, &def, fire, &active).await;
+            inner.job_done(&name, active.token);
+        });
+    }
+
+    fn job_done(self: &Arc<Self>, name: &str, token: u64) {
+        self.changed();
+        let mut tasks = self.lock();
+        let Some(slot) = tasks.get_mut(name) else {
+            return;
+        };
+        slot.active.retain(|a| a.token != token);
+        if slot.active.is_empty() {
+            if let Some(queued) = slot.queued.take() {
+                if !self.stop.is_cancelled() {
+                    self.start_job(name, slot, queued, None);
+                }
+            }
+        }
+    }
+
+    /// One fire: wait for a slot, run, retry on failure, record everything.
+    async fn job(self: &Arc<Self>, name: &str, def: &TaskDef, fire: Fire, active: &Active) {
+        let permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = active.cancel.cancelled() => {
+                let reason = active.why.get().map(|(_, r)| r.clone()).unwrap_or_default();
+                let _ = self.ledger.record_skipped(name, fire.trigger, fire.scheduled_for, &format!("cancelled before it started: {reason}")).await;
+                return;
+            }
+        };
+        let mut trigger = fire.trigger;
+        let mut attempt = 0u32;
+        loop {
+            let status = self.attempt(name, def, fire, trigger, active).await;
+            let retryable = matches!(
+                status,
+                Some(
+                    RunStatus::Error
+                        | RunStatus::Trapped
+                        | RunStatus::Timeout
+                        | RunStatus::OutOfFuel
+                        | RunStatus::OutOfMemory
+                )
+            );
+            if !retryable || attempt >= def.manifest.retries.max {
+                break;
+            }
+            let backoff = def
+                .manifest
+                .retries
+                .backoff
+                .saturating_mul(1u32 << attempt.min(16));
+            tracing::info!(
+                task = name,
+                attempt = attempt + 1,
+                ?backoff,
+                "retrying after failure"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = active.cancel.cancelled() => break,
+            }
+            attempt += 1;
+            trigger = Trigger::Retry;
+        }
+        drop(permit);
+        let history = &def.manifest.history;
+        if let Err(e) = self
+            .ledger
+            .prune(name, history.keep_days, history.keep_last)
+            .await
+        {
+            tracing::warn!(task = name, error = %e, "cannot prune run history");
+        }
+    }
+
+    /// One run, recorded. `None` if nothing ran.
+    async fn attempt(
+        self: &Arc<Self>,
+        name: &str,
+        def: &TaskDef,
+        fire: Fire,
+        trigger: Trigger,
+        active: &Active,
+    ) -> Option<RunStatus> {
+        let new = NewRun {
+            task_name: name,
+            triggered_by: trigger,
+            scheduled_for: fire.scheduled_for,
+            dry_run: fire.dry_run,
+            component_hash: Some(def.component.hash()),
+        };
+        let id = match self.ledger.begin_run(&new).await {
+            Ok(Some(id)) => {
+                *active.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                if let Some(tx) = active
+                    .notify
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    let _ = tx.send(id);
+                }
+                id
+            }
+            Ok(None) => {
+                tracing::debug!(
+                    task = name,
+                    "occurrence already recorded; not running it again"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(task = name, error = %e, "cannot record the start of a run; not running it");
+                return None;
+            }
+        };
+        let last_success = self.ledger.last_success(name).await.ok().flatten();
+        let mut request = RunRequest::from_manifest(&def.manifest, id.to_string(), trigger);
+        request.dry_run = fire.dry_run;
+        request.scheduled_for = fire.scheduled_for;
+        request.last_success = last_success;
+
+        let key = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stuck_at = tokio::time::Instant::now() + request.timeout + self.config.stuck_after;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (name.to_owned(), id, stuck_at));
+        let entry = InFlightEntry {
+            in_flight: self.in_flight.clone(),
+            key,
+        };
+        let run = self.executor.execute(def.component.clone(), request);
+        let run = async move {
+            let _entry = entry;
+            run.await
+        };
+        let mut handle = match &self.config.run_handle {
+            Some(h) => h.spawn(run),
+            None => tokio::spawn(run),
+        };
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.tick().await;
+        let outcome: Option<RunResult> = loop {
+            tokio::select! {
+                joined = &mut handle => break joined.ok(),
+                _ = heartbeat.tick() => {
+                    if let Err(e) = self.ledger.heartbeat(id).await {
+                        tracing::warn!(task = name, run = id, error = %e, "cannot record a heartbeat");
+                    }
+                }
+                _ = active.cancel.cancelled() => {
+                    handle.abort();
+                    break None;
+                }
+            }
+        };
+        match outcome {
+            Some(result) => {
+                let status = result.status;
+                if let Err(e) = self.ledger.finish_run(id, &result).await {
+                    tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
+                }
+                tracing::info!(task = name, run = id, %status, duration_ms = result.duration_ms, "run finished");
+                if let Some(m) = &self.config.metrics {
+                    let at = result.completed_at.timestamp_millis() as f64 / 1000.0;
+                    m.run_finished(name, status, result.duration_ms, result.fuel_used, at);
+                }
+                Some(status)
+            }
+            None => {
+                let (status, reason) = active
+                    .why
+                    .get()
+                    .cloned()
+                    .unwrap_or((RunStatus::Interrupted, "the run was stopped".into()));
+                if let Err(e) = self.ledger.end_run(id, status, &reason).await {
+                    tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
+                }
+                tracing::info!(task = name, run = id, %status, reason, "run stopped");
+                if let Some(m) = &self.config.metrics {
+                    m.run_finished(name, status, 0, 0, 0.0);
+                }
+                Some(status)
+            }
+        }
+    }
+}
