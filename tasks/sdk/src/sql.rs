@@ -134,6 +134,18 @@ pub fn create_partition(
     host::create_partition(parent, partition, bounds)
 }
 
+/// `ALTER TABLE <parent> ATTACH PARTITION <partition> FOR VALUES …`, built
+/// by the host: makes a table that already exists (in the parent's schema,
+/// owned by the parent's owner, not a partition or inheritance child) a
+/// partition of `parent`. Needs `create_partition` on both.
+pub fn attach_partition(
+    parent: &Relation,
+    partition: &Relation,
+    bounds: &PartitionBounds,
+) -> Result<(), SqlError> {
+    host::attach_partition(parent, partition, bounds)
+}
+
 /// `DROP TABLE <partition>`, when the catalog says it is a partition of
 /// `parent`, which needs `drop_partition`.
 pub fn drop_partition(parent: &Relation, partition: &Relation) -> Result<(), SqlError> {

@@ -1826,6 +1826,14 @@ mod tests {
                 "ALTER{_}TABLE{_}ONLY{_}\"events\"{_}DETACH{_}PARTITION{_}events_2020{_}FINALIZE",
                 "`detach-partition` call",
             ),
+            (
+                "ALTER{_}TABLE{_}events{_}ATTACH{_}PARTITION{_}events_2020{_}FOR{_}VALUES{_}FROM{_}('2020-01-01'){_}TO{_}('2020-01-02')",
+                "`attach-partition` call",
+            ),
+            (
+                "alter{_}table{_}public.events{_}attach{_}partition{_}events_d{_}default",
+                "`attach-partition` call",
+            ),
         ];
         for (template, call) in cases {
             for sql in spell(template, &[], &[], &[]) {
@@ -1867,6 +1875,12 @@ mod tests {
         assert!(matches!(
             pg("ALTER TABLE events DETACH PARTITION other", &ddl),
             Err(Denial::AccessDenied { table, verb: Ddl }) if table == "other"
+        ));
+        // CONCURRENTLY cannot run in the call's transaction: the refusal
+        // names the call that runs it outside one.
+        assert!(matches!(
+            pg("ALTER TABLE events DETACH PARTITION events_2030 CONCURRENTLY", &ddl),
+            Err(Denial::Refused(r)) if r.contains("sql::detach_partition(parent, partition, true)")
         ));
     }
 

@@ -547,6 +547,20 @@ impl Host for SqlCapability {
         .await
     }
 
+    async fn attach_partition(
+        &mut self,
+        parent: wit::Relation,
+        partition: wit::Relation,
+        bounds: wit::PartitionBounds,
+    ) -> wasmtime::Result<Result<(), wit::SqlError>> {
+        self.structured(structured::Action::Attach {
+            parent,
+            partition,
+            bounds,
+        })
+        .await
+    }
+
     async fn drop_partition(
         &mut self,
         parent: wit::Relation,

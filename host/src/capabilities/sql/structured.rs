@@ -1,5 +1,5 @@
 //! The `sql` calls that take names instead of SQL text: partition create,
-//! drop and detach, `VACUUM` and `ANALYZE`. PostgreSQL lets only a table's
+//! attach, drop and detach, `VACUUM` and `ANALYZE`. PostgreSQL lets only a table's
 //! owner run these, so the host never runs a task's text for them: it
 //! checks the grant and the names, asks the catalog what the names denote
 //! (is the parent partitioned, is the partition a partition of exactly that
@@ -27,6 +27,11 @@ pub(super) enum Action {
         partition: wit::Relation,
         bounds: wit::PartitionBounds,
     },
+    Attach {
+        parent: wit::Relation,
+        partition: wit::Relation,
+        bounds: wit::PartitionBounds,
+    },
     Drop {
         parent: wit::Relation,
         partition: wit::Relation,
@@ -47,10 +52,13 @@ pub(super) enum Action {
 
 impl Action {
     /// The table whose grant decides (`None`: the whole database, granted
-    /// through `*`) and the verbs it needs.
+    /// through `*`) and the verbs it needs. An attached table needs
+    /// `create_partition` as well, checked once the catalog has resolved it.
     fn grant(&self) -> (Option<&wit::Relation>, Vec<SqlVerb>) {
         match self {
-            Action::Create { parent, .. } => (Some(parent), vec![SqlVerb::CreatePartition]),
+            Action::Create { parent, .. } | Action::Attach { parent, .. } => {
+                (Some(parent), vec![SqlVerb::CreatePartition])
+            }
             Action::Drop { parent, .. } | Action::Detach { parent, .. } => {
                 (Some(parent), vec![SqlVerb::DropPartition])
             }
@@ -96,6 +104,13 @@ impl Action {
                 display(partition),
                 display(parent)
             ),
+            Action::Attach {
+                parent, partition, ..
+            } => format!(
+                "attach-partition `{}` to `{}`",
+                display(partition),
+                display(parent)
+            ),
             Action::Drop { parent, partition } => format!(
                 "drop-partition `{}` of `{}`",
                 display(partition),
@@ -122,6 +137,9 @@ impl Action {
             Action::Create {
                 parent, partition, ..
             }
+            | Action::Attach {
+                parent, partition, ..
+            }
             | Action::Drop { parent, partition }
             | Action::Detach {
                 parent, partition, ..
@@ -136,7 +154,7 @@ impl Action {
             }
             check_name(&format!("the {role}'s name"), &relation.name)?;
         }
-        if let Action::Create { bounds, .. } = self {
+        if let Action::Create { bounds, .. } | Action::Attach { bounds, .. } = self {
             literals(bounds)?;
         }
         Ok(())
@@ -845,6 +863,44 @@ impl Context<'_> {
                     role,
                 })
             }
+            Action::Attach {
+                parent,
+                partition,
+                bounds,
+            } => {
+                let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
+                if let Some(schema) = &partition.schema
+                    && schema != &parent.schema
+                {
+                    return Err(refused(format!(
+                        "a partition is attached in its parent's schema `{}`, not `{schema}`",
+                        parent.schema
+                    )));
+                }
+                let table = self.existing(conn, partition, Some(&parent.schema)).await?;
+                // Its rows become the parent's: the grant must name it too.
+                self.regrant(&table, &[SqlVerb::CreatePartition])?;
+                self.attachable(conn, &parent, &table).await?;
+                let role = self.owner(&parent, "ALTER TABLE … ATTACH PARTITION")?;
+                let literals = literals(bounds).map_err(refused)?;
+                let quoted: Vec<String> = sqlx::query_scalar(
+                    "SELECT ARRAY(SELECT quote_nullable(v)
+                                  FROM unnest($1::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i)",
+                )
+                .bind(literals)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(self.fail())?;
+                Ok(Plan {
+                    statement: format!(
+                        "ALTER TABLE {} ATTACH PARTITION {} {}",
+                        parent.quoted,
+                        table.quoted,
+                        for_values(bounds, &quoted)
+                    ),
+                    role,
+                })
+            }
             Action::Drop { parent, partition } => {
                 let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
                 let partition = self.partition_of(conn, &parent, partition).await?;
@@ -879,6 +935,65 @@ impl Context<'_> {
                 self.maintained(conn, table.as_ref(), "ANALYZE", action)
                     .await
             }
+        }
+    }
+
+    /// Refuses to attach `table` to `parent` unless it is a plain table
+    /// (or a partitioned one) of its own, which the role attaching it as
+    /// the parent's owner also owns.
+    async fn attachable(
+        &self,
+        conn: &mut PgConnection,
+        parent: &Found,
+        table: &Found,
+    ) -> Result<(), Failure> {
+        let (inherits_from, has_children, owner_may): (Option<String>, bool, bool) =
+            sqlx::query_as(
+                "SELECT (SELECT format('%s.%s', n.nspname, c.relname)
+                         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent
+                         JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE i.inhrelid = $1::oid ORDER BY i.inhseqno LIMIT 1),
+                        EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = $1::oid),
+                        pg_has_role($2::text::name, $3::text::name, 'USAGE')",
+            )
+            .bind(table.oid)
+            .bind(&parent.owner)
+            .bind(&table.owner)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(self.fail())?;
+        let why = if table.oid == parent.oid {
+            Some("it is the parent itself".to_owned())
+        } else if !matches!(table.kind.as_str(), "r" | "p") {
+            Some("it is not a table".to_owned())
+        } else if table.is_partition {
+            Some(format!(
+                "it is already a partition of `{}`",
+                inherits_from.unwrap_or_default()
+            ))
+        } else if let Some(other) = inherits_from {
+            Some(format!("it inherits from `{other}`"))
+        } else if has_children && table.kind == "r" {
+            Some("other tables inherit from it".to_owned())
+        } else if !owner_may {
+            Some(format!(
+                "it is owned by role `{}`, and PostgreSQL lets only a role owning both tables attach one to the other; `{}` is owned by `{}`: ALTER TABLE {} OWNER TO {}",
+                table.owner,
+                parent.display(),
+                parent.owner,
+                table.quoted,
+                parent.owner_quoted
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(refused(format!(
+                "`{}` cannot be attached to `{}`: {why}",
+                table.display(),
+                parent.display()
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -1045,7 +1160,10 @@ fn quote_sqlite(name: &str) -> String {
 async fn sqlite(pool: &SqlitePool, action: &Action, dry_run: bool) -> Result<Done, Failure> {
     let mut conn = pool.acquire().await.map_err(super::sqlite::error)?;
     let statements: Vec<String> = match action {
-        Action::Create { .. } | Action::Drop { .. } | Action::Detach { .. } => {
+        Action::Create { .. }
+        | Action::Attach { .. }
+        | Action::Drop { .. }
+        | Action::Detach { .. } => {
             return Err(refused("SQLite has no partitions".into()));
         }
         Action::Vacuum { table: Some(_), .. } => {

@@ -665,6 +665,13 @@ impl Walk<'_> {
         {
             return Err(refused(DETACH_PARTITION_CALL));
         }
+        let attach = AlterTableType::AtAttachPartition as i64;
+        if commands.iter().any(|c| int(c, "subtype") == attach)
+            && !self.grants.allows(&table.key(), SqlVerb::Ddl)
+            && self.grants.allows(&table.key(), SqlVerb::CreatePartition)
+        {
+            return Err(refused(ATTACH_PARTITION_CALL));
+        }
         self.range_var(target, Use::Act(SqlVerb::Ddl), &top)?;
         for cmd in commands {
             let subtype = int(cmd, "subtype");
@@ -680,9 +687,7 @@ impl Walk<'_> {
                 // the other table as well.
                 Some(("PartitionCmd", pc)) => {
                     if flag(pc, "concurrent") {
-                        return Err(refused(
-                            "DETACH PARTITION CONCURRENTLY/FINALIZE cannot run inside the host's transaction",
-                        ));
+                        return Err(refused(DETACH_CONCURRENTLY_CALL));
                     }
                     self.range_var(field(pc, "name"), Use::Act(SqlVerb::Ddl), &top)?;
                     self.rest(pc, &["name"], &top)?;
@@ -815,6 +820,8 @@ pub(super) const CREATE_PARTITION_CALL: &str =
 pub(super) const DROP_PARTITION_CALL: &str = "a partition is dropped with the `drop-partition` call (sql::drop_partition), not as SQL; DROP TABLE needs `ddl` on the table";
 pub(super) const DETACH_PARTITION_CALL: &str =
     "a partition is detached with the `detach-partition` call (sql::detach_partition), not as SQL";
+pub(super) const DETACH_CONCURRENTLY_CALL: &str = "DETACH PARTITION CONCURRENTLY/FINALIZE cannot run inside the host's transaction: use the `detach-partition` call with `concurrently` (sql::detach_partition(parent, partition, true)), which needs `drop_partition` on the parent";
+pub(super) const ATTACH_PARTITION_CALL: &str = "a table is attached as a partition with the `attach-partition` call (sql::attach_partition), not as SQL";
 pub(super) const VACUUM_CALL: &str =
     "VACUUM runs only through the `vacuum` call (sql::vacuum), not as SQL";
 pub(super) const ANALYZE_CALL: &str =
