@@ -10,6 +10,7 @@ mod cli;
 mod compile_cache;
 mod db_tasks;
 mod deploy;
+mod maintenance_sql;
 mod roles;
 mod sandbox;
 mod scheduler;

@@ -418,14 +418,41 @@ pub async fn inspect(
         .zip(&resolved)
         .filter_map(|(t, r)| r.as_ref().map(|r| (r.oid, (t, r))))
         .collect();
+    // The partitions, at any depth, of a `ddl` table the role owns: a
+    // partition the task makes with `create-partition` belongs to the
+    // parent's owner, which is then the task's role. Owning them adds
+    // nothing to owning the parent, whose rows they hold.
+    let mut own_partitions: BTreeSet<i64> = BTreeSet::new();
+    for (table, found) in wanted.tables.iter().zip(&resolved) {
+        if let Some(rel) = found
+            && table.owner
+            && rel.owner == role
+        {
+            let below: Vec<i64> = sqlx::query_scalar(
+                "SELECT relid::oid::int8 FROM pg_partition_tree($1::int8::oid::regclass)
+                 WHERE relid::oid <> $1::int8::oid",
+            )
+            .bind(rel.oid)
+            .fetch_all(&mut *conn)
+            .await?;
+            own_partitions.extend(below);
+        }
+    }
 
     let mut direct: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     let mut extra: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
     for (oid, schema, name, owner, privilege, public) in &held {
         let table_level = privilege.split(' ').next().unwrap_or_default();
         let allowed = match by_oid.get(oid) {
-            Some((table, _)) => table.owner || table.privileges.contains(table_level),
-            None => sequences.contains(oid) && table_level == "USAGE",
+            Some((table, _)) => {
+                table.owner
+                    || table.privileges.contains(table_level)
+                    || own_partitions.contains(oid)
+            }
+            None => {
+                (sequences.contains(oid) && table_level == "USAGE")
+                    || (own_partitions.contains(oid) && !*public)
+            }
         };
         if !*public && !privilege.contains(' ') {
             direct.entry(*oid).or_default().insert(privilege.clone());
@@ -508,10 +535,17 @@ pub async fn inspect(
                 let before = out.steps.len();
                 grant_steps(&mut out, table, rel, &has, owns, &q_role);
                 if out.steps.len() > before {
-                    out.differences.push(format!(
-                        "role `{role}` lacks privileges the grant gives on `{}`",
-                        table.key
-                    ));
+                    out.differences.push(if table.owner && !owns {
+                        format!(
+                            "role `{role}` does not own `{}` (owned by `{}`), which its `ddl` grant needs: PostgreSQL lets only a table's owner change it, and the host never moves ownership on its own",
+                            table.key, rel.owner
+                        )
+                    } else {
+                        format!(
+                            "role `{role}` lacks privileges the grant gives on `{}`",
+                            table.key
+                        )
+                    });
                 }
             }
             None => out.notes.push(missing_table(table)),
