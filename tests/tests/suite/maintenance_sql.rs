@@ -263,7 +263,7 @@ fn denied(r: &RunResult, table: &str, verb: &str) {
     );
 }
 
-const METRICS: &str = "CREATE TABLE metrics (id bigint NOT NULL, device int NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (at)";
+const METRICS: &str = "CREATE TABLE metrics (id bigserial NOT NULL, device int NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (at)";
 
 /// `CREATE TABLE … PARTITION BY` and a partition that is itself
 /// partitioned need `ddl` on every table they name; the task's role then

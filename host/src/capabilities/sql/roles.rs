@@ -418,16 +418,18 @@ pub async fn inspect(
         .zip(&resolved)
         .filter_map(|(t, r)| r.as_ref().map(|r| (r.oid, (t, r))))
         .collect();
-    // The partitions, at any depth, of a `ddl` table the role owns: a
-    // partition the task makes with `create-partition` belongs to the
-    // parent's owner, which is then the task's role. Owning them adds
-    // nothing to owning the parent, whose rows they hold.
-    let mut own_partitions: BTreeSet<i64> = BTreeSet::new();
+    // What comes with a `ddl` table the role owns: its partitions, at any
+    // depth (a partition the task makes with `create-partition` belongs to
+    // the parent's owner, which is then the task's role), and the
+    // sequences of its columns (`serial`, identity), which PostgreSQL gives
+    // the table's owner. Owning them adds nothing to owning the table.
+    let mut comes_with: BTreeSet<i64> = BTreeSet::new();
     for (table, found) in wanted.tables.iter().zip(&resolved) {
         if let Some(rel) = found
             && table.owner
             && rel.owner == role
         {
+            comes_with.extend(rel.sequences.iter().map(|s| s.oid));
             let below: Vec<i64> = sqlx::query_scalar(
                 "SELECT relid::oid::int8 FROM pg_partition_tree($1::int8::oid::regclass)
                  WHERE relid::oid <> $1::int8::oid",
@@ -435,7 +437,7 @@ pub async fn inspect(
             .bind(rel.oid)
             .fetch_all(&mut *conn)
             .await?;
-            own_partitions.extend(below);
+            comes_with.extend(below);
         }
     }
 
@@ -445,13 +447,11 @@ pub async fn inspect(
         let table_level = privilege.split(' ').next().unwrap_or_default();
         let allowed = match by_oid.get(oid) {
             Some((table, _)) => {
-                table.owner
-                    || table.privileges.contains(table_level)
-                    || own_partitions.contains(oid)
+                table.owner || table.privileges.contains(table_level) || comes_with.contains(oid)
             }
             None => {
                 (sequences.contains(oid) && table_level == "USAGE")
-                    || (own_partitions.contains(oid) && !*public)
+                    || (comes_with.contains(oid) && !*public)
             }
         };
         if !*public && !privilege.contains(' ') {
