@@ -176,9 +176,23 @@ impl Db {
         parent: &str,
         config: &[(&str, &str)],
     ) -> RunResult {
+        self.call_dry(false, task, grants, op, parent, config).await
+    }
+
+    /// [`Db::call`], as a dry run when `dry_run`.
+    async fn call_dry(
+        &self,
+        dry_run: bool,
+        task: &str,
+        grants: Grants<'_>,
+        op: &str,
+        parent: &str,
+        config: &[(&str, &str)],
+    ) -> RunResult {
         let mut all = vec![("op", op), ("parent", parent)];
         all.extend_from_slice(config);
-        let request = self.request(task, grants, "sql-partition", "", &all);
+        let mut request = self.request(task, grants, "sql-partition", "", &all);
+        request.dry_run = dry_run;
         runtime()
             .run(&component(&fixture_path("hostile")), request)
             .await
@@ -758,6 +772,26 @@ async fn attach_partition_needs_create_partition_on_both_tables(pool: PgPool) {
         .await;
     stopped(&r, "invalid input syntax for type timestamp with time zone");
     assert!(db.owner_of("events").await.is_some());
+    assert_eq!(db.bound("events_2040").await, None);
+
+    // A dry run attaches and rolls back.
+    let r = db
+        .call_dry(
+            true,
+            "attacher",
+            both,
+            "attach",
+            "events",
+            &attach("events_2040"),
+        )
+        .await;
+    ok(&r);
+    assert!(
+        r.output
+            .contains("sql (dry-run, rolled back): ALTER TABLE public.events ATTACH PARTITION"),
+        "{}",
+        r.output
+    );
     assert_eq!(db.bound("events_2040").await, None);
 
     let r = db
