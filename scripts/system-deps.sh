@@ -7,7 +7,11 @@ set -euo pipefail
 
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
-    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
+    # libclang itself (libclang.so*, libclang-14.so*), not libclang-cpp,
+    # which other packages bring and bindgen cannot use.
+    compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
+        compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null ||
+        compgen -G '/usr/lib/*/libclang.so*' >/dev/null
 }
 
 have_libclang && exit 0
