@@ -273,13 +273,26 @@ pub struct CompileArgs {
     #[arg(long, env = "HOUSEKEEPER_COMPILE_MEMORY", value_name = "HOUSEKEEPER_COMPILE_MEMORY",
           default_value = "4GiB", value_parser = parse_bytes)]
     pub compile_memory: u64,
+    /// The housekeeper binary whose `__compile` worker compiles; unset,
+    /// this program. Not a flag: set by a program that runs the service
+    /// in its own process without being housekeeper (the tests).
+    #[arg(skip)]
+    pub worker: Option<PathBuf>,
 }
 
 impl CompileArgs {
-    /// Compiling in a child process of this binary, within these bounds.
+    /// Compiling in a child process of the housekeeper binary, within these
+    /// bounds.
     pub fn limits(&self) -> anyhow::Result<CompileLimits> {
-        let isolated = Isolated::current_exe(self.compile_timeout, self.compile_memory)
-            .map_err(|e| anyhow::anyhow!("cannot find this program to compile in: {e}"))?;
+        let isolated = match &self.worker {
+            Some(program) => Isolated {
+                program: program.clone(),
+                timeout: self.compile_timeout,
+                memory: self.compile_memory,
+            },
+            None => Isolated::current_exe(self.compile_timeout, self.compile_memory)
+                .map_err(|e| anyhow::anyhow!("cannot find this program to compile in: {e}"))?,
+        };
         Ok(CompileLimits {
             max_size: self.max_component_size,
             isolated: Some(isolated),

@@ -47,7 +47,14 @@ async fn serve(args: housekeeper::config::ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_LOAD_ERROR);
         }
     };
-    match housekeeper::server::run(args, listener, shutdown_signal()).await {
+    let reloads = match hangups() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot install the SIGHUP handler: {e}");
+            return ExitCode::from(EXIT_LOAD_ERROR);
+        }
+    };
+    match housekeeper::server::run(args, listener, shutdown_signal(), reloads).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -66,6 +73,19 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// One reload request per SIGHUP.
+fn hangups() -> std::io::Result<impl futures_util::Stream<Item = ()>> {
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(futures_util::stream::unfold(
+        hangup,
+        |mut hangup| async move {
+            hangup.recv().await?;
+            tracing::info!("SIGHUP: rescanning the tasks directory");
+            Some(((), hangup))
+        },
+    ))
 }
 
 /// `LOG_LEVEL` (a level or a tracing filter), `LOG_FORMAT` = pretty | json.

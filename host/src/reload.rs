@@ -39,7 +39,8 @@ pub enum RescanCause {
     File,
     /// The watcher lost events (queue overflow) or reported an error.
     Overflow,
-    /// SIGHUP.
+    /// A reload request from the process running the service: SIGHUP
+    /// (`main.rs`).
     Signal,
     /// `POST /api/housekeeper/reload`.
     Api,

@@ -1,5 +1,7 @@
 //! `housekeeper serve`: loads the tasks directory, opens the store, runs the
 //! scheduler and serves HTTP until the shutdown future resolves, then drains.
+//! It takes its listener, shutdown and reload requests from the caller
+//! (`main.rs` turns signals into them), so it runs the same in a test.
 
 use crate::api::{self, AppState};
 use crate::capabilities::filesystem;
@@ -10,6 +12,7 @@ use crate::reload::{Reloader, RescanCause};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::scheduler::clock::SystemClock;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use futures_util::{Stream, StreamExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,11 +20,14 @@ use tokio::net::TcpListener;
 
 /// Runs the service on `listener` until `shutdown` resolves; then stops
 /// scheduling, waits for running tasks up to the grace period, interrupts
-/// the rest, and returns.
+/// the rest, and returns. Each item of `reloads` rescans the tasks
+/// directory (`main` sends one on SIGHUP); the service installs no signal
+/// handler of its own.
 pub async fn run(
     args: ServeArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = args.db.open().await?;
     tracing::info!(
@@ -110,13 +116,15 @@ pub async fn run(
     {
         let reloader = reloader.clone();
         let stop = stop_watching.clone();
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
+            let mut reloads = std::pin::pin!(reloads);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = hangup.recv() => {
-                        tracing::info!("SIGHUP: rescanning the tasks directory");
+                    request = reloads.next() => {
+                        if request.is_none() {
+                            return;
+                        }
                         if let Err(e) = reloader.reload(RescanCause::Signal).await {
                             tracing::error!(error = %format!("{e:#}"), "reload failed");
                         }
