@@ -1,11 +1,14 @@
 //! Helpers for the end-to-end tests: where the built components and the
-//! binary are, and one shared runtime with each component compiled once per
-//! test process.
+//! binary are, one shared runtime with each component compiled once per
+//! test process, and the service run in this process ([`Server`]) or as
+//! the real binary ([`listening_port`]).
 
+use housekeeper::config::{CompileArgs, DbArgs, ServeArgs};
 use housekeeper::runtime::{Runtime, RuntimeOptions, TaskComponent};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The workspace's target directory (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {
@@ -174,6 +177,234 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `serve`'s configuration for a test: tasks from `tasks`, the embedded
+/// SQLite store in `data`, replica `test-replica`, every other value its
+/// default, compile workers from the built binary. Built here rather than by
+/// clap, which would read the test process's environment (`DATABASE_URL`).
+pub fn serve_args(tasks: &Path, data: &Path) -> ServeArgs {
+    use housekeeper::runtime::compile;
+    ServeArgs {
+        host: "127.0.0.1".into(),
+        port: 0,
+        tasks_dir: tasks.to_owned(),
+        enabled: true,
+        timezone: chrono_tz::Etc::UTC,
+        max_concurrent_runs: 4,
+        shutdown_grace: Duration::from_secs(30),
+        api_token: None,
+        db: DbArgs {
+            database_url: Some(format!("sqlite:{}", data.join("housekeeper.db").display())),
+            db_host: None,
+            db_port: 5432,
+            db_name: "postgres".into(),
+            db_user: "postgres".into(),
+            db_password: None,
+            db_pool_max: 10,
+            db_connect_timeout: 10_000,
+            data_dir: data.to_owned(),
+            db_config: None,
+            sql_max_rows: 100_000,
+            sql_call_timeout: Duration::from_secs(15 * 60),
+            sql_max_statement: 256 << 10,
+            replica: Some("test-replica".into()),
+            adopt_timezone: None,
+        },
+        compile: CompileArgs {
+            max_component_size: compile::DEFAULT_MAX_SIZE,
+            compile_timeout: compile::DEFAULT_TIMEOUT,
+            compile_memory: compile::DEFAULT_MEMORY,
+            worker: Some(binary()),
+        },
+    }
+}
+
+/// The service run in this process by `server::run`, on a listener bound to
+/// `127.0.0.1:0` (no port is picked in advance that another process could
+/// take). It runs on a tokio runtime of its own thread, so a test may block
+/// on it; dropping the handle, or [`Server::stop`], resolves its shutdown
+/// future and waits for it to drain and return.
+pub struct Server {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    /// Starts the service and waits until `/ready` says it is (store open,
+    /// tasks loaded); panics with its error if it stops first.
+    pub fn start(args: ServeArgs) -> Server {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let shutdown = async move {
+                    // A dropped sender stops the service too.
+                    let _ = stopped.await;
+                };
+                let no_reloads = futures_util::stream::pending();
+                housekeeper::server::run(args, listener, shutdown, no_reloads).await
+            });
+            // As `main` does: a compile still under way does not hold the end.
+            runtime.shutdown_background();
+            result
+        });
+        let mut server = Server {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        wait_until("the service to be ready", Duration::from_secs(60), || {
+            if server.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = server.thread.take().unwrap().join().unwrap();
+                panic!("serve stopped before it was ready: {result:?}");
+            }
+            http(port, "GET", "/ready", None).is_some_and(|(status, _)| status == 200)
+        });
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Shuts the service down as SIGTERM would (no new runs, running ones
+    /// get the grace period) and returns what `server::run` returned.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_and_wait()
+    }
+
+    fn stop_and_wait(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the service's thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_wait();
+    }
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port` (with a bearer `token`, if
+/// any): the status and body, or `None` when nothing answers.
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    request(port, method, path, token, None)
+}
+
+/// [`http`] with a JSON body.
+pub fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Option<(u16, String)> {
+    request(port, method, path, token, Some(body))
+}
+
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut headers = String::new();
+    if let Some(t) = token {
+        headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if body.is_some() {
+        headers.push_str("Content-Type: application/json\r\n");
+    }
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `condition` every 50 ms until it holds; fails after `bound`.
+pub fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The port a `housekeeper serve` process started with `PORT=0` listens on,
+/// read from the `listening` line of its log (`log`, where its stderr goes,
+/// from byte `from`: what earlier processes wrote there is skipped); panics
+/// with the log if the process exits first.
+pub fn listening_port(child: &mut std::process::Child, log: &Path, from: usize) -> u16 {
+    let mut port = None;
+    wait_until("the service to listen", Duration::from_secs(60), || {
+        let text = std::fs::read(log).unwrap_or_default();
+        let text = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
+        port = text
+            .lines()
+            .map(strip_ansi)
+            .filter(|line| line.contains("listening"))
+            .find_map(|line| {
+                let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+                address.parse::<std::net::SocketAddr>().ok()
+            })
+            .map(|address| address.port());
+        if port.is_none()
+            && let Some(status) = child.try_wait().unwrap()
+        {
+            panic!("serve exited with {status}: {text}");
+        }
+        port.is_some()
+    });
+    port.unwrap()
+}
+
+/// `line` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The `p` quantile of sorted samples (benchmarks).
