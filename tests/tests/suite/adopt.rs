@@ -17,8 +17,6 @@ use housekeeper_tests::{binary, fixture_path};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
@@ -1108,25 +1106,23 @@ impl Drop for Service {
 
 impl Service {
     fn start(url: &str, dir: &Path, env: &[(&str, &str)]) -> (Service, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let log_path = dir.join("serve.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("serve.log"))
+            .open(&log_path)
             .unwrap();
+        let from = log.metadata().unwrap().len() as usize;
         let mut cmd = housekeeper(url, dir);
         cmd.arg("serve")
             .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
+            .env("PORT", "0")
             .env("HOUSEKEEPER_ENABLED", "false")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         let mut service = Service(cmd.spawn().unwrap());
+        let port = housekeeper_tests::listening_port(&mut service.0, &log_path, from);
         let deadline = Instant::now() + std::time::Duration::from_secs(120);
         loop {
             if let Some(status) = service.0.try_wait().unwrap() {
@@ -1150,17 +1146,8 @@ impl Service {
 }
 
 fn http(port: u16, method: &str, path: &str) -> Option<(u16, Value)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let (status, body) = housekeeper_tests::http(port, method, path, None)?;
+    Some((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 fn get(port: u16, path: &str) -> Value {

@@ -233,18 +233,13 @@ async fn serve_runs_database_tasks_on_named_connections(pool: PgPool) {
     )
     .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log = std::fs::File::create(data.path().join("serve.log")).unwrap();
     let child = Command::new(binary())
         .arg("serve")
         .env_remove("DATABASE_URL")
         .env_remove("DB_HOST")
         .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+        .env("PORT", "0")
         .env("HOUSEKEEPER_TASKS_DIR", dir.path())
         .env("HOUSEKEEPER_DATA_DIR", data.path())
         .env("HOUSEKEEPER_DB_APP_URL", &url)
