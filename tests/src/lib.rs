@@ -3,7 +3,7 @@
 //! test process, and the service run in this process ([`Server`]) or as
 //! the real binary ([`listening_port`]).
 
-use housekeeper::config::{CompileArgs, DbArgs, ServeArgs};
+use housekeeper::config::ServeArgs;
 use housekeeper::runtime::{Runtime, RuntimeOptions, TaskComponent};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -180,44 +180,25 @@ impl Drop for KillOnDrop {
 }
 
 /// `serve`'s configuration for a test: tasks from `tasks`, the embedded
-/// SQLite store in `data`, replica `test-replica`, every other value its
-/// default, compile workers from the built binary. Built here rather than by
-/// clap, which would read the test process's environment (`DATABASE_URL`).
+/// SQLite store in `data`, replica `test-replica`, compile workers from the
+/// built binary, every other value `serve`'s default. The defaults are
+/// clap's with the environment left out: the test process's own
+/// (`DATABASE_URL`, say) is not the service's.
 pub fn serve_args(tasks: &Path, data: &Path) -> ServeArgs {
-    use housekeeper::runtime::compile;
-    ServeArgs {
-        host: "127.0.0.1".into(),
-        port: 0,
-        tasks_dir: tasks.to_owned(),
-        enabled: true,
-        timezone: chrono_tz::Etc::UTC,
-        max_concurrent_runs: 4,
-        shutdown_grace: Duration::from_secs(30),
-        api_token: None,
-        db: DbArgs {
-            database_url: Some(format!("sqlite:{}", data.join("housekeeper.db").display())),
-            db_host: None,
-            db_port: 5432,
-            db_name: "postgres".into(),
-            db_user: "postgres".into(),
-            db_password: None,
-            db_pool_max: 10,
-            db_connect_timeout: 10_000,
-            data_dir: data.to_owned(),
-            db_config: None,
-            sql_max_rows: 100_000,
-            sql_call_timeout: Duration::from_secs(15 * 60),
-            sql_max_statement: 256 << 10,
-            replica: Some("test-replica".into()),
-            adopt_timezone: None,
-        },
-        compile: CompileArgs {
-            max_component_size: compile::DEFAULT_MAX_SIZE,
-            compile_timeout: compile::DEFAULT_TIMEOUT,
-            compile_memory: compile::DEFAULT_MEMORY,
-            worker: Some(binary()),
-        },
-    }
+    use clap::{Args, FromArgMatches};
+    let command =
+        ServeArgs::augment_args(clap::Command::new("serve")).mut_args(|a| a.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(["serve"])
+        .expect("serve's defaults parse");
+    let mut args = ServeArgs::from_arg_matches(&matches).expect("serve's defaults parse");
+    args.host = "127.0.0.1".into();
+    args.tasks_dir = tasks.to_owned();
+    args.db.database_url = Some(format!("sqlite:{}", data.join("housekeeper.db").display()));
+    args.db.data_dir = data.to_owned();
+    args.db.replica = Some("test-replica".into());
+    args.compile.worker = Some(binary());
+    args
 }
 
 /// The service run in this process by `server::run`, on a listener bound to
