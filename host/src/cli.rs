@@ -3,11 +3,12 @@
 
 use crate::catalog::{Catalog, TaskEntry};
 use crate::config::{CompileArgs, DbArgs, ServeArgs};
+use crate::manifest::Overlap;
 use crate::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use crate::runtime::{RunRequest, Runtime, RuntimeOptions, TaskComponent};
 use crate::schedule::next_fire;
 use crate::store::adopt::{Finding, Plan};
-use crate::store::{NewRun, Store, is_postgres};
+use crate::store::{Claim, NewRun, Store, is_postgres};
 use crate::terminal::{escape, escape_lines};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -300,20 +301,60 @@ async fn run(args: RunArgs) -> ExitCode {
             scheduled_for: None,
             dry_run: args.dry_run,
             component_hash: Some(component.hash()),
+            exclusive: task.manifest.overlap != Overlap::Allow,
+            attempt: 0,
         };
         match store.begin_run(&new).await {
-            Ok(id) => record = id,
+            Ok(Claim::Won(lease)) => record = Some(lease),
+            Ok(Claim::Busy(holder)) => {
+                eprintln!(
+                    "skipped: {} is running (run {} on replica {}) and its overlap policy is {}",
+                    escape(task.name()),
+                    holder.run_id,
+                    escape(&holder.replica),
+                    format!("{:?}", task.manifest.overlap).to_lowercase()
+                );
+                return ExitCode::from(exit_code(RunStatus::Skipped));
+            }
+            Ok(other) => eprintln!("warning: not recording this run: {other:?}"),
             Err(e) => eprintln!("warning: not recording this run: {e:#}"),
         }
     }
-    let run_id = record.map(|id| id.to_string()).unwrap_or_else(new_run_id);
+    let run_id = record
+        .map(|lease| lease.run_id.to_string())
+        .unwrap_or_else(new_run_id);
     let mut request = RunRequest::from_manifest(&task.manifest, run_id, Trigger::Cli);
     request.dry_run = args.dry_run;
     request.config.extend(args.config);
+    // The lease is renewed while the run goes on, as `serve` does, so that
+    // no replica takes this run for a dead one.
+    let renew = match (&store, record) {
+        (Some(store), Some(lease)) => {
+            let store = store.clone();
+            Some(tokio::spawn(async move {
+                let mut every = tokio::time::interval(store.lease_length() / 3);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(e) = store.heartbeat(lease).await {
+                        eprintln!("warning: cannot renew the run's lease: {e:#}");
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
     let result = runtime.run(&component, request).await;
-    if let (Some(store), Some(id)) = (&store, record) {
-        if let Err(e) = store.finish_run(id, &result).await {
-            eprintln!("warning: the run's result was not recorded: {e:#}");
+    if let Some(renew) = renew {
+        renew.abort();
+    }
+    if let (Some(store), Some(lease)) = (&store, record) {
+        match store.finish_run(lease, &result).await {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "warning: the run's result was not recorded: its lease expired and the run was recorded interrupted"
+            ),
+            Err(e) => eprintln!("warning: the run's result was not recorded: {e:#}"),
         }
         let history = &task.manifest.history;
         let _ = store

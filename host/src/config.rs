@@ -85,8 +85,14 @@ pub struct DbArgs {
           default_value = "256KiB", value_parser = parse_statement_size)]
     pub sql_max_statement: u64,
     /// Name of this process in the run history (default: the host name).
+    /// Each replica sharing a database needs its own.
     #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
     pub replica: Option<String>,
+    /// How long a running run's lease lasts unless its replica renews it
+    /// (every third of it): how soon another replica notices a dead one.
+    #[arg(long, env = "HOUSEKEEPER_LEASE", value_name = "HOUSEKEEPER_LEASE",
+          default_value = "15s", value_parser = parse_lease)]
+    pub lease: Duration,
     /// Time zone the reference service wrote its `TIMESTAMP` values in, read
     /// once when its tables are taken over (IANA); default: the `TIMEZONE`
     /// variable, else Etc/UTC.
@@ -187,6 +193,7 @@ impl DbArgs {
         StoreOptions {
             pool_max: self.db_pool_max,
             acquire_timeout: Duration::from_millis(self.db_connect_timeout),
+            lease: self.lease,
         }
     }
 
@@ -231,6 +238,15 @@ fn parse_tz(text: &str) -> Result<Tz, String> {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; use e.g. \"30s\" or \"2m\""))
+}
+
+/// A lease: 3 s to 10 min (renewed every third of it).
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d < Duration::from_secs(3) => Err("must be at least 3s".into()),
+        d if d > Duration::from_secs(600) => Err("must be at most 10m".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -372,6 +388,7 @@ mod tests {
             sql_call_timeout: Duration::from_secs(900),
             sql_max_statement: 256 << 10,
             replica: None,
+            lease: Duration::from_secs(15),
             adopt_timezone: None,
         }
     }

@@ -1,5 +1,6 @@
 //! Prometheus metrics: runs by task and status, run durations, fuel, last
-//! success, running runs, load errors and rescans of the tasks directory.
+//! success, running runs, load errors, rescans of the tasks directory and
+//! the replica's clock offset from the database.
 
 use crate::model::RunStatus;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,6 +36,7 @@ pub struct Metrics {
     running: Family<TaskLabel, Gauge>,
     load_errors: Gauge,
     rescans: Family<CauseLabel, Counter>,
+    clock_offset: Gauge<f64, AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,8 +79,14 @@ impl Default for Metrics {
         let rescans = Family::<CauseLabel, Counter>::default();
         registry.register(
             "task_rescans",
-            "Rescans of the tasks directory by cause (startup, file, overflow, signal, api, compiled)",
+            "Rescans of the tasks directory by cause (startup, file, overflow, signal, api, cluster, compiled)",
             rescans.clone(),
+        );
+        let clock_offset = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "clock_offset_seconds",
+            "How far this replica's clock is ahead of the database's (negative: behind)",
+            clock_offset.clone(),
         );
         Metrics {
             registry: Arc::new(registry),
@@ -89,6 +97,7 @@ impl Default for Metrics {
             running,
             load_errors,
             rescans,
+            clock_offset,
         }
     }
 }
@@ -100,6 +109,11 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// This replica's clock minus the database's.
+    pub fn set_clock_offset(&self, seconds: f64) {
+        self.clock_offset.set(seconds);
+    }
+
     pub fn run_finished(
         &self,
         task: &str,

@@ -44,6 +44,9 @@ pub enum RescanCause {
     Signal,
     /// `POST /api/housekeeper/reload`.
     Api,
+    /// `POST /api/housekeeper/reload` on another replica sharing the
+    /// database.
+    Cluster,
     /// Components that were still compiling when an earlier rescan stopped
     /// waiting for them are done.
     Compiled,
@@ -57,6 +60,7 @@ impl RescanCause {
             RescanCause::Overflow => "overflow",
             RescanCause::Signal => "signal",
             RescanCause::Api => "api",
+            RescanCause::Cluster => "cluster",
             RescanCause::Compiled => "compiled",
         }
     }

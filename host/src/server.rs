@@ -10,7 +10,7 @@ use crate::loader::LoadErrors;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, RescanCause};
 use crate::runtime::{Runtime, RuntimeOptions};
-use crate::scheduler::clock::SystemClock;
+use crate::scheduler::clock::DatabaseClock;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use futures_util::{Stream, StreamExt};
 use std::future::Future;
@@ -30,6 +30,7 @@ pub async fn run(
     reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = args.db.open().await?;
+    let _single = crate::store::lock_single_replica(&args.db.url())?;
     tracing::info!(
         database = store.backend_name(),
         replica = store.replica(),
@@ -77,13 +78,14 @@ pub async fn run(
     let scheduler = Scheduler::new(
         Arc::new(runtime),
         store.clone(),
-        Arc::new(SystemClock),
+        Arc::new(DatabaseClock::default()),
         SchedulerConfig {
             max_concurrent_runs: args.max_concurrent_runs as usize,
             enabled: args.enabled,
             default_timezone: args.timezone,
             run_handle: Some(guests.handle().clone()),
             metrics: Some(metrics.clone()),
+            heartbeat_interval: store.lease_length() / 3,
             ..SchedulerConfig::default()
         },
     );
@@ -130,6 +132,32 @@ pub async fn run(
                         }
                     }
                 }
+            }
+        });
+    }
+
+    // A reload asked of any replica sharing the database reaches this one
+    // within a heartbeat.
+    {
+        let (reloader, store) = (reloader.clone(), store.clone());
+        let stop = stop_watching.clone();
+        tokio::spawn(async move {
+            let mut seen = store.reload_generation().await.ok();
+            let mut every = tokio::time::interval(store.lease_length() / 3);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let Ok(generation) = store.reload_generation().await else {
+                    continue;
+                };
+                if seen.is_some_and(|s| s != generation) && reloader.loaded() {
+                    if let Err(e) = reloader.reload(RescanCause::Cluster).await {
+                        tracing::error!(error = %format!("{e:#}"), "reload failed");
+                    }
+                }
+                seen = Some(generation);
             }
         });
     }

@@ -676,16 +676,31 @@ async fn cancel_run(
             run.status
         )));
     }
-    if !state.scheduler.cancel(id) {
-        return Err(ApiError::Conflict(format!(
-            "run {id} is not running in this process (replica {})",
-            run.replica
-        )));
-    }
+    let message = if state.scheduler.cancel(id) {
+        format!("run {id} is being cancelled")
+    } else {
+        // Another replica runs it: it sees the request at its next
+        // heartbeat.
+        match state
+            .store
+            .request_cancel(id, "cancelled on request")
+            .await?
+        {
+            Some(replica) => format!(
+                "run {id} is being cancelled by replica {replica}, which stops it within a heartbeat"
+            ),
+            None => {
+                return Err(ApiError::Conflict(format!(
+                    "run {id} is not running on any live replica (last on {})",
+                    run.replica
+                )));
+            }
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(Cancelled {
-            message: format!("run {id} is being cancelled"),
+            message,
             run_id: id,
         }),
     ))
@@ -732,6 +747,19 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
                 error: error.clone(),
             })
             .collect(),
+        replicas: state
+            .store
+            .replicas(state.store.lease_length())
+            .await?
+            .into_iter()
+            .map(|r| ReplicaView {
+                replica: r.replica,
+                started_at: r.started_at,
+                heartbeat_at: r.heartbeat_at,
+                clock_offset_ms: r.clock_offset_ms,
+                version: r.version,
+            })
+            .collect(),
     }))
 }
 
@@ -776,6 +804,11 @@ async fn reload(
             "this service has no tasks directory to reload".into(),
         ));
     };
+    // Every other replica rescans its own tasks directory when it sees the
+    // request, within a heartbeat.
+    if let Err(e) = state.store.request_reload().await {
+        tracing::warn!(error = %e, "cannot ask the other replicas to reload");
+    }
     Ok(Json(
         reloader.reload(crate::reload::RescanCause::Api).await?,
     ))

@@ -282,4 +282,21 @@ pub struct Status {
     pub last_errors: Vec<LastError>,
     #[serde(rename = "loadErrors")]
     pub load_errors: Vec<LoadErrorView>,
+    /// The replicas sharing this database that reported within three
+    /// heartbeats, this one included.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// A live replica.
+#[derive(Serialize, ToSchema)]
+pub struct ReplicaView {
+    pub replica: String,
+    #[serde(rename = "startedAt")]
+    pub started_at: DateTime<Utc>,
+    #[serde(rename = "heartbeatAt")]
+    pub heartbeat_at: DateTime<Utc>,
+    /// Its clock minus the database's, in milliseconds.
+    #[serde(rename = "clockOffsetMs")]
+    pub clock_offset_ms: i64,
+    pub version: String,
 }

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
+
+    /// Told how far this process's clock is ahead of the database's; a
+    /// clock that follows the database's takes it off.
+    fn correct(&self, _ahead: chrono::Duration) {}
 }
 
 /// The system's wall clock.
@@ -14,6 +18,28 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+}
+
+/// The system's wall clock set to the database's: with several replicas
+/// the database's clock decides when an occurrence is due, so a replica
+/// whose clock is off still fires on time.
+#[derive(Default)]
+pub struct DatabaseClock {
+    ahead_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Clock for DatabaseClock {
+    fn now(&self) -> DateTime<Utc> {
+        let ahead = self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Utc::now() - chrono::Duration::milliseconds(ahead)
+    }
+
+    fn correct(&self, ahead: chrono::Duration) {
+        self.ahead_ms.store(
+            ahead.num_milliseconds(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

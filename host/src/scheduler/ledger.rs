@@ -4,7 +4,7 @@
 //! query waits on real time while tokio's clock is stopped.
 
 use crate::model::{RunResult, RunStatus, Trigger};
-use crate::store::{NewRun, Store, TaskSettings};
+use crate::store::{Claim, Lease, NewRun, Reaped, Renewal, Store, TaskSettings};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
@@ -26,18 +26,43 @@ pub trait Ledger: Send + Sync + 'static {
     /// When `task` last succeeded.
     async fn last_success(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>>;
 
-    /// Records a run as `running`; `None` when its scheduled occurrence is
-    /// already recorded.
-    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>>;
+    /// Claims a run: recorded `running` under a lease, unless its
+    /// occurrence is already recorded or the task's exclusive lease is held.
+    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim>;
 
-    /// Marks a running row alive.
-    async fn heartbeat(&self, id: i64) -> anyhow::Result<()>;
+    /// Renews a run's lease; says whether it is still held and whether a
+    /// cancel was asked for.
+    async fn heartbeat(&self, lease: Lease) -> anyhow::Result<Renewal>;
 
-    /// Records how run `id` ended, with the runtime's result.
-    async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()>;
+    /// Records how a run ended, with the runtime's result; `false` when
+    /// its lease was lost and nothing was written.
+    async fn finish_run(&self, lease: Lease, result: &RunResult) -> anyhow::Result<bool>;
 
-    /// Ends run `id` without a result from the runtime.
-    async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()>;
+    /// Ends a run without a result from the runtime; `false` when its lease
+    /// was lost.
+    async fn end_run(&self, lease: Lease, status: RunStatus, reason: &str) -> anyhow::Result<bool>;
+
+    /// Records the runs whose leases expired as `interrupted`; returns the
+    /// ones this call reaped.
+    async fn reap(&self) -> anyhow::Result<Vec<Reaped>>;
+
+    /// Asks the run holding `task`'s exclusive lease, on any replica, to
+    /// stop.
+    async fn request_cancel_task(&self, task: &str, reason: &str) -> anyhow::Result<()>;
+
+    /// Asks for run `run_id` to stop wherever it runs; the replica running
+    /// it, or `None` if it holds no lease.
+    async fn request_cancel(&self, run_id: i64, reason: &str) -> anyhow::Result<Option<String>>;
+
+    /// The database's clock.
+    async fn db_now(&self) -> anyhow::Result<DateTime<Utc>>;
+
+    /// Records that this replica is alive, with its clock's offset.
+    async fn replica_heartbeat(
+        &self,
+        started_at: DateTime<Utc>,
+        clock_offset_ms: i64,
+    ) -> anyhow::Result<()>;
 
     /// Records a fire that was not run; `None` when its scheduled
     /// occurrence is already recorded.
@@ -78,20 +103,44 @@ impl Ledger for Store {
             .and_then(|s| s.last_success_at))
     }
 
-    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
+    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim> {
         Store::begin_run(self, run).await
     }
 
-    async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
-        Store::heartbeat(self, id).await
+    async fn heartbeat(&self, lease: Lease) -> anyhow::Result<Renewal> {
+        Store::heartbeat(self, lease).await
     }
 
-    async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
-        Store::finish_run(self, id, result).await
+    async fn finish_run(&self, lease: Lease, result: &RunResult) -> anyhow::Result<bool> {
+        Store::finish_run(self, lease, result).await
     }
 
-    async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
-        Store::end_run(self, id, status, reason).await
+    async fn end_run(&self, lease: Lease, status: RunStatus, reason: &str) -> anyhow::Result<bool> {
+        Store::end_run(self, lease, status, reason).await
+    }
+
+    async fn reap(&self) -> anyhow::Result<Vec<Reaped>> {
+        Store::reap(self).await
+    }
+
+    async fn request_cancel_task(&self, task: &str, reason: &str) -> anyhow::Result<()> {
+        Store::request_cancel_task(self, task, reason).await
+    }
+
+    async fn request_cancel(&self, run_id: i64, reason: &str) -> anyhow::Result<Option<String>> {
+        Store::request_cancel(self, run_id, reason).await
+    }
+
+    async fn db_now(&self) -> anyhow::Result<DateTime<Utc>> {
+        Store::db_now(self).await
+    }
+
+    async fn replica_heartbeat(
+        &self,
+        started_at: DateTime<Utc>,
+        clock_offset_ms: i64,
+    ) -> anyhow::Result<()> {
+        Store::replica_heartbeat(self, started_at, env!("CARGO_PKG_VERSION"), clock_offset_ms).await
     }
 
     async fn record_skipped(

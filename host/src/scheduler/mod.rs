@@ -6,6 +6,7 @@
 //! `Runtime::run`.
 
 pub mod clock;
+mod cluster;
 mod ledger;
 mod run;
 
@@ -54,7 +55,7 @@ impl Default for SchedulerConfig {
             max_concurrent_runs: 4,
             enabled: true,
             default_timezone: chrono_tz::UTC,
-            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(5),
             run_handle: None,
             metrics: None,
             stuck_after: Duration::from_secs(10),
@@ -231,6 +232,7 @@ impl Scheduler {
         if !orphans.is_empty() {
             tracing::warn!(runs = ?orphans, "marked runs left by a previous process as interrupted");
         }
+        self.inner.start_cluster_loop().await;
         if !self.inner.config.enabled {
             tracing::warn!(
                 "scheduling is disabled (HOUSEKEEPER_ENABLED=false): tasks run only when triggered"
@@ -260,7 +262,7 @@ impl Scheduler {
                 self.inner.loops.spawn(async move {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {
-                            inner.fire(&task, Fire { trigger: Trigger::Startup, scheduled_for: None, dry_run: false });
+                            inner.fire(&task, Fire { trigger: Trigger::Startup, attempt: 0, scheduled_for: None, dry_run: false });
                         }
                         _ = inner.stop.cancelled() => {}
                     }
@@ -362,6 +364,7 @@ impl Scheduler {
             name,
             Fire {
                 trigger: Trigger::Manual,
+                attempt: 0,
                 scheduled_for: None,
                 dry_run,
             },
@@ -386,6 +389,7 @@ impl Scheduler {
                 name,
                 Fire {
                     trigger: Trigger::Manual,
+                    attempt: 0,
                     scheduled_for: None,
                     dry_run,
                 },
@@ -622,6 +626,7 @@ impl Inner {
                     &name,
                     Fire {
                         trigger: Trigger::Schedule,
+                        attempt: 0,
                         scheduled_for: Some(next),
                         dry_run: false,
                     },
@@ -651,6 +656,7 @@ impl Inner {
                     name,
                     Fire {
                         trigger: Trigger::Schedule,
+                        attempt: 0,
                         scheduled_for: Some(missed),
                         dry_run: false,
                     },

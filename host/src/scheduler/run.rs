@@ -6,7 +6,7 @@ use super::{FireOutcome, Inner, Slot, TaskDef};
 use crate::manifest::Overlap;
 use crate::model::{RunResult, RunStatus, Trigger};
 use crate::runtime::{RunRequest, Runtime, TaskComponent};
-use crate::store::NewRun;
+use crate::store::{Claim, Lease, NewRun, Renewal};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -68,6 +68,8 @@ pub(super) struct Active {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Fire {
     pub(super) trigger: Trigger,
+    /// 0 for a first run; a retry of a reaped run starts further on.
+    pub(super) attempt: u32,
     pub(super) scheduled_for: Option<DateTime<Utc>>,
     pub(super) dry_run: bool,
 }
@@ -188,27 +190,15 @@ impl Inner {
             }
         };
         let mut trigger = fire.trigger;
-        let mut attempt = 0u32;
+        let mut attempt = fire.attempt;
         loop {
-            let status = self.attempt(name, def, fire, trigger, active).await;
-            let retryable = matches!(
-                status,
-                Some(
-                    RunStatus::Error
-                        | RunStatus::Trapped
-                        | RunStatus::Timeout
-                        | RunStatus::OutOfFuel
-                        | RunStatus::OutOfMemory
-                )
-            );
-            if !retryable || attempt >= def.manifest.retries.max {
+            let status = self
+                .attempt(name, def, fire, trigger, attempt, active)
+                .await;
+            if !status.is_some_and(retryable) || attempt >= def.manifest.retries.max {
                 break;
             }
-            let backoff = def
-                .manifest
-                .retries
-                .backoff
-                .saturating_mul(1u32 << attempt.min(16));
+            let backoff = retry_backoff(def, attempt);
             tracing::info!(
                 task = name,
                 attempt = attempt + 1,
@@ -233,6 +223,66 @@ impl Inner {
         }
     }
 
+    /// Claims the run in the ledger, applying the overlap policy against
+    /// runs on other replicas. `None` if this replica is not to run it.
+    async fn claim(
+        self: &Arc<Self>,
+        name: &str,
+        def: &TaskDef,
+        new: &NewRun<'_>,
+        active: &Active,
+    ) -> Option<Lease> {
+        let mut asked_to_stop = false;
+        loop {
+            let wait = match self.ledger.begin_run(new).await {
+                Ok(Claim::Won(lease)) => return Some(lease),
+                Ok(Claim::Recorded) => {
+                    tracing::debug!(task = name, "already recorded; not running it again");
+                    return None;
+                }
+                Ok(Claim::Early(db_now)) => {
+                    let at = new.scheduled_for.unwrap_or(db_now);
+                    (at - db_now).to_std().unwrap_or_default()
+                }
+                Ok(Claim::Busy(holder)) => match def.manifest.overlap {
+                    Overlap::Skip | Overlap::Allow => {
+                        let why = format!(
+                            "the previous run is still running on replica {} (overlap = skip)",
+                            holder.replica
+                        );
+                        tracing::info!(task = name, reason = why, "fire skipped");
+                        if let Err(e) = self
+                            .ledger
+                            .record_skipped(name, new.triggered_by, new.scheduled_for, &why)
+                            .await
+                        {
+                            tracing::error!(task = name, error = %e, "cannot record a skipped fire");
+                        }
+                        self.changed();
+                        return None;
+                    }
+                    Overlap::Replace if !asked_to_stop => {
+                        asked_to_stop = true;
+                        let why = "replaced by a newer run (overlap = replace)";
+                        if let Err(e) = self.ledger.request_cancel_task(name, why).await {
+                            tracing::warn!(task = name, error = %e, "cannot ask the running run to stop");
+                        }
+                        CLAIM_RETRY
+                    }
+                    Overlap::Replace | Overlap::Queue => CLAIM_RETRY,
+                },
+                Err(e) => {
+                    tracing::error!(task = name, error = %format!("{e:#}"), "cannot record the start of a run; not running it");
+                    return None;
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = active.cancel.cancelled() => return None,
+            }
+        }
+    }
+
     /// One run, recorded. `None` if nothing ran.
     async fn attempt(
         self: &Arc<Self>,
@@ -240,6 +290,7 @@ impl Inner {
         def: &TaskDef,
         fire: Fire,
         trigger: Trigger,
+        attempt: u32,
         active: &Active,
     ) -> Option<RunStatus> {
         let new = NewRun {
@@ -248,32 +299,20 @@ impl Inner {
             scheduled_for: fire.scheduled_for,
             dry_run: fire.dry_run,
             component_hash: Some(def.component.hash()),
+            exclusive: def.manifest.overlap != Overlap::Allow,
+            attempt,
         };
-        let id = match self.ledger.begin_run(&new).await {
-            Ok(Some(id)) => {
-                *active.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-                if let Some(tx) = active
-                    .notify
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
-                    let _ = tx.send(id);
-                }
-                id
-            }
-            Ok(None) => {
-                tracing::debug!(
-                    task = name,
-                    "occurrence already recorded; not running it again"
-                );
-                return None;
-            }
-            Err(e) => {
-                tracing::error!(task = name, error = %e, "cannot record the start of a run; not running it");
-                return None;
-            }
-        };
+        let lease = self.claim(name, def, &new, active).await?;
+        let id = lease.run_id;
+        *active.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        if let Some(tx) = active
+            .notify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(id);
+        }
         let last_success = self.ledger.last_success(name).await.ok().flatten();
         let mut request = RunRequest::from_manifest(&def.manifest, id.to_string(), trigger);
         request.dry_run = fire.dry_run;
@@ -304,29 +343,37 @@ impl Inner {
         let outcome: Option<RunResult> = loop {
             tokio::select! {
                 joined = &mut handle => break joined.ok(),
-                _ = heartbeat.tick() => {
-                    if let Err(e) = self.ledger.heartbeat(id).await {
-                        tracing::warn!(task = name, run = id, error = %e, "cannot record a heartbeat");
+                _ = heartbeat.tick() => match self.ledger.heartbeat(lease).await {
+                    Ok(Renewal::Held) => {}
+                    Ok(Renewal::Cancel(reason)) => {
+                        let _ = active.why.set((RunStatus::Cancelled, reason));
+                        active.cancel.cancel();
                     }
-                }
+                    Ok(Renewal::Lost) => {
+                        tracing::warn!(task = name, run = id, "the run's lease expired and another replica recorded it interrupted; stopping it");
+                        let _ = active.why.set((RunStatus::Interrupted, "the run's lease was lost".into()));
+                        active.cancel.cancel();
+                    }
+                    // The database is away: the run goes on, and the lease
+                    // may expire; then the result is refused, not doubled.
+                    Err(e) => tracing::warn!(task = name, run = id, error = %e, "cannot renew the run's lease"),
+                },
                 _ = active.cancel.cancelled() => {
                     handle.abort();
                     break None;
                 }
             }
         };
-        match outcome {
+        let (status, recorded) = match outcome {
             Some(result) => {
                 let status = result.status;
-                if let Err(e) = self.ledger.finish_run(id, &result).await {
-                    tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
-                }
+                let recorded = self.ledger.finish_run(lease, &result).await;
                 tracing::info!(task = name, run = id, %status, duration_ms = result.duration_ms, "run finished");
                 if let Some(m) = &self.config.metrics {
                     let at = result.completed_at.timestamp_millis() as f64 / 1000.0;
                     m.run_finished(name, status, result.duration_ms, result.fuel_used, at);
                 }
-                Some(status)
+                (status, recorded)
             }
             None => {
                 let (status, reason) = active
@@ -334,15 +381,49 @@ impl Inner {
                     .get()
                     .cloned()
                     .unwrap_or((RunStatus::Interrupted, "the run was stopped".into()));
-                if let Err(e) = self.ledger.end_run(id, status, &reason).await {
-                    tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
-                }
+                let recorded = self.ledger.end_run(lease, status, &reason).await;
                 tracing::info!(task = name, run = id, %status, reason, "run stopped");
                 if let Some(m) = &self.config.metrics {
                     m.run_finished(name, status, 0, 0, 0.0);
                 }
+                (status, recorded)
+            }
+        };
+        match recorded {
+            Ok(true) => Some(status),
+            Ok(false) => {
+                // Another replica reaped the run and owns what happens next
+                // (including a retry).
+                tracing::warn!(task = name, run = id, %status, "the run's lease was lost: another replica recorded it interrupted, this result is not stored");
+                None
+            }
+            Err(e) => {
+                tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
                 Some(status)
             }
         }
     }
+}
+
+/// How often a claim blocked by another replica's run is tried again.
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a run that ended so is tried again under the retry policy.
+pub(super) fn retryable(status: RunStatus) -> bool {
+    matches!(
+        status,
+        RunStatus::Error
+            | RunStatus::Trapped
+            | RunStatus::Timeout
+            | RunStatus::OutOfFuel
+            | RunStatus::OutOfMemory
+    )
+}
+
+/// The wait before retry `attempt + 1`: the backoff, doubled per attempt.
+pub(super) fn retry_backoff(def: &TaskDef, attempt: u32) -> std::time::Duration {
+    def.manifest
+        .retries
+        .backoff
+        .saturating_mul(1u32 << attempt.min(16))
 }

@@ -8,7 +8,7 @@
 
 pub mod adopt;
 
-use crate::model::{RunResult, RunStatus, Trigger};
+use crate::model::{RunStatus, Trigger};
 use adopt::{AdoptOptions, Finding};
 use anyhow::Context as _;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -38,11 +38,15 @@ macro_rules! on_pool {
     };
 }
 
+mod lease;
+pub use lease::{Claim, Holder, Lease, Reaped, Renewal, ReplicaRow, STARTUP_WINDOW};
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
     replica: String,
+    lease: Duration,
 }
 
 /// How the store's connection pool behaves.
@@ -51,6 +55,8 @@ pub struct StoreOptions {
     pub pool_max: u32,
     /// How long a query waits for a free connection.
     pub acquire_timeout: Duration,
+    /// How long a running run's lease lasts unless its replica renews it.
+    pub lease: Duration,
 }
 
 impl Default for StoreOptions {
@@ -58,6 +64,7 @@ impl Default for StoreOptions {
         StoreOptions {
             pool_max: 10,
             acquire_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -70,6 +77,11 @@ pub struct NewRun<'a> {
     pub scheduled_for: Option<DateTime<Utc>>,
     pub dry_run: bool,
     pub component_hash: Option<&'a str>,
+    /// Whether the task's overlap policy keeps other runs of it from
+    /// running at the same time (anything but `allow`).
+    pub exclusive: bool,
+    /// Which attempt of the fire this is: 0, then 1 for the first retry.
+    pub attempt: u32,
 }
 
 /// A row of `housekeeper_runs`.
@@ -189,6 +201,7 @@ impl Store {
         Ok(Store {
             backend,
             replica: replica.to_owned(),
+            lease: options.lease,
         })
     }
 
@@ -224,6 +237,7 @@ impl Store {
         Store {
             backend: Backend::Sqlite(pool),
             replica: replica.to_owned(),
+            lease: StoreOptions::default().lease,
         }
     }
 
@@ -232,7 +246,24 @@ impl Store {
         Store {
             backend: Backend::Postgres(pool),
             replica: replica.to_owned(),
+            lease: StoreOptions::default().lease,
         }
+    }
+
+    /// How a transaction that writes starts: on SQLite it takes the write
+    /// lock at once, so that a transaction that reads first never fails
+    /// with "database is locked" on upgrading to a writer.
+    fn begin_write(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "BEGIN IMMEDIATE",
+            Backend::Postgres(_) => "BEGIN",
+        }
+    }
+
+    /// The same store with leases of `lease`.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     pub fn sqlite_migrator() -> &'static sqlx::migrate::Migrator {
@@ -260,95 +291,11 @@ impl Store {
         Ok(())
     }
 
-    /// Records a run as `running`. For a scheduled run whose occurrence is
-    /// already recorded (by this or another replica) returns `None`.
-    pub async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
-        let now = Utc::now();
-        let sql = "INSERT INTO housekeeper_runs \
-                   (task_name, started_at, status, triggered_by, scheduled_for, dry_run, component_hash, replica, heartbeat_at) \
-                   VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $2) \
-                   ON CONFLICT (task_name, scheduled_for) WHERE triggered_by = 'schedule' DO NOTHING \
-                   RETURNING id";
-        let id: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
-            .bind(run.task_name)
-            .bind(now)
-            .bind(run.triggered_by.as_str())
-            .bind(run.scheduled_for)
-            .bind(run.dry_run)
-            .bind(run.component_hash)
-            .bind(&self.replica)
-            .fetch_optional(pool)
-            .await)
-        .context("cannot record the start of a run")?;
-        Ok(id)
-    }
-
-    /// Marks a running row alive.
-    pub async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
-        on_pool!(self, pool => sqlx::query("UPDATE housekeeper_runs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running'")
-            .bind(Utc::now())
-            .bind(id)
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
-        Ok(())
-    }
-
-    /// Records how run `id` ended and updates the task's summary.
-    pub async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
-        let metrics: serde_json::Map<String, serde_json::Value> = result
-            .metrics
-            .iter()
-            .map(|m| (m.name.clone(), serde_json::json!(m.value)))
-            .collect();
-        let metrics = serde_json::Value::Object(metrics).to_string();
-        let error = result.error.clone();
-        let output = match &result.summary {
-            Some(summary) if result.output.is_empty() => summary.clone(),
-            Some(summary) => format!("{summary}\n{}", result.output),
-            None => result.output.clone(),
-        };
-        self.complete(
-            id,
-            Completion {
-                status: result.status,
-                completed_at: result.completed_at,
-                duration_ms: result.duration_ms as i64,
-                output: Some(output),
-                error,
-                metrics: Some(metrics),
-                fuel_used: Some(result.fuel_used as i64),
-                component_hash: Some(result.component_hash.clone()),
-            },
-        )
-        .await
-    }
-
-    /// Ends run `id` without a result from the runtime (cancelled,
-    /// interrupted, or a failure before the guest started).
-    pub async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
-        let now = Utc::now();
-        let started: DateTime<Utc> = on_pool!(self, pool => sqlx::query_scalar("SELECT started_at FROM housekeeper_runs WHERE id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await)?;
-        self.complete(
-            id,
-            Completion {
-                status,
-                completed_at: now,
-                duration_ms: (now - started).num_milliseconds().max(0),
-                output: None,
-                error: Some(reason.to_owned()),
-                metrics: None,
-                fuel_used: None,
-                component_hash: None,
-            },
-        )
-        .await
-    }
-
-    async fn complete(&self, id: i64, c: Completion) -> anyhow::Result<()> {
+    /// Ends run `id` if it is still running. With `epoch`, only while the
+    /// run's lease has that epoch, and the lease goes with it: a replica
+    /// whose lease was reaped cannot overwrite what the reaper recorded.
+    /// Returns whether the run was ended by this call.
+    async fn complete(&self, id: i64, epoch: Option<i64>, c: Completion) -> anyhow::Result<bool> {
         let metrics_param = match self.backend {
             Backend::Postgres(_) => "CAST($6 AS JSONB)",
             Backend::Sqlite(_) => "$6",
@@ -372,8 +319,21 @@ impl Store {
                last_run_at = excluded.last_run_at, \
                last_status = excluded.last_status, \
                last_success_at = COALESCE(excluded.last_success_at, housekeeper_task_stats.last_success_at)";
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+        let ended = on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            if let Some(epoch) = epoch {
+                let released = sqlx::query("DELETE FROM housekeeper_leases WHERE run_id = $1 AND epoch = $2")
+                    .bind(id)
+                    .bind(epoch)
+                    .execute(&mut *tx)
+                    .await
+                    .context("cannot release the run's lease")?
+                    .rows_affected();
+                if released == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
             let task: Option<String> = sqlx::query_scalar(&update)
                 .bind(c.status.as_str())
                 .bind(c.completed_at)
@@ -389,6 +349,7 @@ impl Store {
                 .context("cannot record the end of a run")?;
             // A row that is no longer running was already ended (e.g. marked
             // interrupted by recovery): keep what it says.
+            let ended = task.is_some();
             if let Some(task) = task {
                 sqlx::query(stats)
                     .bind(&task)
@@ -403,8 +364,9 @@ impl Store {
                     .context("cannot update the task summary")?;
             }
             tx.commit().await?;
+            ended
         });
-        Ok(())
+        Ok(ended)
     }
 
     /// Records a fire that was not run, with the reason. A scheduled
@@ -425,7 +387,7 @@ impl Store {
         let stats = "INSERT INTO housekeeper_task_stats (task_name, skipped_count) VALUES ($1, 1) \
                      ON CONFLICT (task_name) DO UPDATE SET skipped_count = housekeeper_task_stats.skipped_count + 1";
         let id = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(self.begin_write()).await?;
             let id: Option<i64> = sqlx::query_scalar(sql)
                 .bind(task_name)
                 .bind(now)
@@ -443,23 +405,6 @@ impl Store {
             id
         });
         Ok(id)
-    }
-
-    /// Marks this replica's `running` rows (left by a crash) `interrupted`.
-    pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
-        let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 ORDER BY id")
-            .bind(&self.replica)
-            .fetch_all(pool)
-            .await)?;
-        for id in &ids {
-            self.end_run(
-                *id,
-                RunStatus::Interrupted,
-                "the service stopped while the run was in progress",
-            )
-            .await?;
-        }
-        Ok(ids)
     }
 
     /// The most recent runs of `task`, newest first.
@@ -588,6 +533,39 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))?;
         Ok(done)
+    }
+}
+
+/// Makes this process the only `serve` on the SQLite database at `url`: an
+/// exclusive lock (the kernel's, released when the process ends, however it
+/// ends) on a file beside the database, held for as long as the returned
+/// file is. SQLite serves one replica; several need PostgreSQL. `None` for
+/// a PostgreSQL URL or an in-memory database.
+pub fn lock_single_replica(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.serve-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {lock_path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another housekeeper serve is using the SQLite database {path}: SQLite serves one replica; \
+             to run several replicas, give them one PostgreSQL database (DATABASE_URL=postgres://…)"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {lock_path}")))
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod compile_cache;
 mod db_tasks;
 mod deploy;
 mod maintenance_sql;
+mod replicas;
 mod roles;
 mod sandbox;
 mod scheduler;

@@ -9,7 +9,7 @@ use housekeeper::runtime::{RunRequest, TaskComponent};
 use housekeeper::schedule::Schedule;
 use housekeeper::scheduler::clock::{Clock, TokioClock};
 use housekeeper::scheduler::{Executor, FireOutcome, Ledger, Scheduler, SchedulerConfig, TaskDef};
-use housekeeper::store::{NewRun, RunRecord, TaskSettings};
+use housekeeper::store::{Claim, Holder, Lease, NewRun, Reaped, Renewal, RunRecord, TaskSettings};
 use housekeeper_tests::{component, fixture_path};
 use std::collections::HashMap;
 use std::future::Future;
@@ -149,6 +149,8 @@ fn t0() -> DateTime<Utc> {
 struct Memory {
     clock: TokioClock,
     rows: Mutex<Vec<RunRecord>>,
+    /// Running runs' leases: run id → (task, exclusive).
+    leases: Mutex<HashMap<i64, (String, bool)>>,
     settings: Mutex<HashMap<String, TaskSettings>>,
 }
 
@@ -157,6 +159,7 @@ impl Memory {
         Memory {
             clock: TokioClock::starting_at(start),
             rows: Mutex::default(),
+            leases: Mutex::default(),
             settings: Mutex::default(),
         }
     }
@@ -180,6 +183,7 @@ impl Memory {
 
     /// Ends a running row; one that already ended keeps what it says.
     fn end(&self, id: i64, edit: impl FnOnce(&mut RunRecord)) {
+        self.leases.lock().unwrap().remove(&id);
         let now = self.clock.now();
         let mut rows = self.rows.lock().unwrap();
         let row = &mut rows[id as usize - 1];
@@ -246,7 +250,7 @@ impl Ledger for Memory {
                 .collect()
         };
         for id in &running {
-            self.end_run(*id, RunStatus::Interrupted, "orphan").await?;
+            self.end(*id, |row| row.status = RunStatus::Interrupted);
         }
         Ok(running)
     }
@@ -269,39 +273,87 @@ impl Ledger for Memory {
             .max())
     }
 
-    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Option<i64>> {
+    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim> {
+        let busy = run.exclusive
+            && self
+                .leases
+                .lock()
+                .unwrap()
+                .values()
+                .any(|(task, exclusive)| task == run.task_name && *exclusive);
+        if busy {
+            return Ok(Claim::Busy(Holder {
+                run_id: 0,
+                replica: "test".into(),
+            }));
+        }
         let mut row = self.row(run.task_name, RunStatus::Running, run.triggered_by);
         row.scheduled_for = run.scheduled_for;
         row.dry_run = run.dry_run;
         row.component_hash = run.component_hash.map(str::to_owned);
-        Ok(self.insert(row))
+        let Some(id) = self.insert(row) else {
+            return Ok(Claim::Recorded);
+        };
+        self.leases
+            .lock()
+            .unwrap()
+            .insert(id, (run.task_name.to_owned(), run.exclusive));
+        Ok(Claim::Won(Lease {
+            run_id: id,
+            epoch: id,
+        }))
     }
 
-    async fn heartbeat(&self, id: i64) -> anyhow::Result<()> {
+    async fn heartbeat(&self, lease: Lease) -> anyhow::Result<Renewal> {
         let now = self.clock.now();
         let mut rows = self.rows.lock().unwrap();
-        let row = &mut rows[id as usize - 1];
+        let row = &mut rows[lease.run_id as usize - 1];
         if row.status == RunStatus::Running {
             row.heartbeat_at = Some(now);
         }
-        Ok(())
+        Ok(Renewal::Held)
     }
 
-    async fn finish_run(&self, id: i64, result: &RunResult) -> anyhow::Result<()> {
-        self.end(id, |row| {
+    async fn finish_run(&self, lease: Lease, result: &RunResult) -> anyhow::Result<bool> {
+        self.end(lease.run_id, |row| {
             row.status = result.status;
             row.error = result.error.clone();
             row.output = result.summary.clone();
             row.fuel_used = Some(result.fuel_used as i64);
         });
-        Ok(())
+        Ok(true)
     }
 
-    async fn end_run(&self, id: i64, status: RunStatus, reason: &str) -> anyhow::Result<()> {
-        self.end(id, |row| {
+    async fn end_run(&self, lease: Lease, status: RunStatus, reason: &str) -> anyhow::Result<bool> {
+        self.end(lease.run_id, |row| {
             row.status = status;
             row.error = Some(reason.to_owned());
         });
+        Ok(true)
+    }
+
+    async fn reap(&self) -> anyhow::Result<Vec<Reaped>> {
+        // One process: no lease here ever expires.
+        Ok(vec![])
+    }
+
+    async fn request_cancel_task(&self, _task: &str, _reason: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn request_cancel(&self, _run_id: i64, _reason: &str) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+
+    async fn db_now(&self) -> anyhow::Result<DateTime<Utc>> {
+        Ok(self.clock.now())
+    }
+
+    async fn replica_heartbeat(
+        &self,
+        _started: DateTime<Utc>,
+        _offset_ms: i64,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -605,7 +657,7 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
     let h = harness().await;
     // The last recorded occurrence was five hours ago.
     let last = t0() - chrono::Duration::hours(5);
-    let id = h
+    let lease = h
         .ledger
         .begin_run(&NewRun {
             task_name: "hourly",
@@ -613,11 +665,17 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
             scheduled_for: Some(last),
             dry_run: false,
             component_hash: None,
+            exclusive: true,
+            attempt: 0,
         })
         .await
         .unwrap()
+        .lease()
         .unwrap();
-    h.ledger.end_run(id, RunStatus::Success, "").await.unwrap();
+    h.ledger
+        .end_run(lease, RunStatus::Success, "")
+        .await
+        .unwrap();
     start(
         &h,
         vec![def("hourly", Some("0 * * * *"), |m| {

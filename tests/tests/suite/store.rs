@@ -3,7 +3,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use housekeeper::model::{Metric, RunResult, RunStatus, Trigger};
-use housekeeper::store::{NewRun, Store, StoreOptions};
+use housekeeper::store::{Claim, Lease, NewRun, Renewal, Store, StoreOptions};
 use sqlx::{PgPool, SqlitePool};
 
 fn result(task: &str, status: RunStatus, duration_ms: u64) -> RunResult {
@@ -35,28 +35,42 @@ fn manual(task: &str) -> NewRun<'_> {
         scheduled_for: None,
         dry_run: false,
         component_hash: Some("abc"),
+        exclusive: false,
+        attempt: 0,
+    }
+}
+
+/// Claims `run`, which must be won.
+async fn won(store: &Store, run: &NewRun<'_>) -> Lease {
+    match store.begin_run(run).await.unwrap() {
+        Claim::Won(lease) => lease,
+        other => panic!("{} was not claimed: {other:?}", run.task_name),
     }
 }
 
 async fn run_to_end(store: &Store, task: &str, status: RunStatus, ms: u64) -> i64 {
-    let id = store.begin_run(&manual(task)).await.unwrap().unwrap();
-    store
-        .finish_run(id, &result(task, status, ms))
-        .await
-        .unwrap();
-    id
+    let lease = won(store, &manual(task)).await;
+    assert!(
+        store
+            .finish_run(lease, &result(task, status, ms))
+            .await
+            .unwrap()
+    );
+    lease.run_id
 }
 
 async fn history_and_stats(store: Store) {
-    let id = store.begin_run(&manual("t")).await.unwrap().unwrap();
+    let lease = won(&store, &manual("t")).await;
+    let id = lease.run_id;
     let running = store.run(id).await.unwrap().unwrap();
     assert_eq!(running.status, RunStatus::Running);
     assert!(running.heartbeat_at.is_some());
-    store.heartbeat(id).await.unwrap();
+    assert_eq!(store.heartbeat(lease).await.unwrap(), Renewal::Held);
     store
-        .finish_run(id, &result("t", RunStatus::Success, 100))
+        .finish_run(lease, &result("t", RunStatus::Success, 100))
         .await
         .unwrap();
+    assert_eq!(store.heartbeat(lease).await.unwrap(), Renewal::Lost);
     run_to_end(&store, "t", RunStatus::Error, 300).await;
     run_to_end(&store, "t", RunStatus::OutOfFuel, 200).await;
     run_to_end(&store, "other", RunStatus::Success, 5).await;
@@ -94,9 +108,11 @@ async fn occurrences_are_recorded_once(store: Store) {
         scheduled_for: Some(at),
         dry_run: false,
         component_hash: None,
+        exclusive: false,
+        attempt: 0,
     };
-    assert!(store.begin_run(&scheduled).await.unwrap().is_some());
-    assert!(store.begin_run(&scheduled).await.unwrap().is_none());
+    won(&store, &scheduled).await;
+    assert_eq!(store.begin_run(&scheduled).await.unwrap(), Claim::Recorded);
     assert!(
         store
             .record_skipped("t", Trigger::Schedule, Some(at), "dup")
@@ -109,7 +125,7 @@ async fn occurrences_are_recorded_once(store: Store) {
         triggered_by: Trigger::Retry,
         ..scheduled.clone()
     };
-    assert!(store.begin_run(&retry).await.unwrap().is_some());
+    won(&store, &retry).await;
     assert_eq!(store.last_scheduled_for("t").await.unwrap(), Some(at));
 
     let later = at + Duration::hours(24);
@@ -134,8 +150,9 @@ async fn occurrences_are_recorded_once(store: Store) {
 }
 
 async fn crash_recovery_touches_only_this_replica(a: Store, b: Store) {
-    let mine = a.begin_run(&manual("t")).await.unwrap().unwrap();
-    let theirs = b.begin_run(&manual("t")).await.unwrap().unwrap();
+    let lease = won(&a, &manual("t")).await;
+    let mine = lease.run_id;
+    let theirs = won(&b, &manual("t")).await.run_id;
     assert_eq!(a.interrupt_orphans().await.unwrap(), vec![mine]);
     assert_eq!(
         a.run(mine).await.unwrap().unwrap().status,
@@ -146,9 +163,11 @@ async fn crash_recovery_touches_only_this_replica(a: Store, b: Store) {
         RunStatus::Running
     );
     // A late finish does not overwrite the recorded interruption.
-    a.finish_run(mine, &result("t", RunStatus::Success, 1))
-        .await
-        .unwrap();
+    assert!(
+        !a.finish_run(lease, &result("t", RunStatus::Success, 1))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         a.run(mine).await.unwrap().unwrap().status,
         RunStatus::Interrupted
@@ -172,7 +191,7 @@ async fn pruning_keeps_recent_and_running(store: Store, backdate: impl AsyncFn(i
     for _ in 0..6 {
         ids.push(run_to_end(&store, "t", RunStatus::Success, 1).await);
     }
-    let running = store.begin_run(&manual("t")).await.unwrap().unwrap();
+    let running = won(&store, &manual("t")).await.run_id;
     run_to_end(&store, "other", RunStatus::Success, 1).await;
     // The two oldest are 40 days old.
     backdate(ids[0], 40).await;
