@@ -263,12 +263,15 @@ impl Store {
             Some(summary) => format!("{summary}\n{}", result.output),
             None => result.output.clone(),
         };
+        // The database's clock, as for the run's start: this replica's may
+        // be off, and the run's interval must stay comparable with others'.
+        let now = self.db_now().await?;
         self.complete(
             lease.run_id,
             Some(lease.epoch),
             Completion {
                 status: result.status,
-                completed_at: result.completed_at,
+                completed_at: now,
                 duration_ms: result.duration_ms as i64,
                 output: Some(output),
                 error: result.error.clone(),

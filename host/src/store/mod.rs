@@ -378,7 +378,7 @@ impl Store {
         scheduled_for: Option<DateTime<Utc>>,
         reason: &str,
     ) -> anyhow::Result<Option<i64>> {
-        let now = Utc::now();
+        let now = self.db_now().await?;
         let sql = "INSERT INTO housekeeper_runs \
                    (task_name, started_at, completed_at, status, duration_ms, error, triggered_by, scheduled_for, replica) \
                    VALUES ($1, $2, $2, 'skipped', 0, $3, $4, $5, $6) \
@@ -520,7 +520,7 @@ impl Store {
     /// Deletes `task`'s finished runs older than `keep_days`, and beyond the
     /// newest `keep_last`. Returns how many rows went.
     pub async fn prune(&self, task: &str, keep_days: u32, keep_last: u32) -> anyhow::Result<u64> {
-        let cutoff = Utc::now() - ChronoDuration::days(i64::from(keep_days));
+        let cutoff = self.db_now().await? - ChronoDuration::days(i64::from(keep_days));
         let sql = "DELETE FROM housekeeper_runs WHERE task_name = $1 AND status <> 'running' AND ( \
                      started_at < $2 OR id NOT IN ( \
                        SELECT id FROM housekeeper_runs WHERE task_name = $1 \

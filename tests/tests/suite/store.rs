@@ -404,3 +404,21 @@ async fn open_creates_a_sqlite_file_and_rejects_other_urls() {
         .unwrap();
     assert!(err.to_string().contains("unsupported database URL"));
 }
+
+/// A replica whose clock is off does not date what it records by it: a
+/// result stamped an hour behind ends its run at the database's time,
+/// after the run's start (which the database's clock set too).
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_a_run_ends_by_the_databases_clock(pool: PgPool) {
+    let store = Store::from_postgres(pool, "late");
+    let lease = won(&store, &manual("t")).await;
+    let mut late = result("t", RunStatus::Success, 5);
+    late.started_at -= Duration::hours(1);
+    late.completed_at -= Duration::hours(1);
+    assert!(store.finish_run(lease, &late).await.unwrap());
+    let now = store.db_now().await.unwrap();
+    let row = store.run(lease.run_id).await.unwrap().unwrap();
+    let ended = row.completed_at.unwrap();
+    assert!(row.started_at <= ended && ended <= now, "{row:#?}");
+    assert_eq!(store.stats().await.unwrap()["t"].last_run_at, Some(ended));
+}
