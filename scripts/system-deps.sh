@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# System packages the build needs beyond rustup: libclang, for the bindgen
-# step of libpg_query (PostgreSQL's parser, which checks task SQL). Installs
-# it with apt-get when missing (as root, or through sudo); otherwise says
-# exactly what to run.
+# System packages beyond rustup. The build needs libclang, for the bindgen
+# step of libpg_query (PostgreSQL's parser, which checks task SQL). With
+# --tests, also libfaketime, which the cluster tests use to run a replica
+# whose clock is an hour off. Installs what is missing with apt-get (as
+# root, or through sudo); otherwise says exactly what to run.
 set -euo pipefail
+
+tests=false
+[ "${1:-}" = --tests ] && tests=true
 
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
@@ -14,16 +18,36 @@ have_libclang() {
         compgen -G '/usr/lib/*/libclang.so*' >/dev/null
 }
 
-have_libclang && exit 0
+# Where tests/tests/suite/cluster.rs looks for it.
+have_libfaketime() {
+    compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null ||
+        compgen -G '/usr/lib/faketime/libfaketimeMT.so.1' >/dev/null ||
+        compgen -G '/usr/local/lib/faketime/libfaketimeMT.so.1' >/dev/null
+}
+
+missing=()
+have_libclang || missing+=(libclang-dev)
+$tests && ! have_libfaketime && missing+=(faketime)
+[ ${#missing[@]} = 0 ] && exit 0
+
 if command -v apt-get >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq libclang-dev
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
     elif command -v sudo >/dev/null; then
-        sudo apt-get update -qq && sudo apt-get install -y -qq libclang-dev
+        sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
     fi
 fi
-have_libclang && exit 0
-echo "libclang is missing: the build needs it for PostgreSQL's parser (libpg_query)." >&2
-echo "Install it, e.g. on Debian or Ubuntu: sudo apt-get install libclang-dev" >&2
-echo "or point LIBCLANG_PATH at the directory that holds libclang.so." >&2
-exit 1
+
+status=0
+if ! have_libclang; then
+    echo "libclang is missing: the build needs it for PostgreSQL's parser (libpg_query)." >&2
+    echo "Install it, e.g. on Debian or Ubuntu: sudo apt-get install libclang-dev" >&2
+    echo "or point LIBCLANG_PATH at the directory that holds libclang.so." >&2
+    status=1
+fi
+if $tests && ! have_libfaketime; then
+    echo "libfaketime is missing: the tests run a replica whose clock is off with it." >&2
+    echo "Install it, e.g. on Debian or Ubuntu: sudo apt-get install faketime" >&2
+    status=1
+fi
+exit $status

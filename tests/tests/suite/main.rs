@@ -7,6 +7,7 @@ mod adopt;
 mod api;
 mod cleanup;
 mod cli;
+mod cluster;
 mod compile_cache;
 mod db_tasks;
 mod deploy;
