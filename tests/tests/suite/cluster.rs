@@ -82,12 +82,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(pool: &PgPool) -> Self {
+    /// Replicas to start on the database at `url`.
+    fn new(url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tasks.d")).unwrap();
         Cluster {
             dir,
-            url: url_of(pool),
+            url: url.to_owned(),
             replicas: BTreeMap::new(),
         }
     }
@@ -284,18 +285,24 @@ fn ms(t: DateTime<Utc>) -> i64 {
 /// shows the late replica's offset.
 #[sqlx::test(migrations = false)]
 async fn three_replicas_one_an_hour_behind_run_each_occurrence_once_without_overlap(pool: PgPool) {
-    let mut c = Cluster::new(&pool);
+    occurrences_case(&pool, &url_of(&pool)).await
+}
+
+/// The case above with replicas on the database at `url` (the test's own,
+/// or the same behind a pooler); `pool` reaches it directly.
+pub(crate) async fn occurrences_case(pool: &PgPool, url: &str) {
+    let mut c = Cluster::new(url);
     let tick_dir = c.witness("tick", "schedule = \"* * * * * *\"", "");
     let slow_dir = c.witness(
         "slow",
         "schedule = \"*/5 * * * * *\"\noverlap = \"skip\"",
         "sleep_ms = 7000\nexclusive = true",
     );
-    let begun = db_now(&pool).await;
+    let begun = db_now(pool).await;
     c.start(&[("r0", vec![]), ("r1", vec![]), ("late", clock_off("-1h"))]);
-    let from = whole_second_after(db_now(&pool).await);
+    let from = whole_second_after(db_now(pool).await);
     let to = from + Span::seconds(60);
-    tokio::time::sleep((to - db_now(&pool).await).to_std().unwrap()).await;
+    tokio::time::sleep((to - db_now(pool).await).to_std().unwrap()).await;
 
     // The late replica reports its offset, and every replica lists all three.
     for replica in ["r0", "r1", "late"] {
@@ -335,7 +342,7 @@ async fn three_replicas_one_an_hour_behind_run_each_occurrence_once_without_over
     for (task, every) in [("tick", 1), ("slow", 5)] {
         let last = DateTime::from_timestamp(to.timestamp() / every * every, 0).unwrap();
         eventually(
-            &pool,
+            pool,
             &c,
             task,
             "the minute's last occurrence",
@@ -349,10 +356,10 @@ async fn three_replicas_one_an_hour_behind_run_each_occurrence_once_without_over
         .await;
     }
     c.stop();
-    let ended = db_now(&pool).await;
+    let ended = db_now(pool).await;
 
     for (task, every, dir) in [("tick", 1, &tick_dir), ("slow", 5, &slow_dir)] {
-        let runs = runs(&pool, task).await;
+        let runs = runs(pool, task).await;
         for r in &runs {
             assert_eq!(r.triggered_by, Trigger::Schedule, "{r:#?}");
             // No occurrence from a clock an hour off.
@@ -409,7 +416,7 @@ async fn three_replicas_one_an_hour_behind_run_each_occurrence_once_without_over
     // The slow task: 7 s runs every 5 s, so every other occurrence or so is
     // skipped because one is still running, on whichever replica; the runs
     // never overlap.
-    let slow = runs(&pool, "slow").await;
+    let slow = runs(pool, "slow").await;
     let mut ran: Vec<&RunRecord> = slow
         .iter()
         .filter(|r| r.status == RunStatus::Success)
@@ -434,7 +441,13 @@ async fn three_replicas_one_an_hour_behind_run_each_occurrence_once_without_over
 /// cancel sent to one replica stops a run another replica is running.
 #[sqlx::test(migrations = false)]
 async fn toggles_and_cancels_reach_every_replica(pool: PgPool) {
-    let mut c = Cluster::new(&pool);
+    controls_case(&pool, &url_of(&pool)).await
+}
+
+/// The case above with replicas on the database at `url` (the test's own,
+/// or the same behind a pooler); `pool` reaches it directly.
+pub(crate) async fn controls_case(pool: &PgPool, url: &str) {
+    let mut c = Cluster::new(url);
     c.witness("tick", "schedule = \"* * * * * *\"", "");
     // Runs for two minutes unless stopped.
     c.witness("hold", "timeout = \"5m\"", "sleep_ms = 120000");
@@ -462,7 +475,7 @@ async fn toggles_and_cancels_reach_every_replica(pool: PgPool) {
 
     // tick, disabled through a.
     eventually(
-        &pool,
+        pool,
         &c,
         "tick",
         "tick's runs",
@@ -488,7 +501,7 @@ async fn toggles_and_cancels_reach_every_replica(pool: PgPool) {
     assert_eq!(status, 200, "{body}");
 
     let cancelled = eventually(
-        &pool,
+        pool,
         &c,
         "hold",
         "the run's end",
@@ -520,9 +533,9 @@ async fn toggles_and_cancels_reach_every_replica(pool: PgPool) {
         }
     }
     // …and from then on no replica fires it.
-    let off = db_now(&pool).await;
+    let off = db_now(pool).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let late: Vec<RunRecord> = runs(&pool, "tick")
+    let late: Vec<RunRecord> = runs(pool, "tick")
         .await
         .into_iter()
         .filter(|r| r.scheduled_for.is_some_and(|at| at > off))
@@ -537,16 +550,22 @@ async fn toggles_and_cancels_reach_every_replica(pool: PgPool) {
 /// expires, the dead replica's run still keeps the task's others skipped.
 #[sqlx::test(migrations = false)]
 async fn a_killed_replicas_run_is_interrupted_and_the_task_fails_over(pool: PgPool) {
-    let mut c = Cluster::new(&pool);
+    failover_case(&pool, &url_of(&pool)).await
+}
+
+/// The case above with replicas on the database at `url` (the test's own,
+/// or the same behind a pooler); `pool` reaches it directly.
+pub(crate) async fn failover_case(pool: &PgPool, url: &str) {
+    let mut c = Cluster::new(url);
     c.witness(
         "slow",
         "schedule = \"*/5 * * * * *\"\noverlap = \"skip\"\n[retries]\nmax = 1\nbackoff = \"1s\"",
         "sleep_ms = 7000",
     );
     c.start(&[("r0", vec![]), ("r1", vec![]), ("r2", vec![])]);
-    let ready = db_now(&pool).await;
+    let ready = db_now(pool).await;
     let victim = eventually(
-        &pool,
+        pool,
         &c,
         "slow",
         "a running run",
@@ -563,7 +582,7 @@ async fn a_killed_replicas_run_is_interrupted_and_the_task_fails_over(pool: PgPo
     let killed = Instant::now();
 
     let interrupted = eventually(
-        &pool,
+        pool,
         &c,
         "slow",
         "the run marked interrupted",
@@ -592,7 +611,7 @@ async fn a_killed_replicas_run_is_interrupted_and_the_task_fails_over(pool: PgPo
 
     let at = victim.scheduled_for.unwrap();
     let runs = eventually(
-        &pool,
+        pool,
         &c,
         "slow",
         "the retry and a later occurrence run elsewhere",
