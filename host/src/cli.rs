@@ -189,7 +189,7 @@ async fn open_store(db: &DbArgs) -> Result<Store, ExitCode> {
 }
 
 /// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

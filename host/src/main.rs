@@ -54,7 +54,16 @@ async fn serve(args: housekeeper::config::ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_LOAD_ERROR);
         }
     };
-    match housekeeper::server::run(args, listener, shutdown_signal(), reloads).await {
+    // Installed before anything answers, so that a SIGTERM that comes at
+    // once is a shutdown, not lost or fatal.
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install the SIGTERM handler: {e}");
+            return ExitCode::from(EXIT_LOAD_ERROR);
+        }
+    };
+    match housekeeper::server::run(args, listener, shutdown, reloads).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -64,15 +73,16 @@ async fn serve(args: housekeeper::config::ServeArgs) -> ExitCode {
     }
 }
 
-/// SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
+/// SIGTERM or ctrl-c, both handled from this call on.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// One reload request per SIGHUP.

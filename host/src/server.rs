@@ -12,11 +12,18 @@ use crate::reload::{Reloader, RescanCause};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::scheduler::clock::DatabaseClock;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
-use std::future::Future;
-use std::sync::Arc;
+use std::future::{Future, IntoFuture};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use std::time::Instant;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 /// Runs the service on `listener` until `shutdown` resolves; then stops
 /// scheduling, waits for running tasks up to the grace period, interrupts
@@ -29,14 +36,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = args.db.open().await?;
-    let _single = crate::store::lock_single_replica(&args.db.url())?;
-    tracing::info!(
-        database = store.backend_name(),
-        replica = store.replica(),
-        "store open"
-    );
-
     // Guests run on their own workers so that their filesystem calls never
     // hold up the HTTP server or the scheduler.
     let guests = tokio::runtime::Builder::new_multi_thread()
@@ -44,6 +43,9 @@ pub async fn run(
         .worker_threads(args.max_concurrent_runs.clamp(1, 16) as usize)
         .enable_all()
         .build()?;
+    // Dropped on every way out of this function, including an error, where
+    // dropping a runtime inside async code would panic.
+    let guests = GuestRuntime(Some(guests));
     // Guests open files out of this process's own limit: raise it as far as
     // allowed, and keep half of it for the service itself.
     let open_files = filesystem::raise_open_file_limit().unwrap_or_else(|e| {
@@ -72,6 +74,54 @@ pub async fn run(
             args.tasks_dir.display()
         )
     })?;
+
+    // HTTP answers from here on: `/health` says the service is up while
+    // it waits for its database, `/ready` and the API answer 503 until the
+    // service is ready to take them.
+    let app: Arc<OnceLock<Router>> = Arc::default();
+    let shutting_down = CancellationToken::new();
+    {
+        let shutting_down = shutting_down.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            shutting_down.cancel();
+        });
+    }
+    let drained = CancellationToken::new();
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    let http = {
+        let drained = drained.clone();
+        tokio::spawn(
+            axum::serve(listener, front(app.clone()))
+                .with_graceful_shutdown(async move { drained.cancelled().await })
+                .into_future(),
+        )
+    };
+    let stop_http = async |result: anyhow::Result<()>| {
+        drained.cancel();
+        http.await??;
+        result
+    };
+
+    let url = args.db.url();
+    let store = tokio::select! {
+        store = open_store(&args) => store,
+        _ = shutting_down.cancelled() => return stop_http(Ok(())).await,
+    };
+    let store = match store {
+        Ok(store) => store,
+        Err(e) => return stop_http(Err(e)).await,
+    };
+    let _single = match crate::store::lock_single_replica(&url) {
+        Ok(lock) => lock,
+        Err(e) => return stop_http(Err(e)).await,
+    };
+    tracing::info!(
+        database = store.backend_name(),
+        replica = store.replica(),
+        "store open"
+    );
 
     let metrics = Metrics::default();
     let runtime_for_reload = runtime.clone();
@@ -163,7 +213,7 @@ pub async fn run(
     }
 
     let api_token = args.api_token.clone().filter(|t| !t.is_empty());
-    let loopback = listener.local_addr()?.ip().is_loopback();
+    let loopback = address.ip().is_loopback();
     if api_token.is_none() && !loopback {
         tracing::warn!(
             "HOUSEKEEPER_API_TOKEN is not set and the API listens beyond loopback: anyone who can reach it can trigger and toggle tasks"
@@ -180,23 +230,108 @@ pub async fn run(
         stats_cache: Default::default(),
     };
     let grace = args.shutdown_grace;
-    let drain = async move {
-        shutdown.await;
-        // A first load still under way is dropped; the scheduler is not
-        // started after this point.
-        stop_loading.abort();
-        stop_watching.cancel();
-        tracing::info!(
-            ?grace,
-            "shutting down: no new runs; waiting for running tasks"
-        );
-        scheduler.shutdown(grace).await;
-        tracing::info!("all runs finished or interrupted");
-    };
-    tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(drain)
-        .await?;
-    guests.shutdown_background();
-    Ok(())
+    app.set(api::router(state))
+        .unwrap_or_else(|_| unreachable!("the application is set once"));
+    shutting_down.cancelled().await;
+    // A first load still under way is dropped; the scheduler is not started
+    // after this point.
+    stop_loading.abort();
+    stop_watching.cancel();
+    tracing::info!(
+        ?grace,
+        "shutting down: no new runs; waiting for running tasks"
+    );
+    scheduler.shutdown(grace).await;
+    tracing::info!("all runs finished or interrupted");
+    stop_http(Ok(())).await
+}
+
+/// The guests' runtime, shut down without waiting when dropped: work that
+/// cannot be interrupted (a compile dropped at shutdown) does not hold the
+/// service's exit.
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl GuestRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("held until dropped").handle()
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Opens the store, waiting for a database that does not answer yet (with
+/// backoff up to 30 s, saying what it waits for). Any other error, such as
+/// a malformed URL or a schema it will not take over, ends the start.
+async fn open_store(args: &ServeArgs) -> anyhow::Result<crate::store::Store> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match args.db.open().await {
+            Ok(store) => return Ok(store),
+            Err(e) if unreachable_database(&e) => {
+                tracing::warn!(
+                    database = %crate::cli::redact(&args.db.url()),
+                    error = %format!("{e:#}"),
+                    retry_in = ?wait,
+                    "waiting for the database"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `e` says the database could not be reached (or is starting or
+/// shutting down), as opposed to refusing what was asked.
+fn unreachable_database(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+            _ => false,
+        })
+}
+
+/// The router HTTP is served with: the application once it is ready,
+/// before that answers that say the service is starting.
+fn front(app: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |request: Request| {
+        let app = app.clone();
+        async move {
+            if let Some(router) = app.get() {
+                let Ok(response) = router.clone().oneshot(request).await;
+                return response;
+            }
+            let waiting = "waiting for the database";
+            match request.uri().path() {
+                "/health" => Json(serde_json::json!({
+                    "status": "starting",
+                    "service": "housekeeper",
+                    "detail": waiting,
+                }))
+                .into_response(),
+                "/ready" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({"status": "not ready", "error": waiting})),
+                )
+                    .into_response(),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({
+                        "error": format!("the service is starting: {waiting}")
+                    })),
+                )
+                    .into_response(),
+            }
+        }
+    })
 }

@@ -216,6 +216,20 @@ impl Server {
     /// Starts the service and waits until `/ready` says it is (store open,
     /// tasks loaded); panics with its error if it stops first.
     pub fn start(args: ServeArgs) -> Server {
+        let mut server = Server::launch(args);
+        let port = server.port;
+        wait_until("the service to be ready", Duration::from_secs(60), || {
+            if server.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = server.thread.take().unwrap().join().unwrap();
+                panic!("serve stopped before it was ready: {result:?}");
+            }
+            http(port, "GET", "/ready", None).is_some_and(|(status, _)| status == 200)
+        });
+        server
+    }
+
+    /// Starts the service and returns at once, ready or not.
+    pub fn launch(args: ServeArgs) -> Server {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -238,19 +252,16 @@ impl Server {
             runtime.shutdown_background();
             result
         });
-        let mut server = Server {
+        Server {
             port,
             stop: Some(stop),
             thread: Some(thread),
-        };
-        wait_until("the service to be ready", Duration::from_secs(60), || {
-            if server.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = server.thread.take().unwrap().join().unwrap();
-                panic!("serve stopped before it was ready: {result:?}");
-            }
-            http(port, "GET", "/ready", None).is_some_and(|(status, _)| status == 200)
-        });
-        server
+        }
+    }
+
+    /// Whether `server::run` has returned.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     pub fn port(&self) -> u16 {

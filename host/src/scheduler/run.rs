@@ -98,11 +98,10 @@ impl Inner {
                 let (task, why) = (name.to_owned(), reason.to_owned());
                 let inner = self.clone();
                 self.jobs.spawn(async move {
-                    if let Err(e) = ledger
-                        .record_skipped(&task, fire.trigger, fire.scheduled_for, &why)
-                        .await
-                    {
-                        tracing::error!(task, error = %e, "cannot record a skipped fire");
+                    let give_up = || inner.stop.is_cancelled();
+                    let write = || ledger.record_skipped(&task, fire.trigger, fire.scheduled_for, &why);
+                    if let Err(e) = inner.persist("a skipped fire", give_up, write).await {
+                        tracing::error!(task, error = %format!("{e:#}"), "cannot record a skipped fire");
                     }
                     inner.changed();
                 });
@@ -160,6 +159,7 @@ impl Inner {
         self.jobs.spawn(async move {
             inner.job(&name, &def, fire, &active).await;
             inner.job_done(&name, active.token);
+            inner.prune(&name, &def).await;
         });
     }
 
@@ -213,6 +213,11 @@ impl Inner {
             trigger = Trigger::Retry;
         }
         drop(permit);
+    }
+
+    /// Prunes `def`'s history to its policy, after a fire is done (and no
+    /// longer holds the task against the next one).
+    async fn prune(&self, name: &str, def: &TaskDef) {
         let history = &def.manifest.history;
         if let Err(e) = self
             .ledger
@@ -233,6 +238,7 @@ impl Inner {
         active: &Active,
     ) -> Option<Lease> {
         let mut asked_to_stop = false;
+        let mut unreachable = CLAIM_RETRY;
         loop {
             let wait = match self.ledger.begin_run(new).await {
                 Ok(Claim::Won(lease)) => return Some(lease),
@@ -271,14 +277,45 @@ impl Inner {
                     }
                     Overlap::Replace | Overlap::Queue => CLAIM_RETRY,
                 },
+                // The database is away: the fire waits for it (and holds
+                // its place against overlapping fires) rather than being
+                // lost.
                 Err(e) => {
-                    tracing::error!(task = name, error = %format!("{e:#}"), "cannot record the start of a run; not running it");
-                    return None;
+                    tracing::warn!(task = name, error = %format!("{e:#}"), retry_in = ?unreachable, "cannot record the start of a run; trying again");
+                    let wait = unreachable;
+                    unreachable = (unreachable * 2).min(RECORD_RETRY_MAX);
+                    wait
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = active.cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Writes `what`, trying again while the database is away, until it
+    /// answers or `give_up` says the service no longer waits (at shutdown,
+    /// once the grace period is over).
+    pub(super) async fn persist<T, F>(
+        &self,
+        what: &str,
+        give_up: impl Fn() -> bool,
+        write: impl Fn() -> F,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut wait = CLAIM_RETRY;
+        loop {
+            match write().await {
+                Ok(done) => return Ok(done),
+                Err(e) if give_up() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "cannot record {what}; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECORD_RETRY_MAX);
+                }
             }
         }
     }
@@ -367,7 +404,12 @@ impl Inner {
         let (status, recorded) = match outcome {
             Some(result) => {
                 let status = result.status;
-                let recorded = self.ledger.finish_run(lease, &result).await;
+                let give_up = || self.stop.is_cancelled() && active.cancel.is_cancelled();
+                let recorded = self
+                    .persist("the end of a run", give_up, || {
+                        self.ledger.finish_run(lease, &result)
+                    })
+                    .await;
                 tracing::info!(task = name, run = id, %status, duration_ms = result.duration_ms, "run finished");
                 if let Some(m) = &self.config.metrics {
                     let at = result.completed_at.timestamp_millis() as f64 / 1000.0;
@@ -381,7 +423,12 @@ impl Inner {
                     .get()
                     .cloned()
                     .unwrap_or((RunStatus::Interrupted, "the run was stopped".into()));
-                let recorded = self.ledger.end_run(lease, status, &reason).await;
+                let give_up = || self.stop.is_cancelled() && active.cancel.is_cancelled();
+                let recorded = self
+                    .persist("the end of a run", give_up, || {
+                        self.ledger.end_run(lease, status, &reason)
+                    })
+                    .await;
                 tracing::info!(task = name, run = id, %status, reason, "run stopped");
                 if let Some(m) = &self.config.metrics {
                     m.run_finished(name, status, 0, 0, 0.0);
@@ -407,6 +454,9 @@ impl Inner {
 
 /// How often a claim blocked by another replica's run is tried again.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest wait between attempts to write to a database that is away.
+const RECORD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether a run that ended so is tried again under the retry policy.
 pub(super) fn retryable(status: RunStatus) -> bool {

@@ -12,6 +12,7 @@ mod compile_cache;
 mod db_tasks;
 mod deploy;
 mod maintenance_sql;
+mod outage;
 mod replicas;
 mod roles;
 mod sandbox;

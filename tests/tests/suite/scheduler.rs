@@ -151,6 +151,8 @@ struct Memory {
     rows: Mutex<Vec<RunRecord>>,
     /// Running runs' leases: run id → (task, exclusive).
     leases: Mutex<HashMap<i64, (String, bool)>>,
+    /// While set, every write fails as it would with the database away.
+    down: std::sync::atomic::AtomicBool,
     settings: Mutex<HashMap<String, TaskSettings>>,
 }
 
@@ -160,8 +162,20 @@ impl Memory {
             clock: TokioClock::starting_at(start),
             rows: Mutex::default(),
             leases: Mutex::default(),
+            down: Default::default(),
             settings: Mutex::default(),
         }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn reachable(&self) -> anyhow::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("the database is unreachable");
+        }
+        Ok(())
     }
 
     /// Inserts a row unless it is a scheduled occurrence already recorded.
@@ -274,6 +288,7 @@ impl Ledger for Memory {
     }
 
     async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim> {
+        self.reachable()?;
         let busy = run.exclusive
             && self
                 .leases
@@ -305,6 +320,7 @@ impl Ledger for Memory {
     }
 
     async fn heartbeat(&self, lease: Lease) -> anyhow::Result<Renewal> {
+        self.reachable()?;
         let now = self.clock.now();
         let mut rows = self.rows.lock().unwrap();
         let row = &mut rows[lease.run_id as usize - 1];
@@ -315,6 +331,7 @@ impl Ledger for Memory {
     }
 
     async fn finish_run(&self, lease: Lease, result: &RunResult) -> anyhow::Result<bool> {
+        self.reachable()?;
         self.end(lease.run_id, |row| {
             row.status = result.status;
             row.error = result.error.clone();
@@ -325,6 +342,7 @@ impl Ledger for Memory {
     }
 
     async fn end_run(&self, lease: Lease, status: RunStatus, reason: &str) -> anyhow::Result<bool> {
+        self.reachable()?;
         self.end(lease.run_id, |row| {
             row.status = status;
             row.error = Some(reason.to_owned());
@@ -364,6 +382,7 @@ impl Ledger for Memory {
         scheduled_for: Option<DateTime<Utc>>,
         reason: &str,
     ) -> anyhow::Result<Option<i64>> {
+        self.reachable()?;
         let mut row = self.row(task, RunStatus::Skipped, triggered_by);
         row.scheduled_for = scheduled_for;
         row.completed_at = Some(row.started_at);
@@ -1183,4 +1202,51 @@ async fn apply_before_start_registers_without_firing() {
     wait(2.5).await;
     h.scheduler.shutdown(Duration::from_secs(5)).await;
     assert_eq!(fired_at(&h, "early"), [6, 7]);
+}
+
+#[tokio::test]
+async fn a_database_that_goes_away_delays_what_is_recorded_but_loses_nothing() {
+    let h = harness().await;
+    h.fake
+        .plan("t", Duration::from_secs(5), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![def("t", Some("*/10 * * * * *"), |m| {
+            m.overlap = Overlap::Skip
+        })],
+    )
+    .await;
+    // The run of :10 is under way when the database goes, for half a minute.
+    wait(12.0).await;
+    h.ledger.set_down(true);
+    wait(30.0).await;
+    assert!(rows(&h, "t").await[0].status == RunStatus::Running);
+    h.ledger.set_down(false);
+    wait(47.5).await;
+    h.scheduler.shutdown(Duration::from_secs(30)).await;
+
+    let rows = rows(&h, "t").await;
+    let mut seen: Vec<(i64, RunStatus)> = rows
+        .iter()
+        .map(|r| ((r.scheduled_for.unwrap() - t0()).num_seconds(), r.status))
+        .collect();
+    seen.sort_by_key(|(at, _)| *at);
+    use RunStatus::{Skipped, Success};
+    // :10 ran and is recorded once the database is back; the fires that
+    // came meanwhile are recorded skipped (the run still held the task);
+    // then the schedule runs on. No occurrence is without its row.
+    assert_eq!(
+        seen,
+        [
+            (10, Success),
+            (20, Skipped),
+            (30, Skipped),
+            (40, Skipped),
+            (50, Success),
+            (60, Success),
+            (70, Success),
+            (80, Success),
+        ],
+        "{rows:#?}"
+    );
 }

@@ -1021,12 +1021,13 @@ async fn a_slow_first_compile_keeps_health_up_and_stops_with_the_service() {
     );
     // Health answers while the first load is under way; readiness says why
     // the service is not ready yet.
-    wait_for("/health", || {
-        get(port, "/health").is_some_and(|(status, _)| status == 200)
+    wait_for("/ready to say the tasks are loading", || {
+        get(port, "/ready").is_some_and(|(status, body)| {
+            status == 503 && body.contains("loading the tasks directory")
+        })
     });
-    let (status, body) = get(port, "/ready").unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("loading the tasks directory"), "{body}");
+    let (status, body) = get(port, "/health").unwrap();
+    assert_eq!(status, 200, "{body}");
     // Shutting down drops the load; the compile worker goes with the service.
     let worker = || {
         let out = Command::new("pgrep")
