@@ -15,6 +15,38 @@ use std::time::Duration;
 const CLOCK_WARN: Duration = Duration::from_secs(2);
 
 impl Inner {
+    /// Waits while another process reports under this replica's name: two
+    /// replicas of one name would take each other's runs for their own
+    /// (crash recovery marks a replica's running rows interrupted). A
+    /// previous process of this replica that died is waited out for at
+    /// most a lease; one that stopped cleanly left no row.
+    pub(super) async fn wait_for_own_name(&self) {
+        let lease = self.config.heartbeat_interval * 3;
+        let mut warned = false;
+        loop {
+            match self.ledger.replica_last_seen().await {
+                Ok(Some(ago)) if ago < lease => {
+                    if !warned {
+                        tracing::warn!(
+                            seen_ago = ?ago,
+                            "another process reported under this replica's name; waiting until it is gone (give each replica its own HOUSEKEEPER_REPLICA)"
+                        );
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(lease - ago + Duration::from_millis(100)) => {}
+                        _ = self.stop.cancelled() => return,
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the replicas' heartbeats");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Starts the heartbeat loop; the first beat has happened when this
     /// returns, so the clock is already the database's.
     pub(super) async fn start_cluster_loop(self: &Arc<Self>) {
@@ -110,7 +142,9 @@ impl Inner {
         }
         let def: Option<Arc<TaskDef>> = self.lock().get(&run.task_name).map(|s| s.def.clone());
         let Some(def) = def else { return };
-        if run.attempt >= def.manifest.retries.max || self.stop.is_cancelled() {
+        // A `housekeeper run` from a shell is the operator's to repeat.
+        let cli = run.triggered_by == crate::model::Trigger::Cli;
+        if cli || run.attempt >= def.manifest.retries.max || self.stop.is_cancelled() {
             return;
         }
         let backoff = retry_backoff(&def, run.attempt);

@@ -57,6 +57,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// The database's clock.
     async fn db_now(&self) -> anyhow::Result<DateTime<Utc>>;
 
+    /// How long ago a process last reported under this replica's name.
+    async fn replica_last_seen(&self) -> anyhow::Result<Option<std::time::Duration>>;
+
+    /// Takes this replica off the list of live ones.
+    async fn replica_leave(&self) -> anyhow::Result<()>;
+
     /// Records that this replica is alive, with its clock's offset.
     async fn replica_heartbeat(
         &self,
@@ -133,6 +139,14 @@ impl Ledger for Store {
 
     async fn db_now(&self) -> anyhow::Result<DateTime<Utc>> {
         Store::db_now(self).await
+    }
+
+    async fn replica_last_seen(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        Store::replica_last_seen(self).await
+    }
+
+    async fn replica_leave(&self) -> anyhow::Result<()> {
+        Store::replica_leave(self).await
     }
 
     async fn replica_heartbeat(

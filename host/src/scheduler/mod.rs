@@ -118,6 +118,7 @@ impl Scheduler {
     /// Recovers from a crash, handles fires missed while down, starts the
     /// startup runs and the schedule loops.
     pub async fn start(&self) -> anyhow::Result<()> {
+        self.inner.wait_for_own_name().await;
         let orphans = self.inner.ledger.interrupt_orphans().await?;
         self.inner.changed();
         if !orphans.is_empty() {
@@ -429,6 +430,9 @@ impl Scheduler {
             }
             self.inner.jobs.wait().await;
         }
+        if let Err(e) = self.inner.ledger.replica_leave().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot take this replica off the live list");
+        }
     }
 }
 
@@ -540,7 +544,17 @@ impl Inner {
         let Some(missed) = latest_fire_between(schedule, tz, last, now, 10_000) else {
             return Ok(());
         };
-        match def.manifest.misfire {
+        // An occurrence of the last few seconds may be one a live replica
+        // is claiming right now: it is claimed like any fire (whoever
+        // claims first runs it), never recorded as missed.
+        let recent =
+            now - chrono::Duration::from_std(self.config.heartbeat_interval).unwrap_or_default();
+        let policy = if missed >= recent {
+            Misfire::RunOnce
+        } else {
+            def.manifest.misfire
+        };
+        match policy {
             Misfire::RunOnce => {
                 tracing::info!(task = name, %missed, "running a fire missed while the service was down");
                 self.fire(

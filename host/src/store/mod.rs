@@ -39,6 +39,7 @@ macro_rules! on_pool {
 }
 
 mod lease;
+mod replica;
 pub use lease::{Claim, Holder, Lease, Reaped, Renewal, ReplicaRow, STARTUP_WINDOW};
 
 /// Handle to the store; cheap to clone.

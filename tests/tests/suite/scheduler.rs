@@ -367,6 +367,14 @@ impl Ledger for Memory {
         Ok(self.clock.now())
     }
 
+    async fn replica_last_seen(&self) -> anyhow::Result<Option<Duration>> {
+        Ok(None)
+    }
+
+    async fn replica_leave(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     async fn replica_heartbeat(
         &self,
         _started: DateTime<Utc>,
@@ -1249,4 +1257,70 @@ async fn a_database_that_goes_away_delays_what_is_recorded_but_loses_nothing() {
         ],
         "{rows:#?}"
     );
+}
+
+/// A replica starting just after an occurrence, while a live replica may
+/// be claiming it, claims it like any fire rather than recording it missed.
+#[tokio::test]
+async fn an_occurrence_of_the_last_seconds_is_claimed_not_recorded_missed() {
+    recent_occurrence_at_start(false).await;
+}
+
+#[tokio::test]
+async fn an_occurrence_of_the_last_seconds_claimed_elsewhere_is_left_to_its_replica() {
+    recent_occurrence_at_start(true).await;
+}
+
+async fn recent_occurrence_at_start(claimed_elsewhere: bool) {
+    {
+        let start = t0() + chrono::Duration::seconds(2);
+        let h = harness_with(SchedulerConfig::default(), start).await;
+        let earlier = |at: DateTime<Utc>| NewRun {
+            task_name: "minutely",
+            triggered_by: Trigger::Schedule,
+            scheduled_for: Some(at),
+            dry_run: false,
+            component_hash: None,
+            exclusive: false,
+            attempt: 0,
+        };
+        let recorded = [t0() - chrono::Duration::minutes(10)]
+            .into_iter()
+            .chain(claimed_elsewhere.then_some(t0()));
+        for at in recorded {
+            let lease = h
+                .ledger
+                .begin_run(&earlier(at))
+                .await
+                .unwrap()
+                .lease()
+                .unwrap();
+            h.ledger
+                .end_run(lease, RunStatus::Success, "")
+                .await
+                .unwrap();
+        }
+        start_with(&h, "* * * * *").await;
+        wait(5.0).await;
+        h.scheduler.shutdown(Duration::from_secs(5)).await;
+        let at_t0: Vec<_> = rows(&h, "minutely")
+            .await
+            .into_iter()
+            .filter(|r| r.scheduled_for == Some(t0()))
+            .collect();
+        assert_eq!(at_t0.len(), 1, "{at_t0:#?}");
+        assert_eq!(at_t0[0].status, RunStatus::Success);
+        let ran_here = h.fake.calls("minutely").len();
+        assert_eq!(ran_here, usize::from(!claimed_elsewhere));
+    }
+}
+
+async fn start_with(h: &Harness, schedule: &str) {
+    start(
+        h,
+        vec![def("minutely", Some(schedule), |m| {
+            m.misfire = Misfire::Skip
+        })],
+    )
+    .await;
 }

@@ -422,3 +422,27 @@ async fn postgres_a_run_ends_by_the_databases_clock(pool: PgPool) {
     assert!(row.started_at <= ended && ended <= now, "{row:#?}");
     assert_eq!(store.stats().await.unwrap()["t"].last_run_at, Some(ended));
 }
+
+async fn a_replica_name_in_use_is_seen_and_left(a: Store) {
+    assert_eq!(a.replica_last_seen().await.unwrap(), None);
+    a.replica_heartbeat(Utc::now(), "1", 0).await.unwrap();
+    let ago = a.replica_last_seen().await.unwrap().unwrap();
+    assert!(ago < std::time::Duration::from_secs(5), "{ago:?}");
+    a.replica_leave().await.unwrap();
+    assert_eq!(a.replica_last_seen().await.unwrap(), None);
+}
+
+/// On SQLite the lock on the database keeps a second `serve` out, so a
+/// name is never waited for.
+#[sqlx::test(migrations = "../migrations/sqlite")]
+async fn sqlite_replica_name_is_never_waited_for(pool: SqlitePool) {
+    let a = Store::from_sqlite(pool, "r1");
+    a.replica_heartbeat(Utc::now(), "1", 0).await.unwrap();
+    assert_eq!(a.replica_last_seen().await.unwrap(), None);
+    a.replica_leave().await.unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_replica_name_in_use(pool: PgPool) {
+    a_replica_name_in_use_is_seen_and_left(Store::from_postgres(pool, "r1")).await;
+}
