@@ -32,9 +32,17 @@ impl RunCapabilities {
         output: &Output,
         sql: sql::SqlCapability,
         fs_limits: filesystem::FsLimits,
+        clock_ahead: chrono::Duration,
     ) -> anyhow::Result<Self> {
         Ok(RunCapabilities {
-            wasi: wasi::WasiCapability::new(dirs, dry_run, fs_on_guest_thread, output, fs_limits)?,
+            wasi: wasi::WasiCapability::new(
+                dirs,
+                dry_run,
+                fs_on_guest_thread,
+                output,
+                fs_limits,
+                clock_ahead,
+            )?,
             log: log::LogCapability::new(output.clone()),
             config: config::ConfigCapability::new(config),
             sql,

@@ -110,6 +110,26 @@ pub struct WasiCapability {
     fs: FsGuard,
 }
 
+/// The system's wall clock set to the database's, as the scheduler's is: a
+/// task on a replica whose clock is off still sees the time its schedule
+/// and the database go by (an age cut-off on a fast replica does not delete
+/// early).
+struct DatabaseWallClock {
+    ahead: chrono::Duration,
+}
+
+impl wasmtime_wasi::HostWallClock for DatabaseWallClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        let now = chrono::Utc::now() - self.ahead;
+        let since_epoch = now - chrono::DateTime::UNIX_EPOCH;
+        since_epoch.to_std().unwrap_or_default()
+    }
+}
+
 impl WasiCapability {
     /// Preopens each granted directory; in a dry-run every one is read-only.
     /// With `fs_on_guest_thread`, filesystem calls run on the thread that
@@ -122,8 +142,12 @@ impl WasiCapability {
         fs_on_guest_thread: bool,
         output: &Output,
         limits: FsLimits,
+        clock_ahead: chrono::Duration,
     ) -> anyhow::Result<Self> {
         let mut builder = WasiCtxBuilder::new();
+        if !clock_ahead.is_zero() {
+            builder.wall_clock(DatabaseWallClock { ahead: clock_ahead });
+        }
         builder
             .stdout(CapturedStdio::new(output.clone(), Stream::Stdout))
             .stderr(CapturedStdio::new(output.clone(), Stream::Stderr))

@@ -187,6 +187,9 @@ pub struct RunRequest {
     /// Connections for this run instead of the runtime's own.
     pub connections: Option<Connections>,
     pub config: ConfigMap,
+    /// How far this process's clock is ahead of the database's: the guest's
+    /// wall clock is the database's, like the schedule it runs on.
+    pub clock_ahead: chrono::Duration,
 }
 
 impl RunRequest {
@@ -207,6 +210,7 @@ impl RunRequest {
             database: manifest.database.clone(),
             connections: None,
             config: manifest.config.clone(),
+            clock_ahead: chrono::Duration::zero(),
         }
     }
 }
@@ -421,9 +425,17 @@ impl Runtime {
         );
         let memory = MemoryBudget::new(64 << 20);
         let fs_limits = FsLimits::new(ResourceLimits::default(), None, memory.clone());
-        let capabilities =
-            RunCapabilities::new(&[], true, false, ConfigMap::new(), &output, sql, fs_limits)
-                .map_err(|e| RunError::setup(format!("{e:#}")))?;
+        let capabilities = RunCapabilities::new(
+            &[],
+            true,
+            false,
+            ConfigMap::new(),
+            &output,
+            sql,
+            fs_limits,
+            chrono::Duration::zero(),
+        )
+        .map_err(|e| RunError::setup(format!("{e:#}")))?;
         let mut store = self.store(capabilities, memory, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
         let call = async {
             let task = component.pre.instantiate_async(&mut store).await?;
@@ -512,6 +524,7 @@ impl Runtime {
                 self.inner.options.descriptors_per_run,
                 memory.clone(),
             ),
+            request.clock_ahead,
         ) {
             Err(e) => Err(RunError::setup(format!("{e:#}"))),
             Ok(capabilities) => {

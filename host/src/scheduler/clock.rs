@@ -10,6 +10,11 @@ pub trait Clock: Send + Sync + 'static {
     /// Told how far this process's clock is ahead of the database's; a
     /// clock that follows the database's takes it off.
     fn correct(&self, _ahead: chrono::Duration) {}
+
+    /// What was last given to [`Clock::correct`].
+    fn ahead(&self) -> chrono::Duration {
+        chrono::Duration::zero()
+    }
 }
 
 /// The system's wall clock.
@@ -40,6 +45,10 @@ impl Clock for DatabaseClock {
             ahead.num_milliseconds(),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    fn ahead(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

@@ -355,6 +355,7 @@ impl Inner {
         request.dry_run = fire.dry_run;
         request.scheduled_for = fire.scheduled_for;
         request.last_success = last_success;
+        request.clock_ahead = self.clock.ahead();
 
         let key = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stuck_at = tokio::time::Instant::now() + request.timeout + self.config.stuck_after;

@@ -973,3 +973,28 @@ async fn a_grant_of_a_kernel_filesystem_is_refused_before_the_task_runs() {
         assert!(!result.output.contains("DATABASE_URL"));
     }
 }
+
+/// A task sees the database's time, as its schedule does: on a replica
+/// whose clock is an hour fast, the guest's wall clock is not.
+#[tokio::test]
+async fn the_guest_clock_is_the_databases() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    for ahead in [0i64, 3600, -86_400] {
+        let mut r = request("clock", "", vec![]);
+        r.clock_ahead = chrono::Duration::seconds(ahead);
+        let before = now();
+        let result = hostile(r).await;
+        let after = now();
+        assert_eq!(result.status, RunStatus::Success, "{result:?}");
+        let seen: i64 = result.summary.unwrap().parse().unwrap();
+        assert!(
+            (before - ahead..=after - ahead).contains(&seen),
+            "ahead {ahead}: saw {seen}, host {before}..{after}"
+        );
+    }
+}
