@@ -4,6 +4,7 @@
 //! stopped renewing their leases (retrying them as the task's policy
 //! says), and pick up toggles made on other replicas.
 
+use super::clock::offset_from;
 use super::run::{Fire, retry_backoff};
 use super::{Inner, TaskDef};
 use crate::store::Reaped;
@@ -108,7 +109,7 @@ impl Inner {
             }
         };
         let after = chrono::Utc::now();
-        let ahead = before + (after - before) / 2 - db;
+        let ahead = offset_from(self.clock.ahead(), before, db, after);
         self.clock.correct(ahead);
         if let Some(m) = &self.config.metrics {
             m.set_clock_offset(ahead.num_milliseconds() as f64 / 1000.0);
