@@ -2,8 +2,10 @@
 # System packages beyond rustup. The build needs libclang, for the bindgen
 # step of libpg_query (PostgreSQL's parser, which checks task SQL). With
 # --tests, also libfaketime, which the cluster tests use to run a replica
-# whose clock is an hour off. Installs what is missing with apt-get (as
-# root, or through sudo); otherwise says exactly what to run.
+# whose clock is an hour off, and pgbouncer, which the pooler tests start
+# (a private one each) to run the store through transaction mode. Installs
+# what is missing with apt-get (as root, or through sudo); otherwise says
+# exactly what to run.
 set -euo pipefail
 
 tests=false
@@ -25,9 +27,16 @@ have_libfaketime() {
         compgen -G '/usr/local/lib/faketime/libfaketimeMT.so.1' >/dev/null
 }
 
+# Where tests/tests/suite/pooler.rs looks for it (Debian installs it in
+# /usr/sbin, which is not on every user's PATH).
+have_pgbouncer() {
+    command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]
+}
+
 missing=()
 have_libclang || missing+=(libclang-dev)
 $tests && ! have_libfaketime && missing+=(faketime)
+$tests && ! have_pgbouncer && missing+=(pgbouncer)
 [ ${#missing[@]} = 0 ] && exit 0
 
 if command -v apt-get >/dev/null; then
@@ -48,6 +57,11 @@ fi
 if $tests && ! have_libfaketime; then
     echo "libfaketime is missing: the tests run a replica whose clock is off with it." >&2
     echo "Install it, e.g. on Debian or Ubuntu: sudo apt-get install faketime" >&2
+    status=1
+fi
+if $tests && ! have_pgbouncer; then
+    echo "pgbouncer is missing: the tests run the store through it in transaction mode." >&2
+    echo "Install it, e.g. on Debian or Ubuntu: sudo apt-get install pgbouncer" >&2
     status=1
 fi
 exit $status

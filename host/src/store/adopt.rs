@@ -15,11 +15,11 @@
 //! nothing is changed. The transaction makes a failure later on just as
 //! harmless.
 
+use super::{query, query_scalar};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
-use sqlx::migrate::Migrate as _;
+use sqlx::Row as _;
 use sqlx::postgres::{PgConnection, PgPool};
-use sqlx::{Connection as _, Row as _};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -150,35 +150,40 @@ fn db(step: impl Into<String>) -> impl FnOnce(sqlx::Error) -> AdoptError {
 }
 
 /// Takes over the reference service's tables if they are there and our
-/// migrations are not, and says what it found. Runs under the migrator's
-/// own lock, so that of two processes starting at once one adopts and the
-/// other finds the migration recorded.
+/// migrations are not, and says what it found: one transaction under the
+/// migration lock, so that of two processes starting at once one adopts and
+/// the other finds the migration recorded.
 pub async fn adopt(pool: &PgPool, options: &AdoptOptions) -> Result<Finding, AdoptError> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(db("connecting to PostgreSQL"))?;
-    conn.lock().await.map_err(|e| AdoptError::Database {
-        step: "taking the migration lock".into(),
-        source: sqlx::Error::Migrate(Box::new(e)),
-    })?;
-    let result = adopt_locked(&mut conn, options).await;
-    if conn.unlock().await.is_err() {
-        // Closing the session releases the lock.
-        conn.close_on_drop();
+    let mut tx = pool.begin().await.map_err(db("connecting to PostgreSQL"))?;
+    let done = async {
+        super::migrate::lock(&mut tx)
+            .await
+            .map_err(db("taking the migration lock"))?;
+        adopt_in(&mut tx, options).await
     }
-    result
+    .await;
+    match done {
+        Ok(finding) => {
+            tx.commit().await.map_err(db("committing"))?;
+            Ok(finding)
+        }
+        Err(e) => {
+            // Released now, not when the connection is next used.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
-async fn adopt_locked(
-    conn: &mut PgConnection,
+/// [`adopt`] in the transaction `tx`, which holds the migration lock and
+/// which the caller commits (with the migrations that follow, at start).
+pub(super) async fn adopt_in(
+    tx: &mut PgConnection,
     options: &AdoptOptions,
 ) -> Result<Finding, AdoptError> {
     let started = Instant::now();
-    let mut tx = conn.begin().await.map_err(db("beginning a transaction"))?;
-    let finding = inspect(&mut tx, options, true).await?;
+    let finding = inspect(tx, options, true).await?;
     let Finding::Reference(plan) = &finding else {
-        tx.rollback().await.map_err(db("ending the inspection"))?;
         return Ok(finding);
     };
     for statement in &plan.statements {
@@ -187,13 +192,19 @@ async fn adopt_locked(
             .await
             .map_err(db(first_line(statement)))?;
     }
-    tx.commit().await.map_err(db("committing"))?;
-    // As sqlx does, the time is filled in after the commit (it starts as -1).
-    let _ = sqlx::query("UPDATE _sqlx_migrations SET execution_time = $1 WHERE version = $2")
+    // As sqlx does, the time it took replaces the -1 it starts as.
+    query("UPDATE _sqlx_migrations SET execution_time = $1 WHERE version = $2")
         .bind(started.elapsed().as_nanos() as i64)
         .bind(ADOPTED_VERSION)
-        .execute(&mut *conn)
-        .await;
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording the time taken"))?;
+    // The lock timeout was for taking the reference tables; what follows in
+    // the transaction waits as long as it needs.
+    sqlx::raw_sql("SET LOCAL lock_timeout = DEFAULT")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("resetting lock_timeout"))?;
     Ok(finding)
 }
 
@@ -351,7 +362,7 @@ struct Found {
 }
 
 async fn columns(conn: &mut PgConnection, table: &str) -> Result<Vec<Found>, AdoptError> {
-    let rows = sqlx::query(
+    let rows = query(
         "SELECT a.attname::text AS name, format_type(a.atttypid, NULL) AS pg_type, a.attnotnull AS not_null, \
                 pg_get_expr(d.adbin, d.adrelid) AS default_expr, a.attidentity <> '' AS identity \
          FROM pg_attribute a \
@@ -382,7 +393,7 @@ async fn scalar<T>(conn: &mut PgConnection, sql: &str, step: &str) -> Result<T, 
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
 {
-    sqlx::query_scalar(sql)
+    query_scalar(sql)
         .fetch_one(&mut *conn)
         .await
         .map_err(db(step))
@@ -408,7 +419,7 @@ async fn inspect(
     .await?;
     if has_migrations {
         let recorded: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
+            query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
                 .bind(ADOPTED_VERSION)
                 .fetch_one(&mut *conn)
                 .await
@@ -417,7 +428,7 @@ async fn inspect(
             return Ok(Finding::Migrated);
         }
     }
-    let row = sqlx::query(
+    let row = query(
         "SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass('housekeeper_runs')) AS runs, \
                 (SELECT relkind::text FROM pg_class WHERE oid = to_regclass('housekeeper_config')) AS config, \
                 to_regprocedure('get_housekeeper_stats()') IS NOT NULL AS function, \
@@ -482,7 +493,7 @@ async fn inspect(
             .iter()
             .map(|m| m.version)
             .collect();
-        let foreign: Vec<String> = sqlx::query_scalar(
+        let foreign: Vec<String> = query_scalar(
             "SELECT version::text FROM _sqlx_migrations WHERE version <> ALL($1) ORDER BY version LIMIT 6",
         )
         .bind(&ours)
@@ -525,7 +536,7 @@ async fn inspect(
             .map_err(db("locking the reference tables"))?;
     }
 
-    let taken: Vec<String> = sqlx::query_scalar(
+    let taken: Vec<String> = query_scalar(
         "SELECT c.relname::text FROM pg_class c \
          WHERE c.relname::text = ANY($1) \
            AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'housekeeper_runs'::regclass) \
@@ -641,7 +652,7 @@ async fn inspect(
 
     // Keys and constraints: exactly the reference primary keys.
     for (table, key) in [(RUNS, "id"), (CONFIG, "task_name")] {
-        let primary: Vec<String> = sqlx::query_scalar(
+        let primary: Vec<String> = query_scalar(
             "SELECT a.attname::text FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY a.attnum",
@@ -662,7 +673,7 @@ async fn inspect(
                 format!("make ({key}) its primary key (ALTER TABLE {table} ADD PRIMARY KEY ({key})) and start again"),
             );
         }
-        let others = sqlx::query(
+        let others = query(
             "SELECT conname::text AS name, pg_get_constraintdef(oid) AS def FROM pg_constraint \
              WHERE conrelid = $1::text::regclass AND contype NOT IN ('p', 'n') ORDER BY conname",
         )
@@ -696,7 +707,7 @@ async fn inspect(
             })
             .map(|c| c.name)
             .collect();
-        let users = sqlx::query(
+        let users = query(
             "SELECT DISTINCT a.attname::text AS column_name, \
                     CASE WHEN d.classid = 'pg_rewrite'::regclass THEN \
                         (SELECT CASE c.relkind WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' ELSE 'rule on ' END \
@@ -728,7 +739,7 @@ async fn inspect(
         }
     }
     if has_function {
-        let users: Vec<String> = sqlx::query_scalar(
+        let users: Vec<String> = query_scalar(
             "SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass THEN \
                         (SELECT CASE c.relkind WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' ELSE 'rule on ' END \
                                 || c.oid::regclass::text \
@@ -764,7 +775,7 @@ async fn inspect(
     });
     if converts_time {
         let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+            query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
                 .bind(zone)
                 .fetch_one(&mut *conn)
                 .await
@@ -810,7 +821,7 @@ async fn inspect(
                 (RUNS, "triggered_by") | (CONFIG, "last_modified_at")
             );
             if c.not_null && !not_null && !filled {
-                let sample: Vec<String> = sqlx::query_scalar(&format!(
+                let sample: Vec<String> = query_scalar(&format!(
                     "SELECT {key}::text FROM {table} WHERE {} IS NULL ORDER BY {key} LIMIT 6",
                     c.name
                 ))
@@ -835,7 +846,7 @@ async fn inspect(
                 }
             }
             if c.kind == Kind::Time {
-                let sample: Vec<String> = sqlx::query_scalar(&format!(
+                let sample: Vec<String> = query_scalar(&format!(
                     "SELECT {key}::text FROM {table} WHERE NOT isfinite({}) ORDER BY {key} LIMIT 6",
                     c.name
                 ))
@@ -943,7 +954,7 @@ async fn plan(
             .collect()
     };
 
-    let counts = sqlx::query(
+    let counts = query(
         "SELECT count(*) AS runs, count(DISTINCT task_name) AS tasks, min(id)::int8 AS first, max(id)::int8 AS last, \
                 count(*) FILTER (WHERE status = 'running') AS running, \
                 count(*) FILTER (WHERE triggered_by = 'scheduler') AS by_scheduler, \
@@ -966,7 +977,7 @@ async fn plan(
     let first: Option<i64> = counts.try_get("first").map_err(db("counting runs"))?;
     let last: Option<i64> = counts.try_get("last").map_err(db("counting runs"))?;
 
-    let seq = sqlx::query(&format!(
+    let seq = query(&format!(
         "SELECT s.last_value::int8 AS last_value, s.is_called, format_type(p.seqtypid, NULL) AS seq_type, p.seqincrement \
          FROM {sequence} s, pg_sequence p WHERE p.seqrelid = {}::regclass",
         quote_literal(&sequence)
@@ -1002,6 +1013,7 @@ async fn plan(
         let names: Vec<(String, bool)> = sqlx::query_as(
             "SELECT task_name::text, enabled FROM housekeeper_config ORDER BY task_name",
         )
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await
         .map_err(db("reading housekeeper_config"))?;
@@ -1023,6 +1035,7 @@ async fn plan(
         sqlx::query_as::<_, (NaiveDateTime, DateTime<Utc>)>(&format!(
             "SELECT started_at, started_at AT TIME ZONE {zone} FROM housekeeper_runs ORDER BY started_at DESC LIMIT 1"
         ))
+        .persistent(false)
         .fetch_optional(&mut *conn)
         .await
         .map_err(db("reading the newest run"))?

@@ -9,7 +9,7 @@
 //! keep its own alive. Each step is one transaction and holds no session
 //! state, so a pooler in transaction mode sits in between safely.
 
-use super::{Backend, Completion, NewRun, Store, decode};
+use super::{Backend, Completion, NewRun, Store, decode, query, query_scalar};
 use crate::model::{RunResult, RunStatus, Trigger};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -118,10 +118,15 @@ impl Store {
     /// process's.
     pub async fn db_now(&self) -> anyhow::Result<DateTime<Utc>> {
         match &self.backend {
-            Backend::Postgres(pool) => sqlx::query_scalar("SELECT now()")
-                .fetch_one(pool)
-                .await
-                .context("cannot read the database's clock"),
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let now = query_scalar("SELECT now()")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("cannot read the database's clock")?;
+                tx.commit().await?;
+                Ok(now)
+            }
             Backend::Sqlite(_) => Ok(Utc::now()),
         }
     }
@@ -155,12 +160,12 @@ impl Store {
                 // Replicas starting together would each see no startup
                 // run yet: the check and the insert go one at a time.
                 if postgres {
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('housekeeper startup ' || $1))")
+                    query("SELECT pg_advisory_xact_lock(hashtext('housekeeper startup ' || $1))")
                         .bind(run.task_name)
                         .execute(&mut *tx)
                         .await?;
                 }
-                let others: i64 = sqlx::query_scalar(recent_startup)
+                let others: i64 = query_scalar(recent_startup)
                     .bind(run.task_name)
                     .bind(&self.replica)
                     .bind(before(now, STARTUP_WINDOW))
@@ -171,7 +176,7 @@ impl Store {
                     return Ok(Claim::Recorded);
                 }
             }
-            let id: Option<i64> = sqlx::query_scalar(insert_run)
+            let id: Option<i64> = query_scalar(insert_run)
                 .bind(run.task_name)
                 .bind(now)
                 .bind(run.triggered_by.as_str())
@@ -187,7 +192,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(Claim::Recorded);
             };
-            let leased: Option<i64> = sqlx::query_scalar(insert_lease)
+            let leased: Option<i64> = query_scalar(insert_lease)
                 .bind(id)
                 .bind(run.task_name)
                 .bind(run.exclusive)
@@ -198,11 +203,12 @@ impl Store {
                 .await
                 .context("cannot take the run's lease")?;
             if leased.is_none() {
-                tx.rollback().await?;
-                let row = sqlx::query("SELECT run_id, replica FROM housekeeper_leases WHERE task_name = $1 AND exclusive")
+                // Read committed: this sees the holder that committed.
+                let row = query("SELECT run_id, replica FROM housekeeper_leases WHERE task_name = $1 AND exclusive")
                     .bind(run.task_name)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                tx.rollback().await?;
                 let holder = match row {
                     Some(row) => Holder { run_id: row.try_get("run_id")?, replica: row.try_get("replica")? },
                     // Released in between: the caller tries again.
@@ -222,7 +228,7 @@ impl Store {
         let now = self.db_now().await?;
         let renewed: Option<Option<String>> = on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
-            let row = sqlx::query("UPDATE housekeeper_leases SET expires_at = $1 WHERE run_id = $2 AND epoch = $3 RETURNING cancel_reason")
+            let row = query("UPDATE housekeeper_leases SET expires_at = $1 WHERE run_id = $2 AND epoch = $3 RETURNING cancel_reason")
                 .bind(after(now, self.lease))
                 .bind(lease.run_id)
                 .bind(lease.epoch)
@@ -230,7 +236,7 @@ impl Store {
                 .await
                 .context("cannot renew the run's lease")?;
             if row.is_some() {
-                sqlx::query("UPDATE housekeeper_runs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running'")
+                query("UPDATE housekeeper_runs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running'")
                     .bind(now)
                     .bind(lease.run_id)
                     .execute(&mut *tx)
@@ -304,10 +310,10 @@ impl Store {
         reason: &str,
     ) -> anyhow::Result<bool> {
         let now = self.db_now().await?;
-        let started: Option<DateTime<Utc>> = on_pool!(self, pool => sqlx::query_scalar("SELECT started_at FROM housekeeper_runs WHERE id = $1")
+        let started: Option<DateTime<Utc>> = in_tx!(self, conn => query_scalar("SELECT started_at FROM housekeeper_runs WHERE id = $1")
             .bind(id)
-            .fetch_optional(pool)
-            .await)?;
+            .fetch_optional(&mut *conn)
+            .await?);
         let Some(started) = started else {
             return Ok(false);
         };
@@ -336,11 +342,11 @@ impl Store {
         let now = self.db_now().await?;
         // Deleting an expired lease is what makes a replica the reaper of
         // its run: of several replicas deleting at once, one gets each row.
-        let expired: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar("DELETE FROM housekeeper_leases WHERE expires_at < $1 RETURNING run_id")
+        let expired: Vec<i64> = in_tx!(self, conn => query_scalar("DELETE FROM housekeeper_leases WHERE expires_at < $1 RETURNING run_id")
             .bind(now)
-            .fetch_all(pool)
-            .await)
-        .context("cannot reap expired leases")?;
+            .fetch_all(&mut *conn)
+            .await
+            .context("cannot reap expired leases")?);
         // A running row without a lease is also left over: its reaper died
         // between the two steps, or it was written by a process that keeps
         // no leases (an older version during a rolling upgrade), which gets
@@ -348,10 +354,10 @@ impl Store {
         let sql = "SELECT id FROM housekeeper_runs r WHERE status = 'running' \
                    AND NOT EXISTS (SELECT 1 FROM housekeeper_leases l WHERE l.run_id = r.id) \
                    AND COALESCE(heartbeat_at, started_at) < $1 ORDER BY id";
-        let leftover: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
+        let leftover: Vec<i64> = in_tx!(self, conn => query_scalar(sql)
             .bind(before(now, self.lease * 2))
-            .fetch_all(pool)
-            .await)?;
+            .fetch_all(&mut *conn)
+            .await?);
         let mut reaped = Vec::new();
         for id in expired.into_iter().chain(leftover) {
             if let Some(run) = self.reap_one(id).await? {
@@ -366,8 +372,8 @@ impl Store {
         let sql = "SELECT id, task_name, replica, triggered_by, scheduled_for, attempt, dry_run, \
                           COALESCE(heartbeat_at, started_at) AS seen \
                    FROM housekeeper_runs WHERE id = $1 AND status = 'running'";
-        let found = on_pool!(self, pool => {
-            match sqlx::query(sql).bind(id).fetch_optional(pool).await? {
+        let found = in_tx!(self, conn => {
+            match query(sql).bind(id).fetch_optional(&mut *conn).await? {
                 None => None,
                 Some(row) => {
                     let trigger: String = row.try_get("triggered_by")?;
@@ -403,14 +409,16 @@ impl Store {
     /// process are recorded `interrupted`, without waiting for their
     /// leases to expire.
     pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
-        let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 ORDER BY id")
+        let ids: Vec<i64> = in_tx!(self, conn => query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 ORDER BY id")
             .bind(&self.replica)
-            .fetch_all(pool)
-            .await)?;
-        on_pool!(self, pool => sqlx::query("DELETE FROM housekeeper_leases WHERE replica = $1")
-            .bind(&self.replica)
-            .execute(pool)
-            .await.map(|_| ()))?;
+            .fetch_all(&mut *conn)
+            .await?);
+        in_tx!(self, conn => {
+            query("DELETE FROM housekeeper_leases WHERE replica = $1")
+                .bind(&self.replica)
+                .execute(&mut *conn)
+                .await?;
+        });
         let mut ended = Vec::new();
         for id in ids {
             let why = "the service stopped while the run was in progress";
@@ -432,21 +440,23 @@ impl Store {
         run_id: i64,
         reason: &str,
     ) -> anyhow::Result<Option<String>> {
-        let replica = on_pool!(self, pool => sqlx::query_scalar("UPDATE housekeeper_leases SET cancel_reason = COALESCE(cancel_reason, $1) WHERE run_id = $2 RETURNING replica")
+        let replica = in_tx!(self, conn => query_scalar("UPDATE housekeeper_leases SET cancel_reason = COALESCE(cancel_reason, $1) WHERE run_id = $2 RETURNING replica")
             .bind(reason)
             .bind(run_id)
-            .fetch_optional(pool)
-            .await)?;
+            .fetch_optional(&mut *conn)
+            .await?);
         Ok(replica)
     }
 
     /// Asks the run holding `task`'s exclusive lease to stop.
     pub async fn request_cancel_task(&self, task: &str, reason: &str) -> anyhow::Result<()> {
-        on_pool!(self, pool => sqlx::query("UPDATE housekeeper_leases SET cancel_reason = COALESCE(cancel_reason, $1) WHERE task_name = $2 AND exclusive")
-            .bind(reason)
-            .bind(task)
-            .execute(pool)
-            .await.map(|_| ()))?;
+        in_tx!(self, conn => {
+            query("UPDATE housekeeper_leases SET cancel_reason = COALESCE(cancel_reason, $1) WHERE task_name = $2 AND exclusive")
+                .bind(reason)
+                .bind(task)
+                .execute(&mut *conn)
+                .await?;
+        });
         Ok(())
     }
 
@@ -463,15 +473,17 @@ impl Store {
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica) DO UPDATE SET \
                    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
                    clock_offset_ms = excluded.clock_offset_ms, version = excluded.version";
-        on_pool!(self, pool => sqlx::query(sql)
-            .bind(&self.replica)
-            .bind(started_at)
-            .bind(now)
-            .bind(clock_offset_ms)
-            .bind(version)
-            .execute(pool)
-            .await.map(|_| ()))
-        .context("cannot record this replica's heartbeat")?;
+        in_tx!(self, conn => {
+            query(sql)
+                .bind(&self.replica)
+                .bind(started_at)
+                .bind(now)
+                .bind(clock_offset_ms)
+                .bind(version)
+                .execute(&mut *conn)
+                .await
+                .context("cannot record this replica's heartbeat")?;
+        });
         Ok(())
     }
 
@@ -479,14 +491,16 @@ impl Store {
     /// gone for an hour are deleted.
     pub async fn replicas(&self, within: Duration) -> anyhow::Result<Vec<ReplicaRow>> {
         let now = self.db_now().await?;
-        on_pool!(self, pool => sqlx::query("DELETE FROM housekeeper_replicas WHERE heartbeat_at < $1")
-            .bind(before(now, Duration::from_secs(3600)))
-            .execute(pool)
-            .await.map(|_| ()))?;
+        in_tx!(self, conn => {
+            query("DELETE FROM housekeeper_replicas WHERE heartbeat_at < $1")
+                .bind(before(now, Duration::from_secs(3600)))
+                .execute(&mut *conn)
+                .await?;
+        });
         let sql = "SELECT replica, started_at, heartbeat_at, clock_offset_ms, version FROM housekeeper_replicas \
                    WHERE heartbeat_at >= $1 ORDER BY replica";
-        on_pool!(self, pool => {
-            let rows = sqlx::query(sql).bind(before(now, within)).fetch_all(pool).await?;
+        in_tx!(self, conn => {
+            let rows = query(sql).bind(before(now, within)).fetch_all(&mut *conn).await?;
             rows.iter().map(|row| Ok(ReplicaRow {
                 replica: row.try_get("replica")?,
                 started_at: row.try_get("started_at")?,
@@ -499,18 +513,18 @@ impl Store {
 
     /// Asks every replica to rescan its tasks directory.
     pub async fn request_reload(&self) -> anyhow::Result<i64> {
-        let generation = on_pool!(self, pool => sqlx::query_scalar("UPDATE housekeeper_cluster SET reload_generation = reload_generation + 1 WHERE id = 1 RETURNING reload_generation")
-            .fetch_one(pool)
-            .await)
-        .context("cannot record the reload request")?;
+        let generation = in_tx!(self, conn => query_scalar("UPDATE housekeeper_cluster SET reload_generation = reload_generation + 1 WHERE id = 1 RETURNING reload_generation")
+            .fetch_one(&mut *conn)
+            .await
+            .context("cannot record the reload request")?);
         Ok(generation)
     }
 
     /// How many reloads have been asked for, cluster-wide.
     pub async fn reload_generation(&self) -> anyhow::Result<i64> {
-        let generation = on_pool!(self, pool => sqlx::query_scalar("SELECT reload_generation FROM housekeeper_cluster WHERE id = 1")
-            .fetch_one(pool)
-            .await)?;
+        let generation = in_tx!(self, conn => query_scalar("SELECT reload_generation FROM housekeeper_cluster WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?);
         Ok(generation)
     }
 }

@@ -5,8 +5,17 @@
 //! Queries are written once and run on either pool: `on_pool!` expands the
 //! same sqlx code for each backend. On PostgreSQL, the reference service's
 //! own tables are taken over before the migrations run (`adopt`).
+//!
+//! On PostgreSQL the store keeps no state in the database session, so that
+//! a pooler in transaction mode (PgBouncer's `pool_mode = transaction`),
+//! which may give each transaction another server session, sits in between
+//! safely: every statement runs inside an explicit transaction (`in_tx!`,
+//! or a `begin` of its own), is sent unnamed ([`query`]) rather than as a
+//! prepared statement cached per connection, and the migrations take a
+//! transaction-scoped lock instead of a session one (`migrate`).
 
 pub mod adopt;
+mod migrate;
 
 use crate::model::{RunStatus, Trigger};
 use adopt::{AdoptOptions, Finding};
@@ -15,6 +24,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::query::{Query, QueryScalar};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -23,17 +33,84 @@ use std::time::Duration;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// How the store sends a statement to a backend.
+trait Statements: sqlx::Database + sqlx::database::HasStatementCache {
+    /// Whether a statement is prepared once per connection and kept. On
+    /// PostgreSQL it is not: behind a pooler in transaction mode the next
+    /// transaction may run on another server session, where a statement
+    /// prepared on this one does not exist (or another client's of the
+    /// same name does). An unnamed statement is parsed in the transaction
+    /// that runs it. SQLite is embedded and keeps its cache.
+    const PERSISTENT: bool;
+}
+
+impl Statements for sqlx::Postgres {
+    const PERSISTENT: bool = false;
+}
+
+impl Statements for sqlx::Sqlite {
+    const PERSISTENT: bool = true;
+}
+
+/// `sqlx::query`, sent as the backend's [`Statements`] say.
+fn query<'q, DB>(sql: &'q str) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: Statements,
+{
+    sqlx::query(sql).persistent(DB::PERSISTENT)
+}
+
+/// `sqlx::query_scalar`, sent as the backend's [`Statements`] say.
+fn query_scalar<'q, DB, O>(
+    sql: &'q str,
+) -> QueryScalar<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: Statements,
+    (O,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    sqlx::query_scalar(sql).persistent(DB::PERSISTENT)
+}
+
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
 
+/// `$body` with `$pool` the store's pool, for a body that begins its own
+/// transaction. A statement run on a PostgreSQL pool directly is outside
+/// any transaction, which a pooler in transaction mode does not keep on
+/// one server session: use `in_tx!` for those.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
             Backend::Sqlite($pool) => $body,
             Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// `$body` with `$conn` a connection of the store's: on PostgreSQL inside
+/// a transaction, committed when `$body` is done (a pooler in transaction
+/// mode keeps one server session for it, where the parse and the execution
+/// of an unnamed statement may otherwise land on two); on SQLite, as it
+/// comes from the pool. `$body` uses it as `&mut *$conn`; an early return
+/// or an error rolls back.
+macro_rules! in_tx {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(pool) => {
+                let mut connection = pool.acquire().await?;
+                let $conn = &mut *connection;
+                $body
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let $conn = &mut *tx;
+                let out = $body;
+                tx.commit().await?;
+                out
+            }
         }
     };
 }
@@ -152,7 +229,9 @@ impl Store {
         let pool_max = options.pool_max.max(1);
         let backend = if is_postgres(url) {
             let pool = connect_postgres(url, options).await?;
-            if let Finding::Reference(plan) = adopt::adopt(&pool, adoption).await? {
+            if let Finding::Reference(plan) =
+                migrate::run(&pool, &POSTGRES_MIGRATIONS, adoption).await?
+            {
                 tracing::info!(
                     runs = plan.runs,
                     tasks = plan.run_tasks,
@@ -161,10 +240,6 @@ impl Store {
                     "took over the reference service's tables"
                 );
             }
-            POSTGRES_MIGRATIONS
-                .run(&pool)
-                .await
-                .context("cannot apply PostgreSQL migrations")?;
             Backend::Postgres(pool)
         } else if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)
@@ -288,7 +363,8 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        // One simple-protocol message: no transaction needed around it.
+        on_pool!(self, pool => sqlx::raw_sql("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
     }
 
@@ -323,7 +399,7 @@ impl Store {
         let ended = on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
             if let Some(epoch) = epoch {
-                let released = sqlx::query("DELETE FROM housekeeper_leases WHERE run_id = $1 AND epoch = $2")
+                let released = query("DELETE FROM housekeeper_leases WHERE run_id = $1 AND epoch = $2")
                     .bind(id)
                     .bind(epoch)
                     .execute(&mut *tx)
@@ -335,7 +411,7 @@ impl Store {
                     return Ok(false);
                 }
             }
-            let task: Option<String> = sqlx::query_scalar(&update)
+            let task: Option<String> = query_scalar(&update)
                 .bind(c.status.as_str())
                 .bind(c.completed_at)
                 .bind(c.duration_ms)
@@ -352,7 +428,7 @@ impl Store {
             // interrupted by recovery): keep what it says.
             let ended = task.is_some();
             if let Some(task) = task {
-                sqlx::query(stats)
+                query(stats)
                     .bind(&task)
                     .bind(i64::from(success))
                     .bind(i64::from(failed))
@@ -389,7 +465,7 @@ impl Store {
                      ON CONFLICT (task_name) DO UPDATE SET skipped_count = housekeeper_task_stats.skipped_count + 1";
         let id = on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
-            let id: Option<i64> = sqlx::query_scalar(sql)
+            let id: Option<i64> = query_scalar(sql)
                 .bind(task_name)
                 .bind(now)
                 .bind(reason)
@@ -400,7 +476,7 @@ impl Store {
                 .await
                 .context("cannot record a skipped run")?;
             if id.is_some() {
-                sqlx::query(stats).bind(task_name).execute(&mut *tx).await?;
+                query(stats).bind(task_name).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             id
@@ -414,8 +490,8 @@ impl Store {
             "SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE task_name = $1 \
              ORDER BY started_at DESC, id DESC LIMIT $2"
         );
-        on_pool!(self, pool => {
-            let rows = sqlx::query(&sql).bind(task).bind(limit).fetch_all(pool).await?;
+        in_tx!(self, conn => {
+            let rows = query(&sql).bind(task).bind(limit).fetch_all(&mut *conn).await?;
             rows.iter().map(run_record).collect()
         })
     }
@@ -431,17 +507,17 @@ impl Store {
              ORDER BY started_at DESC, id DESC LIMIT $2 OFFSET $3"
         );
         let count = "SELECT COUNT(*) FROM housekeeper_runs WHERE task_name = $1";
-        on_pool!(self, pool => {
-            let rows = sqlx::query(&sql).bind(task).bind(limit).bind(offset).fetch_all(pool).await?;
-            let total: i64 = sqlx::query_scalar(count).bind(task).fetch_one(pool).await?;
+        in_tx!(self, conn => {
+            let rows = query(&sql).bind(task).bind(limit).bind(offset).fetch_all(&mut *conn).await?;
+            let total: i64 = query_scalar(count).bind(task).fetch_one(&mut *conn).await?;
             Ok((rows.iter().map(run_record).collect::<anyhow::Result<Vec<_>>>()?, total))
         })
     }
 
     pub async fn run(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM housekeeper_runs WHERE id = $1");
-        on_pool!(self, pool => {
-            let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+        in_tx!(self, conn => {
+            let row = query(&sql).bind(id).fetch_optional(&mut *conn).await?;
             row.as_ref().map(run_record).transpose()
         })
     }
@@ -450,8 +526,8 @@ impl Store {
     pub async fn stats(&self) -> anyhow::Result<HashMap<String, TaskStats>> {
         let sql = "SELECT task_name, total_runs, success_count, error_count, skipped_count, total_duration_ms, \
                    last_run_at, last_status, last_success_at FROM housekeeper_task_stats";
-        on_pool!(self, pool => {
-            let rows = sqlx::query(sql).fetch_all(pool).await?;
+        in_tx!(self, conn => {
+            let rows = query(sql).fetch_all(&mut *conn).await?;
             rows.iter()
                 .map(|row| {
                     let total: i64 = row.try_get("total_runs")?;
@@ -486,15 +562,15 @@ impl Store {
     pub async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         let sql = "SELECT MAX(scheduled_for) FROM housekeeper_runs WHERE task_name = $1 AND triggered_by = 'schedule'";
         let last: Option<DateTime<Utc>> =
-            on_pool!(self, pool => sqlx::query_scalar(sql).bind(task).fetch_one(pool).await)?;
+            in_tx!(self, conn => query_scalar(sql).bind(task).fetch_one(&mut *conn).await?);
         Ok(last)
     }
 
     /// Persisted settings of every task that has any.
     pub async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
         let sql = "SELECT task_name, enabled, schedule, last_modified_at FROM housekeeper_config";
-        on_pool!(self, pool => {
-            let rows = sqlx::query(sql).fetch_all(pool).await?;
+        in_tx!(self, conn => {
+            let rows = query(sql).fetch_all(&mut *conn).await?;
             rows.iter()
                 .map(|row| {
                     Ok((
@@ -514,7 +590,9 @@ impl Store {
     pub async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
         let sql = "INSERT INTO housekeeper_config (task_name, enabled, last_modified_at) VALUES ($1, $2, $3) \
                    ON CONFLICT (task_name) DO UPDATE SET enabled = excluded.enabled, last_modified_at = excluded.last_modified_at";
-        on_pool!(self, pool => sqlx::query(sql).bind(task).bind(enabled).bind(Utc::now()).execute(pool).await.map(|_| ()))?;
+        in_tx!(self, conn => {
+            query(sql).bind(task).bind(enabled).bind(Utc::now()).execute(&mut *conn).await?;
+        });
         Ok(())
     }
 
@@ -526,13 +604,13 @@ impl Store {
                      started_at < $2 OR id NOT IN ( \
                        SELECT id FROM housekeeper_runs WHERE task_name = $1 \
                        ORDER BY started_at DESC, id DESC LIMIT $3))";
-        let done = on_pool!(self, pool => sqlx::query(sql)
+        let done = in_tx!(self, conn => query(sql)
             .bind(task)
             .bind(cutoff)
             .bind(i64::from(keep_last))
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))?;
+            .execute(&mut *conn)
+            .await?
+            .rows_affected());
         Ok(done)
     }
 }
@@ -576,7 +654,13 @@ pub fn is_postgres(url: &str) -> bool {
 }
 
 async fn connect_postgres(url: &str, options: &StoreOptions) -> anyhow::Result<PgPool> {
-    let connect = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+    // No `extra_float_digits` at startup: PgBouncer refuses a startup
+    // parameter it does not know unless told to ignore it, and the store
+    // reads no float as text (PostgreSQL 12 and later print the shortest
+    // exact form whatever it is).
+    let connect = PgConnectOptions::from_str(url)
+        .context("invalid PostgreSQL URL")?
+        .extra_float_digits(None);
     PgPoolOptions::new()
         .max_connections(options.pool_max.max(1))
         .acquire_timeout(options.acquire_timeout)

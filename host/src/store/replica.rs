@@ -1,7 +1,7 @@
 //! A replica's own row in `housekeeper_replicas`: whether another process
 //! is reporting under this replica's name, and leaving at shutdown.
 
-use super::{Backend, Store};
+use super::{Backend, Store, query, query_scalar};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -15,21 +15,22 @@ impl Store {
             return Ok(None);
         }
         let now = self.db_now().await?;
-        let seen: Option<DateTime<Utc>> = on_pool!(self, pool => sqlx::query_scalar("SELECT heartbeat_at FROM housekeeper_replicas WHERE replica = $1")
+        let seen: Option<DateTime<Utc>> = in_tx!(self, conn => query_scalar("SELECT heartbeat_at FROM housekeeper_replicas WHERE replica = $1")
             .bind(&self.replica)
-            .fetch_optional(pool)
-            .await)?;
+            .fetch_optional(&mut *conn)
+            .await?);
         Ok(seen.map(|at| (now - at).to_std().unwrap_or_default()))
     }
 
     /// Takes this replica off the list of live ones (at shutdown, so that
     /// its successor under the same name need not wait).
     pub async fn replica_leave(&self) -> anyhow::Result<()> {
-        on_pool!(self, pool => sqlx::query("DELETE FROM housekeeper_replicas WHERE replica = $1")
-            .bind(&self.replica)
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
+        in_tx!(self, conn => {
+            query("DELETE FROM housekeeper_replicas WHERE replica = $1")
+                .bind(&self.replica)
+                .execute(&mut *conn)
+                .await?;
+        });
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod db_tasks;
 mod deploy;
 mod maintenance_sql;
 mod outage;
+mod pooler;
 mod replicas;
 mod roles;
 mod sandbox;

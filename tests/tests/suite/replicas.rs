@@ -1,5 +1,6 @@
 //! Several replicas on one database: claims, leases, fencing, reaping and
-//! cancels through the store, on both backends where both apply.
+//! cancels through the store, on both backends where both apply. The cases
+//! take their stores, so that `pooler` runs them through PgBouncer too.
 
 use chrono::{DateTime, Duration, Timelike, Utc};
 use housekeeper::model::{RunResult, RunStatus, Trigger};
@@ -216,9 +217,10 @@ macro_rules! on_both {
     };
 }
 
-type Exec<'a> = &'a dyn Fn(String, DateTime<Utc>) -> futures_util::future::BoxFuture<'a, ()>;
+pub(crate) type Exec<'a> =
+    &'a dyn Fn(String, DateTime<Utc>) -> futures_util::future::BoxFuture<'a, ()>;
 
-async fn reaped_case(a: Store, b: Store, exec: Exec<'_>) {
+pub(crate) async fn reaped_case(a: Store, b: Store, exec: Exec<'_>) {
     let past = Utc::now() - Duration::minutes(5);
     a_dead_replicas_run_is_reaped_once_and_fenced(a, b, async |id| {
         let sql = format!("UPDATE housekeeper_leases SET expires_at = $1 WHERE run_id = {id}");
@@ -227,7 +229,7 @@ async fn reaped_case(a: Store, b: Store, exec: Exec<'_>) {
     .await
 }
 
-async fn listed_case(a: Store, b: Store, exec: Exec<'_>) {
+pub(crate) async fn listed_case(a: Store, b: Store, exec: Exec<'_>) {
     let past = Utc::now() - Duration::minutes(1);
     live_replicas_are_listed(a, b, async |name| {
         let sql =
@@ -237,19 +239,19 @@ async fn listed_case(a: Store, b: Store, exec: Exec<'_>) {
     .await
 }
 
-async fn exclusive_case(a: Store, b: Store, _: Exec<'_>) {
+pub(crate) async fn exclusive_case(a: Store, b: Store, _: Exec<'_>) {
     exclusive_runs_do_not_overlap(a, b).await
 }
 
-async fn cancel_case(a: Store, b: Store, _: Exec<'_>) {
+pub(crate) async fn cancel_case(a: Store, b: Store, _: Exec<'_>) {
     a_cancel_reaches_the_replica_running_the_run(a, b).await
 }
 
-async fn startup_case(a: Store, b: Store, _: Exec<'_>) {
+pub(crate) async fn startup_case(a: Store, b: Store, _: Exec<'_>) {
     replicas_starting_together_make_one_startup_run(a, b).await
 }
 
-async fn early_case(a: Store, _: Store, _: Exec<'_>) {
+pub(crate) async fn early_case(a: Store, _: Store, _: Exec<'_>) {
     a_fast_clock_does_not_claim_early(a).await
 }
 
@@ -266,6 +268,16 @@ on_both!(listed, listed_case);
 /// exclusive runs ever hold the task at the same time.
 #[sqlx::test(migrations = "../migrations/postgres")]
 async fn postgres_concurrent_claims_record_each_occurrence_once(pool: PgPool) {
+    let store = async |replica: &str| Store::from_postgres(pool.clone(), replica);
+    concurrent_claims_record_each_occurrence_once(store, &pool).await
+}
+
+/// The case above on the stores `store` opens by replica name; `pool` is
+/// the same database, for counting what is left.
+pub(crate) async fn concurrent_claims_record_each_occurrence_once(
+    store: impl AsyncFn(&str) -> Store,
+    pool: &PgPool,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     // Whole seconds: the database keeps microseconds.
@@ -273,7 +285,7 @@ async fn postgres_concurrent_claims_record_each_occurrence_once(pool: PgPool) {
     let held = Arc::new(AtomicBool::new(false));
     let mut claims = Vec::new();
     for i in 0..5 {
-        let store = Store::from_postgres(pool.clone(), &format!("r{i}"));
+        let store = store(&format!("r{i}")).await;
         let held = held.clone();
         claims.push(tokio::spawn(async move {
             let mut won = 0;
@@ -313,7 +325,7 @@ async fn postgres_concurrent_claims_record_each_occurrence_once(pool: PgPool) {
     for claim in claims {
         won += claim.await.unwrap();
     }
-    let store = Store::from_postgres(pool.clone(), "reader");
+    let store = store("reader").await;
     let mut ran = 0;
     for task in ["solo", "many"] {
         let rows = store.runs(task, 1000).await.unwrap();
@@ -334,7 +346,7 @@ async fn postgres_concurrent_claims_record_each_occurrence_once(pool: PgPool) {
     }
     assert_eq!(ran, won);
     let leases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM housekeeper_leases")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(leases, 0);
