@@ -616,10 +616,13 @@ impl Store {
 }
 
 /// Makes this process the only `serve` on the SQLite database at `url`: an
-/// exclusive lock (the kernel's, released when the process ends, however it
-/// ends) on a file beside the database, held for as long as the returned
-/// file is. SQLite serves one replica; several need PostgreSQL. `None` for
-/// a PostgreSQL URL or an in-memory database.
+/// exclusive lock (the kernel's `flock`, released when the process ends,
+/// however it ends) on the database file itself, held for as long as the
+/// returned file is. The lock is on the file, not its name, so another path
+/// to it (a symbolic or hard link) meets it too; SQLite's own locks are
+/// `fcntl` locks, which `flock` leaves alone. SQLite serves one replica;
+/// several need PostgreSQL. `None` for a PostgreSQL URL or an in-memory
+/// database.
 pub fn lock_single_replica(url: &str) -> anyhow::Result<Option<std::fs::File>> {
     let Some(rest) = url.strip_prefix("sqlite:") else {
         return Ok(None);
@@ -629,13 +632,12 @@ pub fn lock_single_replica(url: &str) -> anyhow::Result<Option<std::fs::File>> {
     if path.is_empty() || path == ":memory:" {
         return Ok(None);
     }
-    let lock_path = format!("{path}.serve-lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {lock_path}"))?;
+        .open(path)
+        .with_context(|| format!("cannot open the SQLite database {path}"))?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -643,7 +645,7 @@ pub fn lock_single_replica(url: &str) -> anyhow::Result<Option<std::fs::File>> {
              to run several replicas, give them one PostgreSQL database (DATABASE_URL=postgres://…)"
         ),
         Err(std::fs::TryLockError::Error(e)) => {
-            Err(anyhow::Error::new(e).context(format!("cannot lock {lock_path}")))
+            Err(anyhow::Error::new(e).context(format!("cannot lock {path}")))
         }
     }
 }

@@ -446,3 +446,29 @@ async fn sqlite_replica_name_is_never_waited_for(pool: SqlitePool) {
 async fn postgres_replica_name_in_use(pool: PgPool) {
     a_replica_name_in_use_is_seen_and_left(Store::from_postgres(pool, "r1")).await;
 }
+
+/// The lock that keeps a second `serve` off a SQLite database is on the
+/// file, so every path to it meets it: the same name, a symbolic link, a
+/// hard link.
+#[test]
+fn a_sqlite_database_is_served_once_by_any_path_to_it() {
+    use housekeeper::store::lock_single_replica;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hk.db");
+    let url = |p: &std::path::Path| format!("sqlite:{}", p.display());
+    let held = lock_single_replica(&url(&db)).unwrap().expect("a lock");
+    let symlink = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&db, &symlink).unwrap();
+    let hard = dir.path().join("hard.db");
+    std::fs::hard_link(&db, &hard).unwrap();
+    let nested = dir.path().join("sub");
+    std::fs::create_dir(&nested).unwrap();
+    let dotted = nested.join("../hk.db");
+    for other in [&db, &symlink, &hard, &dotted] {
+        let e = format!("{:#}", lock_single_replica(&url(other)).unwrap_err());
+        assert!(e.contains("another housekeeper serve"), "{}: {e}", other.display());
+        assert!(e.contains("PostgreSQL"), "{e}");
+    }
+    drop(held);
+    assert!(lock_single_replica(&url(&hard)).unwrap().is_some());
+}
