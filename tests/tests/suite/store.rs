@@ -466,7 +466,11 @@ fn a_sqlite_database_is_served_once_by_any_path_to_it() {
     let dotted = nested.join("../hk.db");
     for other in [&db, &symlink, &hard, &dotted] {
         let e = format!("{:#}", lock_single_replica(&url(other)).unwrap_err());
-        assert!(e.contains("another housekeeper serve"), "{}: {e}", other.display());
+        assert!(
+            e.contains("another housekeeper serve"),
+            "{}: {e}",
+            other.display()
+        );
         assert!(e.contains("PostgreSQL"), "{e}");
     }
     drop(held);
