@@ -187,8 +187,8 @@ pub async fn run(
     }
 
     // A reload asked of any replica sharing the database reaches this one
-    // within a heartbeat.
-    {
+    // within a heartbeat (SQLite has no other replica to ask).
+    if store.backend_name() == "postgres" {
         let (reloader, store) = (reloader.clone(), store.clone());
         let stop = stop_watching.clone();
         tokio::spawn(async move {

@@ -51,6 +51,9 @@ impl Inner {
     /// Starts the heartbeat loop; the first beat has happened when this
     /// returns, so the clock is already the database's.
     pub(super) async fn start_cluster_loop(self: &Arc<Self>) {
+        if !self.ledger.shared() {
+            return;
+        }
         let started_at = self.clock.now();
         self.beat(started_at).await;
         let inner = self.clone();

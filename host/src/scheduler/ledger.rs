@@ -10,6 +10,13 @@ use std::collections::HashMap;
 
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync + 'static {
+    /// Whether other replicas may share it (PostgreSQL). A ledger only
+    /// this process writes (SQLite) needs no heartbeat loop: nobody else
+    /// reaps, toggles or keeps another clock.
+    fn shared(&self) -> bool {
+        true
+    }
+
     /// Persisted settings of every task that has any.
     async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>>;
 
@@ -86,6 +93,10 @@ pub trait Ledger: Send + Sync + 'static {
 
 #[async_trait::async_trait]
 impl Ledger for Store {
+    fn shared(&self) -> bool {
+        self.backend_name() == "postgres"
+    }
+
     async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
         Store::settings(self).await
     }
