@@ -188,7 +188,7 @@ pub async fn run(
 
     // A reload asked of any replica sharing the database reaches this one
     // within a heartbeat (SQLite has no other replica to ask).
-    if store.backend_name() == "postgres" {
+    if store.shared() {
         let (reloader, store) = (reloader.clone(), store.clone());
         let stop = stop_watching.clone();
         tokio::spawn(async move {

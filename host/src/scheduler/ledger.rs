@@ -94,7 +94,7 @@ pub trait Ledger: Send + Sync + 'static {
 #[async_trait::async_trait]
 impl Ledger for Store {
     fn shared(&self) -> bool {
-        self.backend_name() == "postgres"
+        Store::shared(self)
     }
 
     async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {

@@ -336,6 +336,12 @@ impl Store {
         }
     }
 
+    /// Whether other replicas may share this store: PostgreSQL. SQLite
+    /// serves one process (see [`lock_single_replica`]).
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// The same store with leases of `lease`.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
