@@ -412,6 +412,9 @@ fn bad_configuration_fails_at_start_naming_the_variable() {
         ("HOUSEKEEPER_ENABLED", "perhaps"),
         ("TIMEZONE", "Mars/Base"),
         ("HOUSEKEEPER_SHUTDOWN_GRACE", "soon"),
+        ("HOUSEKEEPER_LEASE", "a while"),
+        ("HOUSEKEEPER_LEASE", "2s"),
+        ("HOUSEKEEPER_LEASE", "11m"),
         ("LOG_FORMAT", "xml"),
         ("LOG_LEVEL", "very=loud=indeed"),
     ] {
