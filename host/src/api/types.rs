@@ -283,7 +283,8 @@ pub struct Status {
     #[serde(rename = "loadErrors")]
     pub load_errors: Vec<LoadErrorView>,
     /// The replicas sharing this database that reported within three
-    /// heartbeats, this one included.
+    /// heartbeats, this one included; empty on SQLite, which serves one
+    /// process and keeps no heartbeats.
     pub replicas: Vec<ReplicaView>,
 }
 
