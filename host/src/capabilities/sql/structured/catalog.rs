@@ -1,0 +1,282 @@
+//! What the catalog says about the names of a call, and the statement
+//! built from it: the relation a name denotes (looked up by its exact
+//! names), the grant again on what it resolved to, the role the
+//! statement runs as (its owner) and the statement itself.
+
+use super::maintenance::vacuum_options;
+use super::partitions::{for_values, literals};
+use super::{Action, Plan, denied};
+use crate::bindings::housekeeper::task::sql as wit;
+use crate::capabilities::output::Output;
+use crate::capabilities::sql::guard::Grants;
+use crate::capabilities::sql::{self, Budget, Failure};
+use crate::manifest::SqlVerb;
+use sqlx::{PgConnection, Row};
+
+/// What a PostgreSQL call needs besides the action.
+pub(super) struct Context<'a> {
+    pub(super) grants: &'a Grants,
+    pub(super) output: &'a Output,
+    pub(super) dry_run: bool,
+    pub(super) budget: Budget,
+    /// Parents already resolved in this transaction (a list call names one
+    /// parent for every partition), by name as given and verb.
+    pub(super) parents: std::sync::Mutex<Vec<(ParentKey, Found)>>,
+}
+
+type ParentKey = (Option<String>, String, SqlVerb);
+
+/// What the catalog says about a relation.
+#[derive(Clone)]
+pub(super) struct Found {
+    pub(super) oid: i64,
+    pub(super) schema: String,
+    pub(super) name: String,
+    pub(super) kind: String,
+    pub(super) is_partition: bool,
+    pub(super) parent: Option<i64>,
+    pub(super) owner: String,
+    /// `"schema"."name"`, quoted by the database.
+    pub(super) quoted: String,
+    /// The login role owns it.
+    pub(super) owns: bool,
+    /// The login role may act as the owner (a member, or a superuser).
+    pub(super) may_become: bool,
+    pub(super) owner_quoted: String,
+    pub(super) login_quoted: String,
+}
+
+impl Found {
+    pub(super) fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    fn relation(&self) -> wit::Relation {
+        wit::Relation {
+            schema: Some(self.schema.clone()),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Looks a relation up by its exact names (`schema` given, or else
+/// `default_schema`, or else the search path).
+const FIND: &str = "
+SELECT c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::text, c.relispartition,
+       (SELECT i.inhparent::bigint FROM pg_inherits i WHERE i.inhrelid = c.oid
+        ORDER BY i.inhseqno LIMIT 1),
+       r.rolname::text, format('%I.%I', n.nspname, c.relname),
+       r.rolname = session_user, pg_has_role(session_user, c.relowner, 'MEMBER'),
+       quote_ident(r.rolname), quote_ident(session_user)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_roles r ON r.oid = c.relowner
+WHERE c.oid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2)
+                               ELSE quote_ident($1) || '.' || quote_ident($2) END)";
+
+async fn find(
+    conn: &mut PgConnection,
+    relation: &wit::Relation,
+    default_schema: Option<&str>,
+) -> Result<Option<Found>, sqlx::Error> {
+    let schema = relation.schema.as_deref().or(default_schema);
+    let Some(row) = sqlx::query(FIND)
+        .bind(schema)
+        .bind(&relation.name)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Found {
+        oid: row.try_get(0)?,
+        schema: row.try_get(1)?,
+        name: row.try_get(2)?,
+        kind: row.try_get(3)?,
+        is_partition: row.try_get(4)?,
+        parent: row.try_get(5)?,
+        owner: row.try_get(6)?,
+        quoted: row.try_get(7)?,
+        owns: row.try_get(8)?,
+        may_become: row.try_get(9)?,
+        owner_quoted: row.try_get(10)?,
+        login_quoted: row.try_get(11)?,
+    }))
+}
+
+pub(super) fn refused(reason: String) -> Failure {
+    Failure::Guest(wit::SqlError::Refused(reason))
+}
+
+impl Context<'_> {
+    pub(super) fn fail(&self) -> impl Fn(sqlx::Error) -> Failure + '_ {
+        |e| sql::postgres::error(e, self.budget)
+    }
+
+    /// The relation named, which must exist.
+    pub(super) async fn existing(
+        &self,
+        conn: &mut PgConnection,
+        relation: &wit::Relation,
+        default_schema: Option<&str>,
+    ) -> Result<Found, Failure> {
+        let schema = relation.schema.as_deref().or(default_schema);
+        find(conn, relation, default_schema)
+            .await
+            .map_err(self.fail())?
+            .ok_or_else(|| {
+                refused(match schema {
+                    Some(schema) => format!("`{schema}.{}` does not exist", relation.name),
+                    None => format!("`{}` does not exist on the search path", relation.name),
+                })
+            })
+    }
+
+    /// The grant again, on the name the catalog resolved: a name looked
+    /// up on the search path must still be the table the grant means.
+    pub(super) fn regrant(&self, found: &Found, verbs: &[SqlVerb]) -> Result<(), Failure> {
+        match denied(self.grants, Some(&found.relation()), verbs) {
+            Some(denial) => Err(Failure::Guest(denial)),
+            None => Ok(()),
+        }
+    }
+
+    /// The role a statement on `found` runs as: none when the login role
+    /// owns it, the owner when the login role may act as it.
+    pub(super) fn owner(&self, found: &Found, what: &str) -> Result<Option<String>, Failure> {
+        if found.owns {
+            Ok(None)
+        } else if found.may_become {
+            Ok(Some(found.owner.clone()))
+        } else {
+            Err(refused(format!(
+                "`{}` is owned by role `{}`, and PostgreSQL lets only its owner run {what}; \
+                 let the host act as the owner with `GRANT {} TO {}`",
+                found.display(),
+                found.owner,
+                found.owner_quoted,
+                found.login_quoted
+            )))
+        }
+    }
+
+    /// Checks the catalog and builds the statement.
+    pub(super) async fn plan(
+        &self,
+        conn: &mut PgConnection,
+        action: &Action,
+    ) -> Result<Plan, Failure> {
+        match action {
+            Action::Create {
+                parent,
+                partition,
+                bounds,
+            } => {
+                let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
+                // A partition lives beside its parent: a grant on the parent
+                // is no grant to name tables in other schemas.
+                if let Some(schema) = &partition.schema
+                    && schema != &parent.schema
+                {
+                    return Err(Failure::Guest(wit::SqlError::Refused(format!(
+                        "a partition is created in its parent's schema `{}`, not `{schema}`",
+                        parent.schema
+                    ))));
+                }
+                let role = self.owner(&parent, "CREATE TABLE … PARTITION OF")?;
+                let literals = literals(bounds).map_err(refused)?;
+                let (name, quoted): (String, Vec<String>) = sqlx::query_as(
+                    "SELECT format('%I.%I', $1::text, $2::text),
+                            ARRAY(SELECT quote_nullable(v)
+                                  FROM unnest($3::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i)",
+                )
+                .bind(partition.schema.as_deref().unwrap_or(&parent.schema))
+                .bind(&partition.name)
+                .bind(literals)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(self.fail())?;
+                Ok(Plan {
+                    statement: format!(
+                        "CREATE TABLE {name} PARTITION OF {} {}",
+                        parent.quoted,
+                        for_values(bounds, &quoted)
+                    ),
+                    role,
+                })
+            }
+            Action::Attach {
+                parent,
+                partition,
+                bounds,
+            } => {
+                let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
+                if let Some(schema) = &partition.schema
+                    && schema != &parent.schema
+                {
+                    return Err(refused(format!(
+                        "a partition is attached in its parent's schema `{}`, not `{schema}`",
+                        parent.schema
+                    )));
+                }
+                let table = self.existing(conn, partition, Some(&parent.schema)).await?;
+                // Its rows become the parent's: the grant must name it too.
+                self.regrant(&table, &[SqlVerb::CreatePartition])?;
+                self.attachable(conn, &parent, &table).await?;
+                let role = self.owner(&parent, "ALTER TABLE … ATTACH PARTITION")?;
+                let literals = literals(bounds).map_err(refused)?;
+                let quoted: Vec<String> = sqlx::query_scalar(
+                    "SELECT ARRAY(SELECT quote_nullable(v)
+                                  FROM unnest($1::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i)",
+                )
+                .bind(literals)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(self.fail())?;
+                Ok(Plan {
+                    statement: format!(
+                        "ALTER TABLE {} ATTACH PARTITION {} {}",
+                        parent.quoted,
+                        table.quoted,
+                        for_values(bounds, &quoted)
+                    ),
+                    role,
+                })
+            }
+            Action::Drop { parent, partition } => {
+                let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
+                let partition = self.partition_of(conn, &parent, partition).await?;
+                Ok(Plan {
+                    statement: format!("DROP TABLE {}", partition.quoted),
+                    role: self.owner(&partition, "DROP TABLE")?,
+                })
+            }
+            Action::Detach {
+                parent,
+                partition,
+                concurrently,
+            } => {
+                let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
+                let partition = self.partition_of(conn, &parent, partition).await?;
+                Ok(Plan {
+                    statement: format!(
+                        "ALTER TABLE {} DETACH PARTITION {}{}",
+                        parent.quoted,
+                        partition.quoted,
+                        if *concurrently { " CONCURRENTLY" } else { "" }
+                    ),
+                    role: self.owner(&parent, "ALTER TABLE … DETACH PARTITION")?,
+                })
+            }
+            Action::Vacuum { table, options } => {
+                let options = vacuum_options(options);
+                self.maintained(conn, table.as_ref(), &format!("VACUUM{options}"), action)
+                    .await
+            }
+            Action::Analyze { table } => {
+                self.maintained(conn, table.as_ref(), "ANALYZE", action)
+                    .await
+            }
+        }
+    }
+}
