@@ -79,6 +79,7 @@ pub async fn run(
     // it waits for its database, `/ready` and the API answer 503 until the
     // service is ready to take them.
     let app: Arc<OnceLock<Router>> = Arc::default();
+    let phase: Phase = Arc::new(std::sync::RwLock::new("waiting for the database"));
     let shutting_down = CancellationToken::new();
     {
         let shutting_down = shutting_down.clone();
@@ -93,7 +94,7 @@ pub async fn run(
     let http = {
         let drained = drained.clone();
         tokio::spawn(
-            axum::serve(listener, front(app.clone()))
+            axum::serve(listener, front(app.clone(), phase.clone()))
                 .with_graceful_shutdown(async move { drained.cancelled().await })
                 .into_future(),
         )
@@ -230,6 +231,17 @@ pub async fn run(
         stats_cache: Default::default(),
     };
     let grace = args.shutdown_grace;
+    // Nothing can trigger a run before this replica's name is its own and
+    // its previous process's runs are closed: a run started earlier would
+    // be taken for one of those.
+    *phase.write().unwrap_or_else(|p| p.into_inner()) =
+        "waiting until no other process reports under this replica's name (HOUSEKEEPER_REPLICA)";
+    tokio::select! {
+        prepared = scheduler.prepare() => if let Err(e) = prepared {
+            return stop_http(Err(e)).await;
+        },
+        _ = shutting_down.cancelled() => return stop_http(Ok(())).await,
+    }
     app.set(api::router(state))
         .unwrap_or_else(|_| unreachable!("the application is set once"));
     shutting_down.cancelled().await;
@@ -270,12 +282,25 @@ impl Drop for GuestRuntime {
 /// a malformed URL or a schema it will not take over, ends the start.
 async fn open_store(args: &ServeArgs) -> anyhow::Result<crate::store::Store> {
     let mut wait = Duration::from_secs(1);
+    let database = crate::cli::redact(&args.db.url());
     loop {
-        match args.db.open().await {
+        // An attempt can take up to DB_CONNECT_TIMEOUT: what the service
+        // waits for is said as soon as it is slow, not only once it failed.
+        let open = args.db.open();
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tracing::info!(database = %database, "waiting for the database to answer");
+            std::future::pending::<()>().await
+        };
+        let opened = tokio::select! {
+            opened = open => opened,
+            _ = slow => unreachable!("never completes"),
+        };
+        match opened {
             Ok(store) => return Ok(store),
             Err(e) if unreachable_database(&e) => {
                 tracing::warn!(
-                    database = %crate::cli::redact(&args.db.url()),
+                    database = %database,
                     error = %format!("{e:#}"),
                     retry_in = ?wait,
                     "waiting for the database"
@@ -301,17 +326,21 @@ fn unreachable_database(e: &anyhow::Error) -> bool {
         })
 }
 
+/// What a service that is not ready yet waits for, as `/health` and
+/// `/ready` say.
+type Phase = Arc<std::sync::RwLock<&'static str>>;
+
 /// The router HTTP is served with: the application once it is ready,
 /// before that answers that say the service is starting.
-fn front(app: Arc<OnceLock<Router>>) -> Router {
+fn front(app: Arc<OnceLock<Router>>, phase: Phase) -> Router {
     Router::new().fallback(move |request: Request| {
-        let app = app.clone();
+        let (app, phase) = (app.clone(), phase.clone());
         async move {
             if let Some(router) = app.get() {
                 let Ok(response) = router.clone().oneshot(request).await;
                 return response;
             }
-            let waiting = "waiting for the database";
+            let waiting = *phase.read().unwrap_or_else(|p| p.into_inner());
             match request.uri().path() {
                 "/health" => Json(serde_json::json!({
                     "status": "starting",

@@ -1,13 +1,15 @@
 //! What each replica does for the others, once per heartbeat: report
 //! itself with its clock's offset from the database's (and set its
 //! scheduling clock to the database's), reap the runs of replicas that
-//! stopped renewing their leases (retrying them as the task's policy
-//! says), and pick up toggles made on other replicas.
+//! stopped renewing their leases (planning their retries as the task's
+//! policy says), run the planned retries that are due, and pick up toggles
+//! made on other replicas.
 
 use super::clock::offset_from;
 use super::run::{Fire, retry_backoff};
 use super::{Inner, TaskDef};
-use crate::store::Reaped;
+use crate::model::Trigger;
+use crate::store::{PendingRetry, Reaped};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,9 @@ impl Inner {
         if !self.ledger.shared() {
             return;
         }
+        // The start is told by the database's clock, like every other time
+        // replicas compare.
+        self.sync_clock().await;
         let started_at = self.clock.now();
         self.beat(started_at).await;
         let inner = self.clone();
@@ -78,7 +83,7 @@ impl Inner {
         {
             tracing::warn!(error = %e, "cannot record this replica's heartbeat");
         }
-        match self.ledger.reap().await {
+        match self.ledger.reap(&|run| self.retry_in(run)).await {
             Ok(reaped) => {
                 for run in reaped {
                     self.reaped(run);
@@ -86,6 +91,7 @@ impl Inner {
             }
             Err(e) => tracing::warn!(error = %e, "cannot reap expired leases"),
         }
+        self.fire_due_retries().await;
         match self.ledger.settings().await {
             Ok(settings) => {
                 let mut tasks = self.lock();
@@ -126,45 +132,124 @@ impl Inner {
         ahead
     }
 
-    /// A run another replica left: retried here if its task's policy
-    /// allows another attempt.
-    fn reaped(self: &Arc<Self>, run: Reaped) {
-        tracing::warn!(
-            task = run.task_name,
-            run = run.id,
-            replica = run.replica,
-            "recorded a run interrupted: its replica stopped renewing the lease"
-        );
-        if let Some(m) = &self.config.metrics {
-            m.run_finished(
-                &run.task_name,
-                crate::model::RunStatus::Interrupted,
-                0,
-                0,
-                0.0,
-            );
-        }
-        let def: Option<Arc<TaskDef>> = self.lock().get(&run.task_name).map(|s| s.def.clone());
-        let Some(def) = def else { return };
+    /// After what backoff a reaped run is retried under its task's policy;
+    /// `None` if it is not.
+    fn retry_in(&self, run: &Reaped) -> Option<Duration> {
         // A `housekeeper run` from a shell is the operator's to repeat.
-        let cli = run.triggered_by == crate::model::Trigger::Cli;
-        if cli || run.attempt >= def.manifest.retries.max || self.stop.is_cancelled() {
+        if run.triggered_by == Trigger::Cli || self.stop.is_cancelled() {
+            return None;
+        }
+        let def: Arc<TaskDef> = self.lock().get(&run.task_name)?.def.clone();
+        (run.attempt < def.manifest.retries.max).then(|| retry_backoff(&def, run.attempt))
+    }
+
+    /// A run another replica left, now recorded here.
+    fn reaped(&self, run: Reaped) {
+        let status = match &run.cancelled {
+            Some(reason) => {
+                tracing::warn!(
+                    task = run.task_name,
+                    run = run.id,
+                    replica = run.replica,
+                    reason,
+                    "recorded a run cancelled: it was asked to stop, and its replica stopped renewing the lease"
+                );
+                crate::model::RunStatus::Cancelled
+            }
+            None => {
+                tracing::warn!(
+                    task = run.task_name,
+                    run = run.id,
+                    replica = run.replica,
+                    retry = run.retry,
+                    "recorded a run interrupted: its replica stopped renewing the lease"
+                );
+                crate::model::RunStatus::Interrupted
+            }
+        };
+        if let Some(m) = &self.config.metrics {
+            m.run_finished(&run.task_name, status, 0, 0, 0.0);
+        }
+    }
+
+    /// Runs the planned retries that are due: its own when their backoff
+    /// is over, another replica's a lease later (that replica runs it
+    /// itself unless it is gone). Of replicas that fire one together, the
+    /// claim lets one run it.
+    pub(super) async fn fire_due_retries(self: &Arc<Self>) {
+        let Some(pending) = self.pending_retries().await else {
+            return;
+        };
+        let now = self.clock.now();
+        let lease =
+            chrono::Duration::from_std(self.config.heartbeat_interval * 3).unwrap_or_default();
+        for retry in pending {
+            if self.held_retries().contains(&retry.after_run) {
+                continue;
+            }
+            let due = if retry.replica == self.ledger.replica() {
+                retry.not_before
+            } else {
+                retry.not_before + lease
+            };
+            if due <= now {
+                self.fire_retry(&retry).await;
+            }
+        }
+    }
+
+    /// At the start of a replica that shares its store with no other:
+    /// the retries a previous process planned run when they are due.
+    pub(super) async fn resume_retries(self: &Arc<Self>) {
+        let Some(pending) = self.pending_retries().await else {
+            return;
+        };
+        for retry in pending {
+            let inner = self.clone();
+            let wait = (retry.not_before - self.clock.now())
+                .to_std()
+                .unwrap_or_default();
+            self.loops.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => inner.fire_retry(&retry).await,
+                    _ = inner.stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn pending_retries(&self) -> Option<Vec<PendingRetry>> {
+        self.ledger
+            .pending_retries()
+            .await
+            .inspect_err(
+                |e| tracing::warn!(error = %format!("{e:#}"), "cannot read the planned retries"),
+            )
+            .ok()
+    }
+
+    async fn fire_retry(self: &Arc<Self>, retry: &PendingRetry) {
+        if !self.lock().contains_key(&retry.task_name) {
+            // A task no replica loads any more: its retry is given up a
+            // day after it was due.
+            let stale = self.clock.now() - retry.not_before > chrono::Duration::days(1);
+            if stale {
+                let why = "no replica had the task loaded within a day of the retry";
+                if let Err(e) = self.ledger.drop_retry(retry.after_run, Some(why)).await {
+                    tracing::warn!(error = %e, "cannot drop a planned retry");
+                }
+            }
             return;
         }
-        let backoff = retry_backoff(&def, run.attempt);
-        let inner = self.clone();
-        self.loops.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {
-                    inner.fire(&run.task_name, Fire {
-                        trigger: crate::model::Trigger::Retry,
-                        attempt: run.attempt + 1,
-                        scheduled_for: run.scheduled_for,
-                        dry_run: run.dry_run,
-                    });
-                }
-                _ = inner.stop.cancelled() => {}
-            }
-        });
+        self.fire(
+            &retry.task_name,
+            Fire {
+                trigger: Trigger::Retry,
+                attempt: retry.attempt,
+                scheduled_for: retry.scheduled_for,
+                dry_run: retry.dry_run,
+                retry_of: Some(retry.after_run),
+            },
+        );
     }
 }

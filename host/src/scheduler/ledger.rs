@@ -4,9 +4,10 @@
 //! query waits on real time while tokio's clock is stopped.
 
 use crate::model::{RunResult, RunStatus, Trigger};
-use crate::store::{Claim, Lease, NewRun, Reaped, Renewal, Store, TaskSettings};
+use crate::store::{Claim, Lease, NewRun, PendingRetry, Reaped, Renewal, Store, TaskSettings};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::time::Duration;
 
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync + 'static {
@@ -16,6 +17,9 @@ pub trait Ledger: Send + Sync + 'static {
     fn shared(&self) -> bool {
         true
     }
+
+    /// The name this replica records its runs under.
+    fn replica(&self) -> &str;
 
     /// Persisted settings of every task that has any.
     async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>>;
@@ -35,7 +39,9 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Claims a run: recorded `running` under a lease, unless its
     /// occurrence is already recorded or the task's exclusive lease is held.
-    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim>;
+    /// A retry on record (`retry_of`) is taken with the claim; `Recorded`
+    /// if another replica took it.
+    async fn begin_run(&self, run: &NewRun<'_>, retry_of: Option<i64>) -> anyhow::Result<Claim>;
 
     /// Renews a run's lease; says whether it is still held and whether a
     /// cancel was asked for.
@@ -49,9 +55,24 @@ pub trait Ledger: Send + Sync + 'static {
     /// was lost.
     async fn end_run(&self, lease: Lease, status: RunStatus, reason: &str) -> anyhow::Result<bool>;
 
-    /// Records the runs whose leases expired as `interrupted`; returns the
-    /// ones this call reaped.
-    async fn reap(&self) -> anyhow::Result<Vec<Reaped>>;
+    /// Records the runs whose leases expired as `interrupted` (or
+    /// `cancelled`, if asked to stop), planning a retry after the backoff
+    /// `retry_in` gives; returns the ones this call reaped.
+    async fn reap(
+        &self,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>>;
+
+    /// Plans a retry of run `run_id` (still running) after `backoff`;
+    /// whether this call planned it.
+    async fn plan_retry(&self, run_id: i64, backoff: Duration) -> anyhow::Result<bool>;
+
+    /// The retries on record.
+    async fn pending_retries(&self) -> anyhow::Result<Vec<PendingRetry>>;
+
+    /// Gives up the planned retry of `after_run`, recording it skipped for
+    /// `skipped` if given; `false` if it was claimed or dropped already.
+    async fn drop_retry(&self, after_run: i64, skipped: Option<&str>) -> anyhow::Result<bool>;
 
     /// Asks the run holding `task`'s exclusive lease, on any replica, to
     /// stop.
@@ -65,7 +86,7 @@ pub trait Ledger: Send + Sync + 'static {
     async fn db_now(&self) -> anyhow::Result<DateTime<Utc>>;
 
     /// How long ago a process last reported under this replica's name.
-    async fn replica_last_seen(&self) -> anyhow::Result<Option<std::time::Duration>>;
+    async fn replica_last_seen(&self) -> anyhow::Result<Option<Duration>>;
 
     /// Takes this replica off the list of live ones.
     async fn replica_leave(&self) -> anyhow::Result<()>;
@@ -97,6 +118,10 @@ impl Ledger for Store {
         Store::shared(self)
     }
 
+    fn replica(&self) -> &str {
+        Store::replica(self)
+    }
+
     async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
         Store::settings(self).await
     }
@@ -114,14 +139,14 @@ impl Ledger for Store {
     }
 
     async fn last_success(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        Ok(Store::stats(self)
-            .await?
-            .get(task)
-            .and_then(|s| s.last_success_at))
+        Store::last_success(self, task).await
     }
 
-    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim> {
-        Store::begin_run(self, run).await
+    async fn begin_run(&self, run: &NewRun<'_>, retry_of: Option<i64>) -> anyhow::Result<Claim> {
+        match retry_of {
+            Some(after_run) => Store::begin_retry(self, run, after_run).await,
+            None => Store::begin_run(self, run).await,
+        }
     }
 
     async fn heartbeat(&self, lease: Lease) -> anyhow::Result<Renewal> {
@@ -136,8 +161,23 @@ impl Ledger for Store {
         Store::end_run(self, lease, status, reason).await
     }
 
-    async fn reap(&self) -> anyhow::Result<Vec<Reaped>> {
-        Store::reap(self).await
+    async fn reap(
+        &self,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>> {
+        Store::reap(self, retry_in).await
+    }
+
+    async fn plan_retry(&self, run_id: i64, backoff: Duration) -> anyhow::Result<bool> {
+        Store::plan_retry(self, run_id, backoff).await
+    }
+
+    async fn pending_retries(&self) -> anyhow::Result<Vec<PendingRetry>> {
+        Store::pending_retries(self).await
+    }
+
+    async fn drop_retry(&self, after_run: i64, skipped: Option<&str>) -> anyhow::Result<bool> {
+        Store::drop_retry(self, after_run, skipped).await
     }
 
     async fn request_cancel_task(&self, task: &str, reason: &str) -> anyhow::Result<()> {
@@ -152,7 +192,7 @@ impl Ledger for Store {
         Store::db_now(self).await
     }
 
-    async fn replica_last_seen(&self) -> anyhow::Result<Option<std::time::Duration>> {
+    async fn replica_last_seen(&self) -> anyhow::Result<Option<Duration>> {
         Store::replica_last_seen(self).await
     }
 

@@ -48,6 +48,11 @@ struct Inner {
     stop: CancellationToken,
     /// Set once `start` has run: later registrations start their loops.
     started: std::sync::atomic::AtomicBool,
+    /// Set once this replica's name is its own and a previous process's
+    /// runs are recorded interrupted: no run starts before.
+    prepared: tokio::sync::OnceCell<()>,
+    /// Planned retries this process has taken on (see `run`).
+    held_retries: Mutex<std::collections::HashSet<i64>>,
     loops: TaskTracker,
     jobs: TaskTracker,
     /// Bumped after every change this process writes to run history or
@@ -99,6 +104,8 @@ impl Scheduler {
                 changes: std::sync::atomic::AtomicU64::new(0),
                 in_flight: Default::default(),
                 started: std::sync::atomic::AtomicBool::new(false),
+                prepared: tokio::sync::OnceCell::new(),
+                held_retries: Mutex::default(),
             }),
         }
     }
@@ -115,16 +122,42 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Makes the replica's name its own: waits while another process
+    /// reports under it, then records the runs a previous process of this
+    /// replica left `running` as interrupted. Call it before anything can
+    /// trigger a run (the API), so that a run of this process is never
+    /// taken for a previous one's; [`Scheduler::start`] calls it if it has
+    /// not run.
+    pub async fn prepare(&self) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        inner
+            .prepared
+            .get_or_try_init(|| async {
+                inner.wait_for_own_name().await;
+                let give_up = || inner.stop.is_cancelled();
+                let orphans = inner
+                    .persist("the runs a previous process left", give_up, || {
+                        inner.ledger.interrupt_orphans()
+                    })
+                    .await?;
+                inner.changed();
+                if !orphans.is_empty() {
+                    tracing::warn!(runs = ?orphans, "marked runs left by a previous process as interrupted");
+                }
+                anyhow::Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Recovers from a crash, handles fires missed while down, starts the
     /// startup runs and the schedule loops.
     pub async fn start(&self) -> anyhow::Result<()> {
-        self.inner.wait_for_own_name().await;
-        let orphans = self.inner.ledger.interrupt_orphans().await?;
-        self.inner.changed();
-        if !orphans.is_empty() {
-            tracing::warn!(runs = ?orphans, "marked runs left by a previous process as interrupted");
-        }
+        self.prepare().await?;
         self.inner.start_cluster_loop().await;
+        if !self.inner.ledger.shared() {
+            self.inner.resume_retries().await;
+        }
         if !self.inner.config.enabled {
             tracing::warn!(
                 "scheduling is disabled (HOUSEKEEPER_ENABLED=false): tasks run only when triggered"
@@ -154,7 +187,7 @@ impl Scheduler {
                 self.inner.loops.spawn(async move {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {
-                            inner.fire(&task, Fire { trigger: Trigger::Startup, attempt: 0, scheduled_for: None, dry_run: false });
+                            inner.fire(&task, Fire::new(Trigger::Startup, None));
                         }
                         _ = inner.stop.cancelled() => {}
                     }
@@ -255,10 +288,8 @@ impl Scheduler {
         Ok(self.inner.fire(
             name,
             Fire {
-                trigger: Trigger::Manual,
-                attempt: 0,
-                scheduled_for: None,
                 dry_run,
+                ..Fire::new(Trigger::Manual, None)
             },
         ))
     }
@@ -280,10 +311,8 @@ impl Scheduler {
             self.inner.fire_with(
                 name,
                 Fire {
-                    trigger: Trigger::Manual,
-                    attempt: 0,
-                    scheduled_for: None,
                     dry_run,
+                    ..Fire::new(Trigger::Manual, None)
                 },
                 Some(tx),
             )
@@ -291,11 +320,13 @@ impl Scheduler {
         if outcome != FireOutcome::Started {
             return Ok((outcome, None));
         }
-        let id = tokio::time::timeout(wait, rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        Ok((outcome, id))
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(id))) => Ok((outcome, Some(id))),
+            // Another replica's run held the task: the fire was recorded
+            // skipped there.
+            Ok(Ok(Err(reason))) => Ok((FireOutcome::Skipped(reason), None)),
+            _ => Ok((outcome, None)),
+        }
     }
 
     /// Stops run `run_id` if this process is running it; it is recorded
@@ -517,15 +548,7 @@ impl Inner {
             after = next;
             let enabled = self.lock().get(&name).is_some_and(|s| s.enabled);
             if enabled {
-                self.fire(
-                    &name,
-                    Fire {
-                        trigger: Trigger::Schedule,
-                        attempt: 0,
-                        scheduled_for: Some(next),
-                        dry_run: false,
-                    },
-                );
+                self.fire(&name, Fire::new(Trigger::Schedule, Some(next)));
             }
         }
     }
@@ -557,15 +580,7 @@ impl Inner {
         match policy {
             Misfire::RunOnce => {
                 tracing::info!(task = name, %missed, "running a fire missed while the service was down");
-                self.fire(
-                    name,
-                    Fire {
-                        trigger: Trigger::Schedule,
-                        attempt: 0,
-                        scheduled_for: Some(missed),
-                        dry_run: false,
-                    },
-                );
+                self.fire(name, Fire::new(Trigger::Schedule, Some(missed)));
             }
             Misfire::Skip => {
                 self.ledger

@@ -58,12 +58,17 @@ pub(super) struct Active {
     pub(super) token: u64,
     /// The store's id of the current attempt, once recorded.
     pub(super) run_id: Arc<Mutex<Option<i64>>>,
-    /// Told the first run id (manual triggers wait for it).
-    pub(super) notify: Arc<Mutex<Option<tokio::sync::oneshot::Sender<i64>>>>,
+    /// Told the first run id, or why the fire was not run (manual
+    /// triggers wait for it).
+    pub(super) notify: Arc<Mutex<Option<Notify>>>,
     pub(super) cancel: CancellationToken,
     /// Set by whoever cancels: the status and reason to record.
     pub(super) why: Arc<OnceLock<(RunStatus, String)>>,
 }
+
+/// Where a manual trigger learns what became of its fire: the run's id,
+/// or why it was not run (another replica's run held the task).
+pub(super) type Notify = tokio::sync::oneshot::Sender<Result<i64, String>>;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Fire {
@@ -72,6 +77,29 @@ pub(super) struct Fire {
     pub(super) attempt: u32,
     pub(super) scheduled_for: Option<DateTime<Utc>>,
     pub(super) dry_run: bool,
+    /// For a planned retry on record, the run it retries.
+    pub(super) retry_of: Option<i64>,
+}
+
+impl Fire {
+    pub(super) fn new(trigger: Trigger, scheduled_for: Option<DateTime<Utc>>) -> Self {
+        Fire {
+            trigger,
+            attempt: 0,
+            scheduled_for,
+            dry_run: false,
+            retry_of: None,
+        }
+    }
+}
+
+/// What became of one attempt that ran.
+struct Attempted {
+    run_id: i64,
+    /// The backoff before the next attempt, if the policy retries it.
+    retry: Option<std::time::Duration>,
+    /// Whether that retry is on record (and so survives this process).
+    planned: bool,
 }
 
 static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -86,7 +114,7 @@ impl Inner {
         self: &Arc<Self>,
         name: &str,
         fire: Fire,
-        notify: Option<tokio::sync::oneshot::Sender<i64>>,
+        notify: Option<Notify>,
     ) -> FireOutcome {
         let mut tasks = self.lock();
         let Some(slot) = tasks.get_mut(name) else {
@@ -99,8 +127,19 @@ impl Inner {
                 let inner = self.clone();
                 self.jobs.spawn(async move {
                     let give_up = || inner.stop.is_cancelled();
-                    let write = || ledger.record_skipped(&task, fire.trigger, fire.scheduled_for, &why);
-                    if let Err(e) = inner.persist("a skipped fire", give_up, write).await {
+                    let recorded = match fire.retry_of {
+                        // A retry on record is given up, once, by whichever
+                        // replica gets to it.
+                        Some(after_run) => {
+                            let write = || ledger.drop_retry(after_run, Some(&why));
+                            inner.persist("a skipped retry", give_up, write).await.map(drop)
+                        }
+                        None => {
+                            let write = || ledger.record_skipped(&task, fire.trigger, fire.scheduled_for, &why);
+                            inner.persist("a skipped fire", give_up, write).await.map(drop)
+                        }
+                    };
+                    if let Err(e) = recorded {
                         tracing::error!(task, error = %format!("{e:#}"), "cannot record a skipped fire");
                     }
                     inner.changed();
@@ -111,14 +150,31 @@ impl Inner {
                 }
                 FireOutcome::Skipped(reason.to_owned())
             };
+            let waiting = slot
+                .active
+                .iter()
+                .all(|a| a.run_id.lock().unwrap_or_else(|p| p.into_inner()).is_none());
+            let retry = fire.retry_of.is_some();
             match slot.def.manifest.overlap {
+                Overlap::Skip if waiting => {
+                    return skip(
+                        "the previous fire is still starting: waiting for a free run slot or for the database (overlap = skip)",
+                    );
+                }
                 Overlap::Skip => return skip("the previous run is still running (overlap = skip)"),
+                // A retry is of an older fire: it never stops a newer run.
+                Overlap::Replace if retry => {
+                    return skip("a newer run is in progress (overlap = replace keeps it)");
+                }
                 Overlap::Queue if slot.queued.is_some() => {
                     return skip(
                         "a run is already queued behind the running one (overlap = queue)",
                     );
                 }
                 Overlap::Queue => {
+                    if let Some(after_run) = fire.retry_of {
+                        self.held_retries().insert(after_run);
+                    }
                     slot.queued = Some(fire);
                     return FireOutcome::Queued;
                 }
@@ -134,8 +190,17 @@ impl Inner {
                 Overlap::Allow => {}
             }
         }
+        if let Some(after_run) = fire.retry_of {
+            self.held_retries().insert(after_run);
+        }
         self.start_job(name, slot, fire, notify);
         FireOutcome::Started
+    }
+
+    /// The planned retries this process has taken on: the heartbeat does
+    /// not fire them again.
+    pub(super) fn held_retries(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.held_retries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn start_job(
@@ -143,7 +208,7 @@ impl Inner {
         name: &str,
         slot: &mut Slot,
         fire: Fire,
-        notify: Option<tokio::sync::oneshot::Sender<i64>>,
+        notify: Option<Notify>,
     ) {
         let active = Active {
             token: NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -185,34 +250,74 @@ impl Inner {
             permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = active.cancel.cancelled() => {
                 let reason = active.why.get().map(|(_, r)| r.clone()).unwrap_or_default();
-                let _ = self.ledger.record_skipped(name, fire.trigger, fire.scheduled_for, &format!("cancelled before it started: {reason}")).await;
+                let reason = format!("cancelled before it started: {reason}");
+                let _ = match fire.retry_of {
+                    Some(after_run) => self.ledger.drop_retry(after_run, Some(&reason)).await.map(drop),
+                    None => self.ledger.record_skipped(name, fire.trigger, fire.scheduled_for, &reason).await.map(drop),
+                };
+                self.forget_retry(fire.retry_of);
                 return;
             }
         };
-        let mut trigger = fire.trigger;
-        let mut attempt = fire.attempt;
+        let mut next = fire;
         loop {
-            let status = self
-                .attempt(name, def, fire, trigger, attempt, active)
-                .await;
-            if !status.is_some_and(retryable) || attempt >= def.manifest.retries.max {
+            let done = self.attempt(name, def, next, active).await;
+            self.forget_retry(next.retry_of);
+            let Some(Attempted {
+                run_id,
+                retry: Some(backoff),
+                planned,
+                ..
+            }) = done
+            else {
                 break;
-            }
-            let backoff = retry_backoff(def, attempt);
+            };
             tracing::info!(
                 task = name,
-                attempt = attempt + 1,
+                attempt = next.attempt + 1,
                 ?backoff,
+                planned,
                 "retrying after failure"
             );
+            // A planned retry is on record: at shutdown it is left to
+            // another replica, or to this one's next start.
+            let shutdown = async {
+                if planned {
+                    self.stop.cancelled().await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = active.cancel.cancelled() => break,
+                _ = active.cancel.cancelled() => {
+                    if planned {
+                        if let Err(e) = self.ledger.drop_retry(run_id, None).await {
+                            tracing::warn!(task = name, run = run_id, error = %e, "cannot drop a planned retry");
+                        }
+                    }
+                    self.forget_retry(planned.then_some(run_id));
+                    break;
+                }
+                _ = shutdown => {
+                    self.forget_retry(Some(run_id));
+                    break;
+                }
             }
-            attempt += 1;
-            trigger = Trigger::Retry;
+            next = Fire {
+                trigger: Trigger::Retry,
+                attempt: next.attempt + 1,
+                retry_of: planned.then_some(run_id),
+                ..next
+            };
         }
         drop(permit);
+    }
+
+    fn forget_retry(&self, after_run: Option<i64>) {
+        if let Some(after_run) = after_run {
+            self.held_retries().remove(&after_run);
+        }
     }
 
     /// Prunes `def`'s history to its policy, after a fire is done (and no
@@ -235,12 +340,13 @@ impl Inner {
         name: &str,
         def: &TaskDef,
         new: &NewRun<'_>,
+        retry_of: Option<i64>,
         active: &Active,
     ) -> Option<Lease> {
         let mut asked_to_stop = false;
         let mut unreachable = CLAIM_RETRY;
         loop {
-            let wait = match self.ledger.begin_run(new).await {
+            let wait = match self.ledger.begin_run(new, retry_of).await {
                 Ok(Claim::Won(lease)) => return Some(lease),
                 Ok(Claim::Recorded) => {
                     tracing::debug!(task = name, "already recorded; not running it again");
@@ -250,23 +356,48 @@ impl Inner {
                     let at = new.scheduled_for.unwrap_or(db_now);
                     (at - db_now).to_std().unwrap_or_default()
                 }
-                Ok(Claim::Busy(holder)) => match def.manifest.overlap {
-                    Overlap::Skip | Overlap::Allow => {
-                        let why = format!(
-                            "the previous run is still running on replica {} (overlap = skip)",
-                            holder.replica
-                        );
-                        tracing::info!(task = name, reason = why, "fire skipped");
-                        if let Err(e) = self
+                // A retry is of an older fire: it never stops a newer run,
+                // wherever that runs.
+                Ok(Claim::Busy(holder))
+                    if def.manifest.overlap != Overlap::Queue
+                        && (retry_of.is_some() || def.manifest.overlap != Overlap::Replace) =>
+                {
+                    let why = format!(
+                        "the previous run is still running on replica {} (overlap = {})",
+                        holder.replica,
+                        match def.manifest.overlap {
+                            Overlap::Replace => "replace",
+                            _ => "skip",
+                        }
+                    );
+                    tracing::info!(task = name, reason = why, "fire skipped");
+                    let recorded = match retry_of {
+                        Some(after_run) => self
+                            .ledger
+                            .drop_retry(after_run, Some(&why))
+                            .await
+                            .map(drop),
+                        None => self
                             .ledger
                             .record_skipped(name, new.triggered_by, new.scheduled_for, &why)
                             .await
-                        {
-                            tracing::error!(task = name, error = %e, "cannot record a skipped fire");
-                        }
-                        self.changed();
-                        return None;
+                            .map(drop),
+                    };
+                    if let Err(e) = recorded {
+                        tracing::error!(task = name, error = %e, "cannot record a skipped fire");
                     }
+                    if let Some(tx) = active
+                        .notify
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                    {
+                        let _ = tx.send(Err(why));
+                    }
+                    self.changed();
+                    return None;
+                }
+                Ok(Claim::Busy(_)) => match def.manifest.overlap {
                     Overlap::Replace if !asked_to_stop => {
                         asked_to_stop = true;
                         let why = "replaced by a newer run (overlap = replace)";
@@ -275,7 +406,7 @@ impl Inner {
                         }
                         CLAIM_RETRY
                     }
-                    Overlap::Replace | Overlap::Queue => CLAIM_RETRY,
+                    _ => CLAIM_RETRY,
                 },
                 // The database is away: the fire waits for it (and holds
                 // its place against overlapping fires) rather than being
@@ -320,16 +451,16 @@ impl Inner {
         }
     }
 
-    /// One run, recorded. `None` if nothing ran.
+    /// One run, recorded. `None` if nothing ran here, or the run's lease
+    /// was lost (the replica that reaped it owns what happens next).
     async fn attempt(
         self: &Arc<Self>,
         name: &str,
         def: &TaskDef,
         fire: Fire,
-        trigger: Trigger,
-        attempt: u32,
         active: &Active,
-    ) -> Option<RunStatus> {
+    ) -> Option<Attempted> {
+        let (trigger, attempt) = (fire.trigger, fire.attempt);
         let new = NewRun {
             task_name: name,
             triggered_by: trigger,
@@ -339,7 +470,7 @@ impl Inner {
             exclusive: def.manifest.overlap != Overlap::Allow,
             attempt,
         };
-        let lease = self.claim(name, def, &new, active).await?;
+        let lease = self.claim(name, def, &new, fire.retry_of, active).await?;
         let id = lease.run_id;
         *active.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         if let Some(tx) = active
@@ -348,7 +479,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            let _ = tx.send(id);
+            let _ = tx.send(Ok(id));
         }
         let last_success = self.ledger.last_success(name).await.ok().flatten();
         let mut request = RunRequest::from_manifest(&def.manifest, id.to_string(), trigger);
@@ -402,9 +533,26 @@ impl Inner {
                 }
             }
         };
+        let mut retry = None;
+        let mut planned = false;
         let (status, recorded) = match outcome {
             Some(result) => {
                 let status = result.status;
+                if retryable(status) && attempt < def.manifest.retries.max {
+                    let backoff = retry_backoff(def, attempt);
+                    retry = Some(backoff);
+                    // On record before the run is: a replica that dies
+                    // in between leaves a run that is reaped with the plan.
+                    match self.ledger.plan_retry(id, backoff).await {
+                        Ok(done) => planned = done,
+                        Err(e) => {
+                            tracing::warn!(task = name, run = id, error = %format!("{e:#}"), "cannot record the retry; it is kept in this process only")
+                        }
+                    }
+                    if planned {
+                        self.held_retries().insert(id);
+                    }
+                }
                 let give_up = || self.stop.is_cancelled() && active.cancel.is_cancelled();
                 let recorded = self
                     .persist("the end of a run", give_up, || {
@@ -437,9 +585,15 @@ impl Inner {
                 (status, recorded)
             }
         };
+        let ran = Attempted {
+            run_id: id,
+            retry,
+            planned,
+        };
         match recorded {
-            Ok(true) => Some(status),
+            Ok(true) => Some(ran),
             Ok(false) => {
+                self.forget_retry(planned.then_some(id));
                 // Another replica reaped the run and owns what happens next
                 // (including a retry).
                 tracing::warn!(task = name, run = id, %status, "the run's lease was lost: another replica recorded it interrupted, this result is not stored");
@@ -447,7 +601,7 @@ impl Inner {
             }
             Err(e) => {
                 tracing::error!(task = name, run = id, error = %e, "cannot record the end of a run");
-                Some(status)
+                Some(ran)
             }
         }
     }

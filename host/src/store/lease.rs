@@ -87,6 +87,11 @@ pub struct Reaped {
     pub scheduled_for: Option<DateTime<Utc>>,
     pub attempt: u32,
     pub dry_run: bool,
+    /// Someone asked for the run to stop before its replica went quiet:
+    /// it is recorded `cancelled` for this reason, and not retried.
+    pub cancelled: Option<String>,
+    /// Whether a retry of it was planned.
+    pub retry: bool,
 }
 
 /// A replica as it last reported itself.
@@ -136,6 +141,17 @@ impl Store {
     /// task holds the task's lease. One transaction: of several replicas
     /// claiming the same occurrence, exactly one wins.
     pub async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim> {
+        self.claim(run, None).await
+    }
+
+    /// Like [`Store::begin_run`], for the retry planned after run
+    /// `after_run`: the plan is taken with the claim, so that of the
+    /// replicas that try, one runs it (the others get `Recorded`).
+    pub async fn begin_retry(&self, run: &NewRun<'_>, after_run: i64) -> anyhow::Result<Claim> {
+        self.claim(run, Some(after_run)).await
+    }
+
+    async fn claim(&self, run: &NewRun<'_>, retry_of: Option<i64>) -> anyhow::Result<Claim> {
         let now = self.db_now().await?;
         if let Some(at) = run.scheduled_for {
             if at > after(now, EARLY_TOLERANCE) {
@@ -172,6 +188,20 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                 if others > 0 {
+                    tx.rollback().await?;
+                    return Ok(Claim::Recorded);
+                }
+            }
+            if let Some(after_run) = retry_of {
+                // The plan is taken with the run, or not at all: another
+                // replica that claimed it first leaves nothing here.
+                let taken = query("DELETE FROM housekeeper_retries WHERE after_run = $1")
+                    .bind(after_run)
+                    .execute(&mut *tx)
+                    .await
+                    .context("cannot take a planned retry")?
+                    .rows_affected();
+                if taken == 0 {
                     tx.rollback().await?;
                     return Ok(Claim::Recorded);
                 }
@@ -336,17 +366,29 @@ impl Store {
 
     /// Records as `interrupted` every run whose lease expired (its replica
     /// stopped renewing it: killed, cut off, or stuck), and running rows
-    /// left without a lease. Of several replicas reaping at once, each run
-    /// is reaped by exactly one, which gets it back to decide on a retry.
-    pub async fn reap(&self) -> anyhow::Result<Vec<Reaped>> {
+    /// left without a lease; a run someone asked to stop is recorded
+    /// `cancelled` instead. Of several replicas reaping at once, each run
+    /// is reaped by exactly one. `retry_in` says, for an interrupted run,
+    /// after what backoff to retry it (the task's policy); the retry is
+    /// planned before the run is recorded, so that a reaper dying in
+    /// between leaves a run that is reaped again, with the same plan.
+    pub async fn reap(
+        &self,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>> {
         let now = self.db_now().await?;
         // Deleting an expired lease is what makes a replica the reaper of
         // its run: of several replicas deleting at once, one gets each row.
-        let expired: Vec<i64> = in_tx!(self, conn => query_scalar("DELETE FROM housekeeper_leases WHERE expires_at < $1 RETURNING run_id")
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await
-            .context("cannot reap expired leases")?);
+        let expired: Vec<(i64, Option<String>)> = in_tx!(self, conn => {
+            let rows = query("DELETE FROM housekeeper_leases WHERE expires_at < $1 RETURNING run_id, cancel_reason")
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await
+                .context("cannot reap expired leases")?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("run_id")?, row.try_get("cancel_reason")?)))
+                .collect::<anyhow::Result<_>>()?
+        });
         // A running row without a lease is also left over: its reaper died
         // between the two steps, or it was written by a process that keeps
         // no leases (an older version during a rolling upgrade), which gets
@@ -359,16 +401,24 @@ impl Store {
             .fetch_all(&mut *conn)
             .await?);
         let mut reaped = Vec::new();
-        for id in expired.into_iter().chain(leftover) {
-            if let Some(run) = self.reap_one(id).await? {
+        for (id, cancelled) in expired
+            .into_iter()
+            .chain(leftover.into_iter().map(|id| (id, None)))
+        {
+            if let Some(run) = self.reap_one(id, cancelled, retry_in).await? {
                 reaped.push(run);
             }
         }
         Ok(reaped)
     }
 
-    /// Records run `id` interrupted, if it is still running.
-    async fn reap_one(&self, id: i64) -> anyhow::Result<Option<Reaped>> {
+    /// Records run `id` interrupted (or cancelled), if it is still running.
+    async fn reap_one(
+        &self,
+        id: i64,
+        cancelled: Option<String>,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Option<Reaped>> {
         let sql = "SELECT id, task_name, replica, triggered_by, scheduled_for, attempt, dry_run, \
                           COALESCE(heartbeat_at, started_at) AS seen \
                    FROM housekeeper_runs WHERE id = $1 AND status = 'running'";
@@ -387,21 +437,30 @@ impl Store {
                         scheduled_for: row.try_get("scheduled_for")?,
                         attempt: attempt.max(0) as u32,
                         dry_run: row.try_get("dry_run")?,
+                        cancelled,
+                        retry: false,
                     }, seen))
                 }
             }
         });
-        let Some((run, seen)) = found else {
+        let Some((mut run, seen)) = found else {
             return Ok(None);
         };
-        let reason = format!(
+        let quiet = format!(
             "replica {} stopped renewing the run's lease (last heartbeat {})",
             run.replica,
             seen.format("%Y-%m-%dT%H:%M:%SZ")
         );
-        let ended = self
-            .end_unleased(run.id, None, RunStatus::Interrupted, &reason)
-            .await?;
+        let (status, reason) = match &run.cancelled {
+            Some(why) => (RunStatus::Cancelled, format!("{why}; {quiet}")),
+            None => {
+                if let Some(backoff) = retry_in(&run) {
+                    run.retry = self.plan_retry(run.id, backoff).await?;
+                }
+                (RunStatus::Interrupted, quiet)
+            }
+        };
+        let ended = self.end_unleased(run.id, None, status, &reason).await?;
         Ok(ended.then_some(run))
     }
 

@@ -117,7 +117,9 @@ macro_rules! in_tx {
 
 mod lease;
 mod replica;
+mod retry;
 pub use lease::{Claim, Holder, Lease, Reaped, Renewal, ReplicaRow, STARTUP_WINDOW};
+pub use retry::PendingRetry;
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -572,6 +574,14 @@ impl Store {
         Ok(last)
     }
 
+    /// When `task` last succeeded.
+    pub async fn last_success(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let sql = "SELECT last_success_at FROM housekeeper_task_stats WHERE task_name = $1";
+        let last: Option<Option<DateTime<Utc>>> =
+            in_tx!(self, conn => query_scalar(sql).bind(task).fetch_optional(&mut *conn).await?);
+        Ok(last.flatten())
+    }
+
     /// Persisted settings of every task that has any.
     pub async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
         let sql = "SELECT task_name, enabled, schedule, last_modified_at FROM housekeeper_config";
@@ -596,8 +606,9 @@ impl Store {
     pub async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()> {
         let sql = "INSERT INTO housekeeper_config (task_name, enabled, last_modified_at) VALUES ($1, $2, $3) \
                    ON CONFLICT (task_name) DO UPDATE SET enabled = excluded.enabled, last_modified_at = excluded.last_modified_at";
+        let now = self.db_now().await?;
         in_tx!(self, conn => {
-            query(sql).bind(task).bind(enabled).bind(Utc::now()).execute(&mut *conn).await?;
+            query(sql).bind(task).bind(enabled).bind(now).execute(&mut *conn).await?;
         });
         Ok(())
     }

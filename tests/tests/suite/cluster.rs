@@ -463,6 +463,12 @@ pub(crate) async fn controls_case(pool: &PgPool, url: &str) {
     housekeeper_tests::wait_until("the run to start", Duration::from_secs(30), || {
         started.exists()
     });
+    // A manual run on c while b holds the task (overlap = skip): refused,
+    // naming the replica, and recorded skipped.
+    let (status, body) =
+        http(c.port("c"), "POST", "/api/housekeeper/tasks/hold/run", None).unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("still running on replica b"), "{body}");
     let (status, body) = http(
         c.port("a"),
         "POST",
@@ -655,4 +661,147 @@ pub(crate) async fn failover_case(pool: &PgPool, url: &str) {
         .filter(|r| r.triggered_by == Trigger::Retry)
         .collect();
     assert_eq!(retries.len(), 1, "one retry, by one replica: {runs:#?}");
+}
+
+/// Three-second leases, so that a replica that dies is reaped, and its
+/// retries taken over, within seconds.
+fn short_lease() -> Vec<(String, String)> {
+    vec![("HOUSEKEEPER_LEASE".into(), "3s".into())]
+}
+
+/// A retry waiting out its backoff is on record, not only in its replica's
+/// memory: kill -9 of that replica during the backoff, and another replica
+/// runs the retry when it is due, once.
+#[sqlx::test(migrations = false)]
+async fn a_retry_outlives_the_replica_that_planned_it(pool: PgPool) {
+    let mut c = Cluster::new(&url_of(&pool));
+    c.witness(
+        "flaky",
+        "[retries]\nmax = 2\nbackoff = \"4s\"",
+        "fail_once = true",
+    );
+    c.start(&[("r0", short_lease()), ("r1", short_lease())]);
+    let (status, body) = http(
+        c.port("r0"),
+        "POST",
+        "/api/housekeeper/tasks/flaky/run",
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let failed = eventually(
+        &pool,
+        &c,
+        "flaky",
+        "the failed first run",
+        Duration::from_secs(30),
+        |runs| runs.iter().find(|r| r.status == RunStatus::Error).cloned(),
+    )
+    .await;
+    assert_eq!(failed.replica, "r0");
+    let planned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM housekeeper_retries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(planned, 1, "the retry is on record before its backoff");
+    c.kill("r0");
+
+    let runs = eventually(
+        &pool,
+        &c,
+        "flaky",
+        "the retry run by r1",
+        Duration::from_secs(30),
+        |runs| {
+            runs.iter()
+                .any(|r| r.triggered_by == Trigger::Retry && r.status == RunStatus::Success)
+                .then(|| runs.to_vec())
+        },
+    )
+    .await;
+    c.stop();
+    let retries: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| r.triggered_by == Trigger::Retry)
+        .collect();
+    assert_eq!(retries.len(), 1, "{runs:#?}");
+    assert_eq!(retries[0].replica, "r1");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM housekeeper_retries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+/// With `overlap = replace`, a retry is of an older fire: when it comes due
+/// while a newer run holds the task on another replica, it is recorded
+/// skipped and the newer run goes on.
+#[sqlx::test(migrations = false)]
+async fn a_retry_never_replaces_a_newer_run(pool: PgPool) {
+    let mut c = Cluster::new(&url_of(&pool));
+    c.witness(
+        "fresh",
+        "overlap = \"replace\"\n[retries]\nmax = 1\nbackoff = \"3s\"",
+        "fail_once = true\nsleep_ms = 8000",
+    );
+    c.start(&[("r0", short_lease()), ("r1", short_lease())]);
+    let (status, body) = http(
+        c.port("r0"),
+        "POST",
+        "/api/housekeeper/tasks/fresh/run",
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    eventually(
+        &pool,
+        &c,
+        "fresh",
+        "the failed first run",
+        Duration::from_secs(30),
+        |runs| runs.iter().find(|r| r.status == RunStatus::Error).cloned(),
+    )
+    .await;
+    // The newer run, on r1, while r0's retry waits out its backoff.
+    let (status, body) = http(
+        c.port("r1"),
+        "POST",
+        "/api/housekeeper/tasks/fresh/run",
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let newer = serde_json::from_str::<serde_json::Value>(&body).unwrap()["runId"]
+        .as_i64()
+        .expect("the newer run's id");
+    let runs = eventually(
+        &pool,
+        &c,
+        "fresh",
+        "the newer run's end",
+        Duration::from_secs(30),
+        |runs| {
+            runs.iter()
+                .any(|r| r.id == newer && r.status != RunStatus::Running)
+                .then(|| runs.to_vec())
+        },
+    )
+    .await;
+    c.stop();
+    let newer = runs.iter().find(|r| r.id == newer).unwrap();
+    assert_eq!(newer.status, RunStatus::Success, "{runs:#?}");
+    let retry: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| r.triggered_by == Trigger::Retry)
+        .collect();
+    assert_eq!(retry.len(), 1, "{runs:#?}");
+    assert_eq!(retry[0].status, RunStatus::Skipped, "{runs:#?}");
+    assert!(
+        retry[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("still running on replica r1"),
+        "{runs:#?}"
+    );
 }

@@ -1,7 +1,11 @@
 //! A database that is away: `serve` waits for it instead of failing, and
-//! answers `/health` meanwhile; a database that refuses still stops it.
+//! answers `/health` meanwhile; a database that refuses still stops it. A
+//! replica name another live process reports under: `serve` waits for it
+//! before it takes any run.
 
-use housekeeper_tests::{Server, http, serve_args, wait_until};
+use housekeeper::model::RunStatus;
+use housekeeper::store::Store;
+use housekeeper_tests::{Server, fixture_path, http, serve_args, wait_until};
 use sqlx::PgPool;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
@@ -83,4 +87,101 @@ fn serve_stops_on_a_database_that_refuses() {
     });
     let e = format!("{:#}", server.stop().unwrap_err());
     assert!(e.contains("housekeeper_no_such_database"), "{e}");
+}
+
+/// `http` off the test's runtime, which keeps running meanwhile.
+async fn http_off(port: u16, method: &'static str, path: &'static str) -> Option<(u16, String)> {
+    tokio::task::spawn_blocking(move || http(port, method, path, None))
+        .await
+        .unwrap()
+}
+
+/// While another process reports under its replica name, `serve` waits,
+/// saying so, and takes no run (`/ready` and the API answer 503): a run it
+/// took would be taken for one the other process left, and closed as
+/// interrupted when the wait ends. Once the name is free it starts, and its
+/// runs are its own.
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn a_replica_waits_for_its_name_before_it_takes_runs(pool: PgPool) {
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let (tasks, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::copy(fixture_path("witness"), tasks.path().join("t.wasm")).unwrap();
+    std::fs::write(tasks.path().join("t.toml"), "").unwrap();
+    let mut args = serve_args(tasks.path(), data.path());
+    args.db.database_url = Some(format!("postgres://postgres@127.0.0.1:5432/{database}"));
+    args.db.lease = Duration::from_secs(3);
+    let name = args.db.replica.clone().unwrap();
+
+    // The other process keeps reporting until the test has seen the wait.
+    let other = Store::from_postgres(pool.clone(), &name);
+    let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reporting = {
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let started = chrono::Utc::now();
+            while alive.load(std::sync::atomic::Ordering::SeqCst) {
+                other.replica_heartbeat(started, "0", 0).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = Server::launch(args);
+    let port = server.port();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((503, body)) = http_off(port, "GET", "/ready").await {
+            if body.contains("replica's name") {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no wait for the replica's name"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = http_off(port, "POST", "/api/housekeeper/tasks/t/run")
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    reporting.await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !http_off(port, "GET", "/ready")
+        .await
+        .is_some_and(|(status, _)| status == 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready once the name is free"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = http_off(port, "POST", "/api/housekeeper/tasks/t/run")
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["runId"]
+        .as_i64()
+        .expect("the run's id");
+    let store = Store::from_postgres(pool.clone(), "observer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let run = store.run(id).await.unwrap().unwrap();
+        if run.status != RunStatus::Running {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not end: {run:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run.status, RunStatus::Success, "{run:#?}");
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap()
+        .unwrap();
 }

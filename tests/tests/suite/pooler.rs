@@ -220,6 +220,7 @@ through_pgbouncer!(
     startup_case,
     early_case,
     listed_case,
+    retry_case,
 );
 
 #[sqlx::test(migrations = false)]

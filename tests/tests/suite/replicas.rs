@@ -75,10 +75,16 @@ async fn a_dead_replicas_run_is_reaped_once_and_fenced(
     scheduled.scheduled_for = Some(Utc::now().with_nanosecond(0).unwrap() - Duration::seconds(1));
     scheduled.attempt = 1;
     let lease = won(&a, &scheduled).await;
-    assert!(b.reap().await.unwrap().is_empty(), "a live lease is kept");
+    assert!(
+        b.reap(&|_| None).await.unwrap().is_empty(),
+        "a live lease is kept"
+    );
     expire(lease.run_id).await;
 
-    let (from_b, from_a) = (b.reap().await.unwrap(), a.reap().await.unwrap());
+    let (from_b, from_a) = (
+        b.reap(&|_| None).await.unwrap(),
+        a.reap(&|_| None).await.unwrap(),
+    );
     assert_eq!(from_b.len() + from_a.len(), 1, "{from_b:?} {from_a:?}");
     let reaped = from_b.into_iter().chain(from_a).next().unwrap();
     assert_eq!(reaped.id, lease.run_id);
@@ -220,13 +226,18 @@ macro_rules! on_both {
 pub(crate) type Exec<'a> =
     &'a dyn Fn(String, DateTime<Utc>) -> futures_util::future::BoxFuture<'a, ()>;
 
-pub(crate) async fn reaped_case(a: Store, b: Store, exec: Exec<'_>) {
+/// Moves a run's lease expiry into the past, as if its replica had stopped
+/// renewing it.
+fn expire(exec: Exec<'_>) -> impl AsyncFn(i64) {
     let past = Utc::now() - Duration::minutes(5);
-    a_dead_replicas_run_is_reaped_once_and_fenced(a, b, async |id| {
+    async move |id| {
         let sql = format!("UPDATE housekeeper_leases SET expires_at = $1 WHERE run_id = {id}");
         exec(sql, past).await
-    })
-    .await
+    }
+}
+
+pub(crate) async fn reaped_case(a: Store, b: Store, exec: Exec<'_>) {
+    a_dead_replicas_run_is_reaped_once_and_fenced(a, b, expire(exec)).await
 }
 
 pub(crate) async fn listed_case(a: Store, b: Store, exec: Exec<'_>) {
@@ -237,6 +248,169 @@ pub(crate) async fn listed_case(a: Store, b: Store, exec: Exec<'_>) {
         exec(sql, past).await
     })
     .await
+}
+
+/// A run asked to stop whose replica then went quiet is recorded
+/// `cancelled` by its reaper, with the reason, and never retried.
+async fn a_cancelled_run_is_not_retried_by_its_reaper(
+    a: Store,
+    b: Store,
+    expire: impl AsyncFn(i64),
+) {
+    let lease = won(&a, &run("t", Trigger::Manual, true)).await;
+    b.request_cancel(lease.run_id, "cancelled on request")
+        .await
+        .unwrap();
+    expire(lease.run_id).await;
+    let asked = std::sync::atomic::AtomicBool::new(false);
+    let reaped = b
+        .reap(&|_| {
+            asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            Some(std::time::Duration::from_secs(1))
+        })
+        .await
+        .unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].cancelled.as_deref(), Some("cancelled on request"));
+    assert!(!reaped[0].retry);
+    assert!(
+        !asked.load(std::sync::atomic::Ordering::SeqCst),
+        "no retry policy is consulted"
+    );
+    assert!(b.pending_retries().await.unwrap().is_empty());
+    let row = b.run(lease.run_id).await.unwrap().unwrap();
+    assert_eq!(row.status, RunStatus::Cancelled);
+    assert!(
+        row.error
+            .unwrap()
+            .starts_with("cancelled on request; replica a stopped renewing")
+    );
+}
+
+/// A reaped run's retry is planned once, and is taken by exactly one of the
+/// replicas that claim it; one planned by the run's own replica before it
+/// died is kept by the reaper.
+async fn a_planned_retry_runs_once(a: Store, b: Store, expire: impl AsyncFn(i64)) {
+    let mut first = run("t", Trigger::Schedule, true);
+    first.scheduled_for = Some(Utc::now().with_nanosecond(0).unwrap() - Duration::seconds(1));
+    let lease = won(&a, &first).await;
+    // `a` plans the retry and dies before recording the run's end.
+    assert!(
+        a.plan_retry(lease.run_id, std::time::Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.plan_retry(lease.run_id, std::time::Duration::from_secs(1))
+            .await
+            .unwrap(),
+        "planned once"
+    );
+    expire(lease.run_id).await;
+    let reaped = b
+        .reap(&|_| Some(std::time::Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(
+        b.run(lease.run_id).await.unwrap().unwrap().status,
+        RunStatus::Interrupted
+    );
+    let pending = b.pending_retries().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let retry = &pending[0];
+    assert_eq!(
+        (retry.after_run, retry.attempt, retry.replica.as_str()),
+        (lease.run_id, 1, "a")
+    );
+    assert_eq!(retry.scheduled_for, first.scheduled_for);
+    // The plan made by `a` stands: due 30 s after it was made.
+    assert!(
+        retry.not_before > Utc::now() + Duration::seconds(20),
+        "{retry:?}"
+    );
+
+    let mut again = run("t", Trigger::Retry, true);
+    again.attempt = 1;
+    again.scheduled_for = first.scheduled_for;
+    let (from_a, from_b) = tokio::join!(
+        a.begin_retry(&again, lease.run_id),
+        b.begin_retry(&again, lease.run_id)
+    );
+    let claims = [from_a.unwrap(), from_b.unwrap()];
+    assert_eq!(
+        claims.iter().filter(|c| matches!(c, Claim::Won(_))).count(),
+        1,
+        "{claims:?}"
+    );
+    assert_eq!(
+        claims.iter().filter(|c| **c == Claim::Recorded).count(),
+        1,
+        "{claims:?}"
+    );
+    assert!(b.pending_retries().await.unwrap().is_empty());
+    let runs = b.runs("t", 10).await.unwrap();
+    assert_eq!(runs.len(), 2, "the interrupted run and its one retry");
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.triggered_by == Trigger::Retry)
+            .count(),
+        1
+    );
+}
+
+/// A retry that is not run (cancelled in its backoff, or skipped by the
+/// overlap policy) is given up once; a skip is recorded as a run.
+async fn a_dropped_retry_is_given_up_once(a: Store, b: Store) {
+    let lease = won(&a, &run("t", Trigger::Manual, true)).await;
+    assert!(
+        a.plan_retry(lease.run_id, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(a.finish_run(lease, &success("t")).await.unwrap());
+    assert!(
+        !a.plan_retry(lease.run_id, std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        "only a running run is retried"
+    );
+    let why = "the previous run is still running on replica b (overlap = skip)";
+    assert!(b.drop_retry(lease.run_id, Some(why)).await.unwrap());
+    assert!(!a.drop_retry(lease.run_id, Some(why)).await.unwrap());
+    let runs = b.runs("t", 10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].status, RunStatus::Skipped);
+    assert_eq!(runs[0].triggered_by, Trigger::Retry);
+    assert_eq!(runs[0].error.as_deref(), Some(why));
+    // Cancelled in its backoff: nothing is recorded.
+    let second = won(&a, &run("t", Trigger::Manual, true)).await;
+    assert!(
+        a.plan_retry(second.run_id, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(a.finish_run(second, &success("t")).await.unwrap());
+    assert!(a.drop_retry(second.run_id, None).await.unwrap());
+    assert_eq!(b.runs("t", 10).await.unwrap().len(), 3);
+    let mut late = run("t", Trigger::Retry, true);
+    late.attempt = 1;
+    assert_eq!(
+        b.begin_retry(&late, second.run_id).await.unwrap(),
+        Claim::Recorded
+    );
+}
+
+pub(crate) async fn cancelled_reap_case(a: Store, b: Store, exec: Exec<'_>) {
+    a_cancelled_run_is_not_retried_by_its_reaper(a, b, expire(exec)).await
+}
+
+pub(crate) async fn retry_case(a: Store, b: Store, exec: Exec<'_>) {
+    a_planned_retry_runs_once(a, b, expire(exec)).await
+}
+
+pub(crate) async fn dropped_retry_case(a: Store, b: Store, _: Exec<'_>) {
+    a_dropped_retry_is_given_up_once(a, b).await
 }
 
 pub(crate) async fn exclusive_case(a: Store, b: Store, _: Exec<'_>) {
@@ -261,6 +435,9 @@ on_both!(cancel, cancel_case);
 on_both!(startup, startup_case);
 on_both!(early, early_case);
 on_both!(listed, listed_case);
+on_both!(cancelled_reap, cancelled_reap_case);
+on_both!(retry, retry_case);
+on_both!(dropped_retry, dropped_retry_case);
 
 /// Five replicas claim the same 40 occurrences of an exclusive task and of
 /// an `allow` task at once, recording a skip when the task is busy, as the

@@ -9,7 +9,9 @@ use housekeeper::runtime::{RunRequest, TaskComponent};
 use housekeeper::schedule::Schedule;
 use housekeeper::scheduler::clock::{Clock, TokioClock};
 use housekeeper::scheduler::{Executor, FireOutcome, Ledger, Scheduler, SchedulerConfig, TaskDef};
-use housekeeper::store::{Claim, Holder, Lease, NewRun, Reaped, Renewal, RunRecord, TaskSettings};
+use housekeeper::store::{
+    Claim, Holder, Lease, NewRun, PendingRetry, Reaped, Renewal, RunRecord, TaskSettings,
+};
 use housekeeper_tests::{component, fixture_path};
 use std::collections::HashMap;
 use std::future::Future;
@@ -154,6 +156,9 @@ struct Memory {
     /// While set, every write fails as it would with the database away.
     down: std::sync::atomic::AtomicBool,
     settings: Mutex<HashMap<String, TaskSettings>>,
+    retries: Mutex<Vec<PendingRetry>>,
+    /// Each run's attempt number, by id.
+    attempts: Mutex<HashMap<i64, u32>>,
 }
 
 impl Memory {
@@ -164,6 +169,8 @@ impl Memory {
             leases: Mutex::default(),
             down: Default::default(),
             settings: Mutex::default(),
+            retries: Mutex::default(),
+            attempts: Mutex::default(),
         }
     }
 
@@ -241,6 +248,10 @@ impl Memory {
 
 #[async_trait::async_trait]
 impl Ledger for Memory {
+    fn replica(&self) -> &str {
+        "test"
+    }
+
     async fn settings(&self) -> anyhow::Result<HashMap<String, TaskSettings>> {
         Ok(self.settings.lock().unwrap().clone())
     }
@@ -287,8 +298,15 @@ impl Ledger for Memory {
             .max())
     }
 
-    async fn begin_run(&self, run: &NewRun<'_>) -> anyhow::Result<Claim> {
+    async fn begin_run(&self, run: &NewRun<'_>, retry_of: Option<i64>) -> anyhow::Result<Claim> {
         self.reachable()?;
+        if let Some(after_run) = retry_of {
+            let mut retries = self.retries.lock().unwrap();
+            let Some(at) = retries.iter().position(|r| r.after_run == after_run) else {
+                return Ok(Claim::Recorded);
+            };
+            retries.remove(at);
+        }
         let busy = run.exclusive
             && self
                 .leases
@@ -313,6 +331,7 @@ impl Ledger for Memory {
             .lock()
             .unwrap()
             .insert(id, (run.task_name.to_owned(), run.exclusive));
+        self.attempts.lock().unwrap().insert(id, run.attempt);
         Ok(Claim::Won(Lease {
             run_id: id,
             epoch: id,
@@ -350,9 +369,54 @@ impl Ledger for Memory {
         Ok(true)
     }
 
-    async fn reap(&self) -> anyhow::Result<Vec<Reaped>> {
+    async fn reap(
+        &self,
+        _retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>> {
         // One process: no lease here ever expires.
         Ok(vec![])
+    }
+
+    async fn plan_retry(&self, run_id: i64, backoff: Duration) -> anyhow::Result<bool> {
+        self.reachable()?;
+        let row = self.rows.lock().unwrap()[run_id as usize - 1].clone();
+        let mut retries = self.retries.lock().unwrap();
+        if row.status != RunStatus::Running || retries.iter().any(|r| r.after_run == run_id) {
+            return Ok(false);
+        }
+        retries.push(PendingRetry {
+            after_run: run_id,
+            task_name: row.task_name,
+            scheduled_for: row.scheduled_for,
+            attempt: self.attempts.lock().unwrap()[&run_id] + 1,
+            dry_run: row.dry_run,
+            replica: "test".into(),
+            not_before: self.clock.now() + chrono::Duration::from_std(backoff)?,
+        });
+        Ok(true)
+    }
+
+    async fn pending_retries(&self) -> anyhow::Result<Vec<PendingRetry>> {
+        self.reachable()?;
+        Ok(self.retries.lock().unwrap().clone())
+    }
+
+    async fn drop_retry(&self, after_run: i64, skipped: Option<&str>) -> anyhow::Result<bool> {
+        self.reachable()?;
+        let dropped = {
+            let mut retries = self.retries.lock().unwrap();
+            let at = retries.iter().position(|r| r.after_run == after_run);
+            at.map(|at| retries.remove(at))
+        };
+        let Some(retry) = dropped else {
+            return Ok(false);
+        };
+        if let Some(reason) = skipped {
+            let mut row = self.row(&retry.task_name, RunStatus::Skipped, Trigger::Retry);
+            row.error = Some(reason.to_owned());
+            self.insert(row);
+        }
+        Ok(true)
     }
 
     async fn request_cancel_task(&self, _task: &str, _reason: &str) -> anyhow::Result<()> {
@@ -686,15 +750,18 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
     let last = t0() - chrono::Duration::hours(5);
     let lease = h
         .ledger
-        .begin_run(&NewRun {
-            task_name: "hourly",
-            triggered_by: Trigger::Schedule,
-            scheduled_for: Some(last),
-            dry_run: false,
-            component_hash: None,
-            exclusive: true,
-            attempt: 0,
-        })
+        .begin_run(
+            &NewRun {
+                task_name: "hourly",
+                triggered_by: Trigger::Schedule,
+                scheduled_for: Some(last),
+                dry_run: false,
+                component_hash: None,
+                exclusive: true,
+                attempt: 0,
+            },
+            None,
+        )
         .await
         .unwrap()
         .lease()
@@ -855,7 +922,14 @@ async fn manual_trigger_obeys_overlap_and_names_unknown_tasks() {
     start(&h, vec![def("t", None, |m| m.overlap = Overlap::Skip)]).await;
     assert_eq!(h.scheduler.trigger("t", false), Ok(FireOutcome::Started));
     match h.scheduler.trigger("t", false) {
-        Ok(FireOutcome::Skipped(reason)) => assert!(reason.contains("still running")),
+        Ok(FireOutcome::Skipped(reason)) => {
+            assert!(reason.contains("still starting"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    wait(1.0).await;
+    match h.scheduler.trigger("t", false) {
+        Ok(FireOutcome::Skipped(reason)) => assert!(reason.contains("still running"), "{reason}"),
         other => panic!("{other:?}"),
     }
     assert!(h.scheduler.trigger("missing", false).is_err());
@@ -1290,7 +1364,7 @@ async fn recent_occurrence_at_start(claimed_elsewhere: bool) {
         for at in recorded {
             let lease = h
                 .ledger
-                .begin_run(&earlier(at))
+                .begin_run(&earlier(at), None)
                 .await
                 .unwrap()
                 .lease()
