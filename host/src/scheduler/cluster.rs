@@ -59,29 +59,39 @@ impl Inner {
         // The start is told by the database's clock, like every other time
         // replicas compare.
         self.sync_clock().await;
-        let started_at = self.clock.now();
-        self.beat(started_at).await;
+        // Microseconds, as the database keeps it: later beats compare it.
+        let now = self.clock.now();
+        let started_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        self.beat(started_at, true).await;
         let inner = self.clone();
         self.loops.spawn(async move {
             let mut every = tokio::time::interval(inner.config.heartbeat_interval);
             every.tick().await;
             loop {
                 tokio::select! {
-                    _ = every.tick() => inner.beat(started_at).await,
+                    _ = every.tick() => inner.beat(started_at, false).await,
                     _ = inner.stop.cancelled() => return,
                 }
             }
         });
     }
 
-    async fn beat(self: &Arc<Self>, started_at: DateTime<Utc>) {
+    async fn beat(self: &Arc<Self>, started_at: DateTime<Utc>, first: bool) {
         let ahead = self.sync_clock().await;
-        if let Err(e) = self
+        match self
             .ledger
             .replica_heartbeat(started_at, ahead.num_milliseconds())
             .await
         {
-            tracing::warn!(error = %e, "cannot record this replica's heartbeat");
+            // Since this replica's first beat, only it writes its row:
+            // another start time there is another live process of its
+            // name (the wait at start only catches one that was first).
+            Ok(Some(before)) if !first && before != started_at => tracing::error!(
+                replica = self.ledger.replica(),
+                "another process is reporting under this replica's name: two replicas of one name take each other's runs for their own; give each its own HOUSEKEEPER_REPLICA"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot record this replica's heartbeat"),
         }
         match self.ledger.reap(&|run| self.retry_in(run)).await {
             Ok(reaped) => {

@@ -91,12 +91,13 @@ pub trait Ledger: Send + Sync + 'static {
     /// Takes this replica off the list of live ones.
     async fn replica_leave(&self) -> anyhow::Result<()>;
 
-    /// Records that this replica is alive, with its clock's offset.
+    /// Records that this replica is alive, with its clock's offset; the
+    /// start time its row held before.
     async fn replica_heartbeat(
         &self,
         started_at: DateTime<Utc>,
         clock_offset_ms: i64,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<Option<DateTime<Utc>>>;
 
     /// Records a fire that was not run; `None` when its scheduled
     /// occurrence is already recorded.
@@ -204,7 +205,7 @@ impl Ledger for Store {
         &self,
         started_at: DateTime<Utc>,
         clock_offset_ms: i64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
         Store::replica_heartbeat(self, started_at, env!("CARGO_PKG_VERSION"), clock_offset_ms).await
     }
 

@@ -520,30 +520,38 @@ impl Store {
     }
 
     /// Records that this replica is alive, and its clock's offset from the
-    /// database's.
+    /// database's. Returns the start time the row held before, so that a
+    /// replica can tell when another process reports under its name.
     pub async fn replica_heartbeat(
         &self,
         started_at: DateTime<Utc>,
         version: &str,
         clock_offset_ms: i64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
         let now = self.db_now().await?;
         let sql = "INSERT INTO housekeeper_replicas (replica, started_at, heartbeat_at, clock_offset_ms, version) \
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica) DO UPDATE SET \
                    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
                    clock_offset_ms = excluded.clock_offset_ms, version = excluded.version";
-        in_tx!(self, conn => {
+        let before = on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            let before: Option<DateTime<Utc>> = query_scalar("SELECT started_at FROM housekeeper_replicas WHERE replica = $1")
+                .bind(&self.replica)
+                .fetch_optional(&mut *tx)
+                .await?;
             query(sql)
                 .bind(&self.replica)
                 .bind(started_at)
                 .bind(now)
                 .bind(clock_offset_ms)
                 .bind(version)
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await
                 .context("cannot record this replica's heartbeat")?;
+            tx.commit().await?;
+            before
         });
-        Ok(())
+        Ok(before)
     }
 
     /// Replicas that reported within `within`, by name; rows of replicas

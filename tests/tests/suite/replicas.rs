@@ -166,9 +166,22 @@ async fn a_fast_clock_does_not_claim_early(a: Store) {
 }
 
 async fn live_replicas_are_listed(a: Store, b: Store, age: impl AsyncFn(&str)) {
-    let started = Utc::now();
-    a.replica_heartbeat(started, "1.0", 12).await.unwrap();
+    // Microseconds, as the database keeps them.
+    let started = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    assert_eq!(a.replica_heartbeat(started, "1.0", 12).await.unwrap(), None);
     b.replica_heartbeat(started, "1.0", -3).await.unwrap();
+    // Each beat tells the start time the row held: another process
+    // reporting under `a`'s name shows as another start time.
+    assert_eq!(
+        a.replica_heartbeat(started, "1.0", 12).await.unwrap(),
+        Some(started)
+    );
+    let other = started + Duration::seconds(1);
+    a.replica_heartbeat(other, "1.0", 12).await.unwrap();
+    assert_eq!(
+        a.replica_heartbeat(started, "1.0", 12).await.unwrap(),
+        Some(other)
+    );
     let live = a
         .replicas(std::time::Duration::from_secs(15))
         .await

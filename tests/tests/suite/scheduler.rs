@@ -443,8 +443,8 @@ impl Ledger for Memory {
         &self,
         _started: DateTime<Utc>,
         _offset_ms: i64,
-    ) -> anyhow::Result<()> {
-        Ok(())
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+        Ok(None)
     }
 
     async fn record_skipped(
