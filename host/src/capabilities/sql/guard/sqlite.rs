@@ -1,0 +1,439 @@
+//! SQLite statements, parsed with `sqlparser`: the statement's kind and
+//! verb, the tables it acts on and reads (CTE names apart), and one scan
+//! of the whole tree for its relations, function calls and nested
+//! statements. The engine's authorizer checks each statement again as it
+//! is prepared (`sql/sqlite.rs`).
+
+use super::{
+    Checked, Denial, Dialect, Grants, Kind, function_allowed, pg, readable_catalog, refused,
+    same_table,
+};
+use crate::manifest::SqlVerb;
+use sqlparser::ast::{
+    AlterTableOperation, CreateTable, Expr, FromTable, ObjectName, ObjectNamePart, ObjectType,
+    OnConflictAction, OnInsert, Query, Select, SetExpr, Statement, TableFactor, TableObject, Visit,
+    Visitor, visit_relations,
+};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+pub(super) fn check(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
+    let dialect = Dialect::Sqlite;
+    let words = leading_words(dialect, sql)?;
+    let first = words.first().map(String::as_str).unwrap_or("");
+    match first {
+        "" => return Err(refused("the statement is empty")),
+        "vacuum" => return Err(refused(pg::VACUUM_CALL)),
+        "analyze" => return Err(refused(pg::ANALYZE_CALL)),
+        _ => {}
+    }
+    let statements = Parser::parse_sql(&SQLiteDialect {}, sql)
+        .map_err(|e| refused(format!("cannot parse the statement: {e}")))?;
+    let statement = match statements.as_slice() {
+        [one] => one,
+        [] => return Err(refused("the statement is empty")),
+        many => {
+            return Err(refused(format!(
+                "exactly one statement per call is allowed, got {}",
+                many.len()
+            )));
+        }
+    };
+    Analysis::new(dialect, grants).statement(statement)
+}
+
+/// The first two words, lowercased, to refuse what the parser may not know.
+fn leading_words(dialect: Dialect, sql: &str) -> Result<Vec<String>, Denial> {
+    let tokens = tokens(dialect, sql)?;
+    Ok(tokens
+        .iter()
+        .take(2)
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
+            other => other.to_string(),
+        })
+        .collect())
+}
+
+fn tokens(dialect: Dialect, sql: &str) -> Result<Vec<Token>, Denial> {
+    let tokens = match dialect {
+        Dialect::Postgres => {
+            return Err(refused("PostgreSQL statements are parsed by libpg_query"));
+        }
+        Dialect::Sqlite => Tokenizer::new(&SQLiteDialect {}, sql).tokenize(),
+    }
+    .map_err(|e| refused(format!("cannot parse the statement: {e}")))?;
+    Ok(tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect())
+}
+
+/// Normalized SQLite name: SQLite compares identifiers, quoted or not,
+/// ignoring ASCII case only; parts joined with `.`.
+fn name(object: &ObjectName) -> String {
+    object
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => ident.value.to_ascii_lowercase(),
+            other => other.to_string().to_ascii_lowercase(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn fold(value: &str, _quote: Option<char>) -> String {
+    value.to_ascii_lowercase()
+}
+
+/// What a statement does, before grants are checked.
+struct Plan {
+    kind: Kind,
+    verb: SqlVerb,
+    /// Tables the statement acts on, with the verb each needs; the statement
+    /// may also read them.
+    targets: Vec<(String, SqlVerb)>,
+}
+
+impl Plan {
+    fn new(kind: Kind, verb: SqlVerb, targets: Vec<(String, SqlVerb)>) -> Self {
+        Plan {
+            kind,
+            verb,
+            targets,
+        }
+    }
+}
+
+struct Analysis<'g> {
+    dialect: Dialect,
+    grants: &'g Grants,
+}
+
+impl<'g> Analysis<'g> {
+    fn new(dialect: Dialect, grants: &'g Grants) -> Self {
+        Analysis { dialect, grants }
+    }
+
+    fn statement(&self, statement: &Statement) -> Result<Checked, Denial> {
+        // A top-level `WITH` names relations that are not tables.
+        let (ctes, main) = match statement {
+            Statement::Query(query) => {
+                let ctes = query.with.as_ref().map(cte_names).unwrap_or_default();
+                match query.body.as_ref() {
+                    SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => (ctes, s),
+                    _ => (ctes, statement),
+                }
+            }
+            other => (BTreeSet::new(), other),
+        };
+
+        let mut scan = Scan::new();
+        if let ControlFlow::Break(denial) = statement.visit(&mut scan) {
+            return Err(denial);
+        }
+        let allowed_statements = if std::ptr::eq(main, statement) { 1 } else { 2 };
+        if scan.statements > allowed_statements {
+            return Err(refused(
+                "data-modifying statements inside WITH or subqueries are not allowed",
+            ));
+        }
+
+        let plan = self.classify(main)?;
+        for (table, verb) in &plan.targets {
+            self.grants.require(table, *verb)?;
+        }
+        for relation in &scan.relations {
+            let covered = ctes.contains(relation)
+                || plan.targets.iter().any(|(t, _)| same_table(t, relation))
+                || readable_catalog(self.dialect, relation);
+            if !covered {
+                self.grants.require(relation, SqlVerb::Select)?;
+            }
+        }
+        Ok(Checked {
+            kind: plan.kind,
+            verb: plan.verb,
+        })
+    }
+
+    fn classify(&self, statement: &Statement) -> Result<Plan, Denial> {
+        match statement {
+            Statement::Query(_) => Ok(Plan::new(Kind::Read, SqlVerb::Select, Vec::new())),
+            Statement::Insert(insert) => {
+                let TableObject::TableName(table) = &insert.table else {
+                    return Err(refused("INSERT INTO a table function is not allowed"));
+                };
+                let table = name(table);
+                let mut targets = vec![(table.clone(), SqlVerb::Insert)];
+                let updates = match &insert.on {
+                    Some(OnInsert::OnConflict(c)) => {
+                        matches!(c.action, OnConflictAction::DoUpdate(_))
+                    }
+                    Some(OnInsert::DuplicateKeyUpdate(_)) => true,
+                    _ => false,
+                } || insert.or.is_some()
+                    || insert.replace_into;
+                if updates {
+                    targets.push((table, SqlVerb::Update));
+                }
+                Ok(Plan::new(Kind::Change, SqlVerb::Insert, targets))
+            }
+            Statement::Update(update) => Ok(Plan::new(
+                Kind::Change,
+                SqlVerb::Update,
+                with_verb(relations_of(&update.table), SqlVerb::Update),
+            )),
+            Statement::Delete(delete) => {
+                if !delete.tables.is_empty() {
+                    return Err(refused("multi-table DELETE is not allowed"));
+                }
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) =
+                    &delete.from;
+                Ok(Plan::new(
+                    Kind::Change,
+                    SqlVerb::Delete,
+                    with_verb(relations_of(from), SqlVerb::Delete),
+                ))
+            }
+            Statement::CreateTable(create) => self.create_table(create),
+            Statement::CreateIndex(index) => Ok(Plan::new(
+                Kind::Change,
+                SqlVerb::Ddl,
+                vec![(name(&index.table_name), SqlVerb::Ddl)],
+            )),
+            Statement::Truncate(truncate) => Ok(Plan::new(
+                Kind::Change,
+                SqlVerb::Ddl,
+                truncate
+                    .table_names
+                    .iter()
+                    .map(|t| (name(&t.name), SqlVerb::Ddl))
+                    .collect(),
+            )),
+            Statement::Drop {
+                object_type,
+                names,
+                cascade,
+                temporary,
+                ..
+            } => {
+                if *object_type != ObjectType::Table || *temporary {
+                    return Err(refused(format!(
+                        "DROP {object_type} is not allowed; only DROP TABLE is"
+                    )));
+                }
+                self.drop_tables(names, *cascade)
+            }
+            Statement::AlterTable(alter) => self.alter_table(&name(&alter.name), &alter.operations),
+            other => Err(refused(format!("{} is not allowed", statement_kind(other)))),
+        }
+    }
+
+    fn create_table(&self, create: &CreateTable) -> Result<Plan, Denial> {
+        if create.temporary {
+            return Err(refused("temporary tables are not allowed"));
+        }
+        if create.partition_of.is_some() {
+            return Err(refused("this database has no partitions"));
+        }
+        Ok(Plan::new(
+            Kind::Change,
+            SqlVerb::Ddl,
+            vec![(name(&create.name), SqlVerb::Ddl)],
+        ))
+    }
+
+    fn drop_tables(&self, names: &[ObjectName], cascade: bool) -> Result<Plan, Denial> {
+        if cascade {
+            return Err(refused(
+                "DROP TABLE … CASCADE is not allowed: drop each table by name",
+            ));
+        }
+        Ok(Plan::new(
+            Kind::Change,
+            SqlVerb::Ddl,
+            with_verb(names.iter().map(name).collect(), SqlVerb::Ddl),
+        ))
+    }
+
+    fn alter_table(&self, table: &str, operations: &[AlterTableOperation]) -> Result<Plan, Denial> {
+        if operations
+            .iter()
+            .any(|op| matches!(op, AlterTableOperation::DetachPartitionOf { .. }))
+        {
+            return Err(refused("this database has no partitions"));
+        }
+        Ok(Plan::new(
+            Kind::Change,
+            SqlVerb::Ddl,
+            vec![(table.to_owned(), SqlVerb::Ddl)],
+        ))
+    }
+}
+
+/// The names a top-level `WITH` defines that denote only its CTEs. A name
+/// that some CTE's own body uses before it is defined (a CTE may see only
+/// those before it, and itself when `RECURSIVE`) denotes a table there, so
+/// it is not exempt: the table must be granted.
+fn cte_names(with: &sqlparser::ast::With) -> BTreeSet<String> {
+    let names: Vec<String> = with
+        .cte_tables
+        .iter()
+        .map(|cte| fold(&cte.alias.name.value, cte.alias.name.quote_style))
+        .collect();
+    let mut tables = BTreeSet::new();
+    for (i, cte) in with.cte_tables.iter().enumerate() {
+        let visible = if with.recursive {
+            &names[..=i]
+        } else {
+            &names[..i]
+        };
+        for relation in relations_of(&cte.query) {
+            if !visible.contains(&relation) {
+                tables.insert(relation);
+            }
+        }
+    }
+    names.into_iter().filter(|n| !tables.contains(n)).collect()
+}
+
+fn with_verb(tables: Vec<String>, verb: SqlVerb) -> Vec<(String, SqlVerb)> {
+    tables.into_iter().map(|t| (t, verb)).collect()
+}
+
+fn relations_of<V: Visit>(node: &V) -> Vec<String> {
+    let mut found = Vec::new();
+    let _ = visit_relations(node, |r| {
+        found.push(name(r));
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// The statement's kind in words, for refusals.
+fn statement_kind(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    match statement {
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => {
+            "transaction control (each call is its own transaction)".into()
+        }
+        Statement::Copy { .. } => "COPY".into(),
+        Statement::Call(_) => "CALL".into(),
+        Statement::LISTEN { .. } | Statement::NOTIFY { .. } | Statement::UNLISTEN { .. } => {
+            "LISTEN/NOTIFY".into()
+        }
+        Statement::CreateFunction(_) => "CREATE FUNCTION".into(),
+        Statement::CreateExtension(_) => "CREATE EXTENSION".into(),
+        _ => words.join(" ").to_uppercase(),
+    }
+}
+
+/// One pass over the whole statement: the relations it names, its function
+/// calls and nested statements.
+struct Scan {
+    relations: Vec<String>,
+    statements: usize,
+    /// The next relation the visitor reports is a table function's name.
+    next_is_function: bool,
+}
+
+impl Scan {
+    fn new() -> Self {
+        Scan {
+            relations: Vec::new(),
+            statements: 0,
+            next_is_function: false,
+        }
+    }
+
+    fn function(&self, name: &str) -> ControlFlow<Denial> {
+        if function_allowed(name) {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(refused(format!("function `{name}` is not allowed")))
+        }
+    }
+}
+
+impl Visitor for Scan {
+    type Break = Denial;
+
+    fn pre_visit_statement(&mut self, _statement: &Statement) -> ControlFlow<Denial> {
+        self.statements += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Denial> {
+        fn body(set: &SetExpr) -> ControlFlow<Denial> {
+            match set {
+                SetExpr::Table(_) => {
+                    ControlFlow::Break(refused("TABLE name is not allowed; use SELECT * FROM name"))
+                }
+                SetExpr::Merge(_) => ControlFlow::Break(refused("MERGE is not allowed")),
+                SetExpr::SetOperation { left, right, .. } => {
+                    body(left)?;
+                    body(right)
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        body(&query.body)
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<Denial> {
+        if select.into.is_some() {
+            return ControlFlow::Break(refused("SELECT … INTO is not allowed"));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Denial> {
+        match factor {
+            TableFactor::Table {
+                name: n,
+                args: Some(_),
+                ..
+            } => {
+                self.next_is_function = true;
+                self.function(&name(n))
+            }
+            TableFactor::Function { name: n, .. } => self.function(&name(n)),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<Denial> {
+        if std::mem::take(&mut self.next_is_function) {
+            return ControlFlow::Continue(());
+        }
+        for part in &relation.0 {
+            if let ObjectNamePart::Identifier(ident) = part
+                && ident.value.contains('.')
+            {
+                return ControlFlow::Break(refused(format!(
+                    "the name \"{}\" contains `.`: a table name with a dot cannot be granted",
+                    ident.value
+                )));
+            }
+        }
+        self.relations.push(name(relation));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Denial> {
+        if let Expr::Function(f) = expr {
+            return self.function(&name(&f.name));
+        }
+        ControlFlow::Continue(())
+    }
+}
