@@ -121,11 +121,27 @@ impl Inner {
             return FireOutcome::Skipped(format!("no task named {name:?}"));
         };
         if !slot.active.is_empty() {
+            let waiting = slot
+                .active
+                .iter()
+                .all(|a| a.run_id.lock().unwrap_or_else(|p| p.into_inner()).is_none());
+            // An occurrence this replica skips only because its own previous
+            // fire has not started (no free run slot here) is one another
+            // replica may run: its skip is recorded a heartbeat later, and
+            // only if nobody claimed the occurrence meanwhile.
+            let defer = (waiting && fire.trigger == Trigger::Schedule && self.ledger.shared())
+                .then_some(self.config.heartbeat_interval);
             let skip = |reason: &str| {
                 let ledger = self.ledger.clone();
                 let (task, why) = (name.to_owned(), reason.to_owned());
                 let inner = self.clone();
                 self.jobs.spawn(async move {
+                    if let Some(delay) = defer {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = inner.stop.cancelled() => {}
+                        }
+                    }
                     let give_up = || inner.stop.is_cancelled();
                     let recorded = match fire.retry_of {
                         // A retry on record is given up, once, by whichever
@@ -150,10 +166,6 @@ impl Inner {
                 }
                 FireOutcome::Skipped(reason.to_owned())
             };
-            let waiting = slot
-                .active
-                .iter()
-                .all(|a| a.run_id.lock().unwrap_or_else(|p| p.into_inner()).is_none());
             let retry = fire.retry_of.is_some();
             match slot.def.manifest.overlap {
                 Overlap::Skip if waiting => {

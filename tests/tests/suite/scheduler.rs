@@ -743,6 +743,84 @@ async fn max_concurrent_runs_is_global() {
     assert_eq!(h.fake.global_peak(), 2);
 }
 
+/// An occurrence skipped here only because this replica has no free run
+/// slot for the task's previous fire is left to other replicas for a
+/// heartbeat: one that claims it runs it, and no skip is recorded over it.
+/// Nobody claims the next one: it is recorded skipped, late.
+#[tokio::test]
+async fn a_fire_skipped_for_want_of_a_local_slot_is_left_to_other_replicas() {
+    let config = SchedulerConfig {
+        max_concurrent_runs: 1,
+        ..SchedulerConfig::default()
+    };
+    let h = harness_with(config, t0()).await;
+    h.fake
+        .plan("hog", Duration::from_secs(60), &[RunStatus::Success]);
+    h.fake
+        .plan("tick", Duration::from_millis(100), &[RunStatus::Success]);
+    start(
+        &h,
+        vec![
+            def("hog", None, |_| {}),
+            def("tick", Some("* * * * * *"), |m| m.overlap = Overlap::Skip),
+        ],
+    )
+    .await;
+    assert_eq!(h.scheduler.trigger("hog", false), Ok(FireOutcome::Started));
+    // tick's 12:00:01 fire waits for the one slot; at 12:00:02 another
+    // replica claims the occurrence.
+    wait(1.5).await;
+    let elsewhere = t0() + chrono::Duration::seconds(2);
+    let lease = h
+        .ledger
+        .begin_run(
+            &NewRun {
+                task_name: "tick",
+                triggered_by: Trigger::Schedule,
+                scheduled_for: Some(elsewhere),
+                dry_run: false,
+                component_hash: None,
+                exclusive: false,
+                attempt: 0,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .lease()
+        .unwrap();
+    wait(1.0).await;
+    assert!(
+        rows(&h, "tick")
+            .await
+            .iter()
+            .all(|r| r.status != RunStatus::Skipped),
+        "no skip is recorded before a heartbeat has passed"
+    );
+    wait(10.0).await;
+    let rows = rows(&h, "tick").await;
+    let at = |s: i64| {
+        rows.iter()
+            .filter(|r| r.scheduled_for == Some(t0() + chrono::Duration::seconds(s)))
+            .collect::<Vec<_>>()
+    };
+    let claimed = at(2);
+    assert_eq!(claimed.len(), 1, "{rows:#?}");
+    assert_eq!(claimed[0].id, lease.run_id);
+    assert_eq!(claimed[0].status, RunStatus::Running);
+    let skipped = at(3);
+    assert_eq!(skipped.len(), 1, "{rows:#?}");
+    assert_eq!(skipped[0].status, RunStatus::Skipped);
+    assert!(
+        skipped[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("still starting")
+    );
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn misfire_run_once_runs_the_latest_missed_fire() {
     let h = harness().await;
