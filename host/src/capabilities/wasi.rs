@@ -39,14 +39,13 @@ const KERNEL_FILESYSTEMS: &[&str] = &[
 /// [`KERNEL_FILESYSTEMS`] filesystem, however the path is spelled
 /// (symlinks, `..`, bind mounts: the check is on the canonical path against
 /// this process's mount table).
-pub fn refuse_kernel_filesystems(host: &std::path::Path) -> anyhow::Result<()> {
+/// `mountinfo` is this process's mount table.
+pub fn refuse_kernel_filesystems(host: &std::path::Path, mountinfo: &str) -> anyhow::Result<()> {
     let Ok(real) = std::fs::canonicalize(host) else {
         // Not there: opening it fails with its own error.
         return Ok(());
     };
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("cannot read /proc/self/mountinfo to check the granted directories")?;
-    if let Some((point, fstype)) = kernel_mount_touching(&real, &mounts) {
+    if let Some((point, fstype)) = kernel_mount_touching(&real, mountinfo) {
         anyhow::bail!(
             "granted directory {} (really {}) {} {} ({fstype}), where the kernel exposes the host itself; grant a directory that holds only the task's files",
             host.display(),
@@ -79,6 +78,54 @@ fn kernel_mount_touching(
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
+/// Filesystems on this machine's own storage (or memory), where a
+/// filesystem call always returns. On any other (NFS, SMB, FUSE, 9p, Ceph,
+/// or one not named here) a call can wait for as long as a server or a
+/// user-space process does: a run whose grants reach one makes its
+/// filesystem calls on tokio's blocking pool, so that a call that hangs
+/// holds a pool thread, and the run still ends at its deadline and frees
+/// its guest worker.
+const LOCAL_FILESYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs", "jfs", "reiserfs", "tmpfs",
+    "ramfs", "rootfs", "overlay", "squashfs", "erofs", "vfat", "exfat", "iso9660",
+];
+
+/// Whether every filesystem `host` reaches (the mount holding it, and the
+/// mounts below it) is a [`LOCAL_FILESYSTEMS`] one, by the mount table
+/// `mountinfo`. A path that does not resolve is taken as remote.
+fn on_local_filesystems(host: &std::path::Path, mountinfo: &str) -> bool {
+    let Ok(real) = std::fs::canonicalize(host) else {
+        return false;
+    };
+    local_mounts_only(&real, mountinfo)
+}
+
+/// [`on_local_filesystems`] for the canonical path `path`.
+fn local_mounts_only(path: &std::path::Path, mountinfo: &str) -> bool {
+    let mounts: Vec<(std::path::PathBuf, &str)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = unescape_mount_path(left.split(' ').nth(4)?);
+            Some((point, right.split(' ').next()?))
+        })
+        .collect();
+    // The mount holding `path` is the last one listed at the longest
+    // mount point above it (a later mount on the same point hides earlier).
+    let holding = mounts
+        .iter()
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.components().count());
+    let below = mounts
+        .iter()
+        .filter(|(point, _)| point.starts_with(path) && point != path);
+    holding.is_some()
+        && holding
+            .into_iter()
+            .chain(below)
+            .all(|(_, fstype)| LOCAL_FILESYSTEMS.contains(fstype))
+}
+
 fn unescape_mount_path(text: &str) -> std::path::PathBuf {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -134,7 +181,8 @@ impl WasiCapability {
     /// Preopens each granted directory; in a dry-run every one is read-only.
     /// With `fs_on_guest_thread`, filesystem calls run on the thread that
     /// runs the guest instead of hopping to tokio's blocking pool (about 3x
-    /// faster for tasks that touch many files). `limits` caps what the run
+    /// faster for tasks that touch many files), when every grant is on
+    /// local storage (see [`LOCAL_FILESYSTEMS`]). `limits` caps what the run
     /// holds: its resource table never grows past `limits.handles`.
     pub fn new(
         dirs: &[DirGrant],
@@ -144,6 +192,16 @@ impl WasiCapability {
         limits: FsLimits,
         clock_ahead: chrono::Duration,
     ) -> anyhow::Result<Self> {
+        let mountinfo = if dirs.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .context("cannot read /proc/self/mountinfo to check the granted directories")?
+        };
+        let fs_on_guest_thread = fs_on_guest_thread
+            && dirs
+                .iter()
+                .all(|d| on_local_filesystems(&d.host, &mountinfo));
         let mut builder = WasiCtxBuilder::new();
         if !clock_ahead.is_zero() {
             builder.wall_clock(DatabaseWallClock { ahead: clock_ahead });
@@ -156,7 +214,7 @@ impl WasiCapability {
             .allow_ip_name_lookup(false)
             .allow_blocking_current_thread(fs_on_guest_thread);
         for dir in dirs {
-            refuse_kernel_filesystems(&dir.host)?;
+            refuse_kernel_filesystems(&dir.host, &mountinfo)?;
             let perms = match dir.mode {
                 DirMode::Rw if !dry_run => FsPerms::ReadWrite,
                 _ => FsPerms::ReadOnly,
@@ -215,6 +273,46 @@ mod tests {
 ";
 
     #[test]
+    fn only_grants_on_local_storage_keep_filesystem_calls_on_the_guest_thread() {
+        let table = "\
+30 1 0:40 / / rw - overlay overlay rw
+31 30 8:1 / /srv/logs rw - ext4 /dev/vdb rw
+32 30 0:50 / /mnt/share rw - nfs4 server:/export rw
+33 30 0:51 / /mnt/sshfs rw - fuse.sshfs user@host:/ rw
+34 30 0:52 / /srv/mixed/smb rw - cifs //server/share rw
+35 30 0:53 / /srv/shadowed rw - nfs server:/a rw
+36 30 8:2 / /srv/shadowed rw - xfs /dev/vdc rw
+37 30 0:54 / /srv/again rw - xfs /dev/vdd rw
+38 30 0:55 / /srv/again rw - 9p tag rw
+39 30 0:56 / /srv/with\\040space rw - fuse.rclone remote: rw
+40 30 0:57 / /srv/unknown rw - somefs none rw
+41 30 0:58 / /run/tmp rw - tmpfs tmpfs rw
+";
+        for (path, local) in [
+            ("/srv/logs", true),
+            ("/srv/logs/app/2026", true),
+            ("/var/lib/data", true),
+            ("/run/tmp/x", true),
+            ("/mnt/share", false),
+            ("/mnt/share/deep/er", false),
+            ("/mnt", false),
+            ("/mnt/sshfs/x", false),
+            ("/srv/mixed", false),
+            ("/srv/shadowed/x", true),
+            ("/srv/again/x", false),
+            ("/srv/with space/x", false),
+            ("/srv/unknown", false),
+            ("/", false),
+        ] {
+            assert_eq!(local_mounts_only(Path::new(path), table), local, "{path}");
+        }
+        assert!(
+            !local_mounts_only(Path::new("/srv/logs"), ""),
+            "no mount table: not local"
+        );
+    }
+
+    #[test]
     fn grants_at_in_or_around_kernel_filesystems_are_found() {
         for (path, point) in [
             ("/proc", "/proc"),
@@ -251,6 +349,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let link = tmp.path().join("p");
         std::os::unix::fs::symlink("/proc", &link).unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         for path in [
             Path::new("/proc"),
             Path::new("/proc/self"),
@@ -258,12 +357,14 @@ mod tests {
             Path::new("/proc/../proc/./self/.."),
             link.as_path(),
         ] {
-            let err = refuse_kernel_filesystems(path).unwrap_err().to_string();
+            let err = refuse_kernel_filesystems(path, &mounts)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("where the kernel exposes the host"),
                 "{path:?}: {err}"
             );
         }
-        refuse_kernel_filesystems(tmp.path()).unwrap();
+        refuse_kernel_filesystems(tmp.path(), &mounts).unwrap();
     }
 }
