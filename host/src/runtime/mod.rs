@@ -3,50 +3,35 @@
 //!
 //! This is the only module (with `capabilities/`, which implements the WIT
 //! imports) that touches wasmtime. Callers get plain types: [`TaskComponent`]
-//! is opaque, [`RunResult`] and [`TaskInfo`] are data.
+//! is opaque, [`RunResult`](crate::model::RunResult) and
+//! [`TaskInfo`](crate::model::TaskInfo) are data.
 
 mod cache;
 pub mod compile;
 pub(crate) mod limits;
+mod load;
 pub mod report;
+mod run;
 
 use crate::bindings;
-use crate::capabilities::budget::DeadlineExceeded;
 pub use crate::capabilities::budget::MemoryBudget;
-use crate::capabilities::filesystem::FsLimits;
-use crate::capabilities::output::{DEFAULT_OUTPUT_CAP, Output};
-use crate::capabilities::sql::{Connections, SqlCapability, SqlLimits};
+use crate::capabilities::output::DEFAULT_OUTPUT_CAP;
+use crate::capabilities::sql::{Connections, SqlLimits};
 use crate::capabilities::{self, HasCapabilities, RunCapabilities};
 use crate::manifest::{DatabaseGrant, DirGrant, MAX_MEMORY_BYTES, Manifest, ResourceLimits};
-use crate::model::{ConfigMap, Metric, RunResult, RunStatus, TaskInfo, Trigger};
-use bindings::housekeeper::task::types;
+use crate::model::{ConfigMap, RunStatus, Trigger};
 use chrono::{DateTime, Utc};
-use compile::{CompileError, CompileLimits};
+use compile::CompileLimits;
 use limits::MemoryLimiter;
-use sha2::{Digest, Sha256};
-use std::io::Read as _;
-use std::path::Path;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmtime::component::Linker;
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 /// How often the engine's epoch advances: the granularity of deadlines and
 /// of the guest's cooperative yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// A running guest yields to the async runtime after this much fuel too.
-const FUEL_YIELD_INTERVAL: u64 = 50_000_000;
-
-/// How long after the run's deadline a host call may take to notice it.
-const HOST_CALL_GRACE: Duration = Duration::from_secs(1);
-
-/// `describe()` is informational and must be cheap.
-const DESCRIBE_FUEL: u64 = 1_000_000_000;
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -254,10 +239,6 @@ struct Inner {
     over_bounds: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
-/// At most this many remembered compile failures; past it they are
-/// forgotten (and would be compiled again).
-const MAX_REMEMBERED_FAILURES: usize = 1024;
-
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
         let (engine, pooling) = if options.pooling {
@@ -299,355 +280,9 @@ impl Runtime {
         self.inner.pooling
     }
 
-    /// Compiles and links `bytes`; `what` names the source in errors.
-    /// Compilation is CPU-bound: call it off the async workers
-    /// (`spawn_blocking`) in a server.
-    pub fn load(&self, what: &str, bytes: &[u8]) -> Result<TaskComponent, LoadError> {
-        let what = what.to_owned();
-        self.check_size(&what, bytes.len() as u64)?;
-        check_header(&what, bytes)?;
-        let hash = hex::encode(Sha256::digest(bytes));
-        let shared = self
-            .inner
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&hash)
-            .and_then(Weak::upgrade);
-        if let Some(pre) = shared {
-            return Ok(TaskComponent {
-                hash,
-                pre,
-                cached: false,
-            });
-        }
-        let failed_before = self
-            .inner
-            .over_bounds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&hash)
-            .cloned();
-        if let Some(message) = failed_before {
-            return Err(LoadError::CompileBound { what, message });
-        }
-        let engine = &self.inner.engine;
-        let compile = || compile::compile(engine, bytes, &self.inner.options.compile);
-        let compiled = match &self.inner.cache {
-            Some(cache) => cache
-                .load(engine, &hash, compile)
-                .map(|(c, source)| (c, source == cache::Source::Cached)),
-            None => compile().map(|(c, _)| (c, false)),
-        };
-        let (component, cached) = compiled.map_err(|e| match e {
-            CompileError::Invalid(message) => LoadError::Invalid {
-                what: what.clone(),
-                message,
-            },
-            CompileError::Bound(message) => {
-                let mut failed = self
-                    .inner
-                    .over_bounds
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if failed.len() >= MAX_REMEMBERED_FAILURES {
-                    failed.clear();
-                }
-                failed.insert(hash.clone(), message.clone());
-                LoadError::CompileBound {
-                    what: what.clone(),
-                    message,
-                }
-            }
-        })?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(bindings::TaskPre::new)
-            .map_err(|e| LoadError::WrongWorld {
-                what,
-                message: one_line(&e),
-            })?;
-        let pre = Arc::new(pre);
-        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        loaded.retain(|_, weak| weak.strong_count() > 0);
-        loaded.insert(hash.clone(), Arc::downgrade(&pre));
-        Ok(TaskComponent { hash, pre, cached })
-    }
-
-    pub fn load_file(&self, path: &Path) -> Result<TaskComponent, LoadError> {
-        let what = path.display().to_string();
-        let read_error = |source| LoadError::Read {
-            path: what.clone(),
-            source,
-        };
-        // Refuse an oversized file before reading it; `take` holds the read
-        // to the limit should the file grow meanwhile.
-        let file = std::fs::File::open(path).map_err(read_error)?;
-        let size = file.metadata().map_err(read_error)?.len();
-        self.check_size(&what, size)?;
-        let mut bytes = Vec::with_capacity(size as usize);
-        file.take(self.inner.options.compile.max_size + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
-        self.load(&what, &bytes)
-    }
-
-    fn check_size(&self, what: &str, size: u64) -> Result<(), LoadError> {
-        let max = self.inner.options.compile.max_size;
-        if size > max {
-            return Err(LoadError::TooLarge {
-                what: what.to_owned(),
-                size,
-                max,
-            });
-        }
-        Ok(())
-    }
-
     /// The database connections manifests may grant.
     pub fn connections(&self) -> &Connections {
         &self.inner.options.connections
-    }
-
-    /// Calls the component's `describe()` with no grants and small limits.
-    pub async fn describe(&self, component: &TaskComponent) -> Result<TaskInfo, RunError> {
-        let output = Output::new("describe", "describe", self.inner.options.output_cap);
-        let sql = SqlCapability::new(
-            "describe",
-            None,
-            &Connections::default(),
-            true,
-            Instant::now() + DESCRIBE_TIMEOUT,
-            output.clone(),
-            SqlLimits::default(),
-        );
-        let memory = MemoryBudget::new(64 << 20);
-        let fs_limits = FsLimits::new(ResourceLimits::default(), None, memory.clone());
-        let capabilities = RunCapabilities::new(
-            &[],
-            true,
-            false,
-            ConfigMap::new(),
-            &output,
-            sql,
-            fs_limits,
-            chrono::Duration::zero(),
-        )
-        .map_err(|e| RunError::setup(format!("{e:#}")))?;
-        let mut store = self.store(capabilities, memory, DESCRIBE_FUEL, DESCRIBE_TIMEOUT);
-        let call = async {
-            let task = component.pre.instantiate_async(&mut store).await?;
-            task.call_describe(&mut store).await
-        };
-        let outcome = tokio::time::timeout(DESCRIBE_TIMEOUT, call).await;
-        let fuel_used = DESCRIBE_FUEL.saturating_sub(store.get_fuel().unwrap_or(0));
-        match outcome {
-            Err(_) => Err(RunError {
-                status: RunStatus::Timeout,
-                message: "describe() did not return in time".into(),
-                fuel_used,
-            }),
-            Ok(Ok(info)) => report::task_info(TaskInfo {
-                name: info.name,
-                version: info.version,
-                description: info.description,
-                default_schedule: info.default_schedule,
-                run_on_startup: info.run_on_startup,
-                capabilities: info.capabilities,
-            })
-            .map_err(|message| RunError {
-                status: RunStatus::Error,
-                message,
-                fuel_used,
-            }),
-            Ok(Err(e)) => {
-                let stopped = limits::classify(&e, store.data().limiter.denied(), fuel_used);
-                Err(RunError {
-                    message: format!("describe() failed: {}", stopped.message),
-                    ..stopped
-                })
-            }
-        }
-    }
-
-    /// Runs `component` once. Never fails: every outcome is a [`RunResult`].
-    pub async fn run(&self, component: &TaskComponent, request: RunRequest) -> RunResult {
-        let started_at = Utc::now();
-        let clock = Instant::now();
-        let output = Output::new(
-            &request.task_name,
-            &request.run_id,
-            self.inner.options.output_cap,
-        );
-        let mut result = RunResult {
-            run_id: request.run_id.clone(),
-            task_name: request.task_name.clone(),
-            status: RunStatus::Error,
-            started_at,
-            completed_at: started_at,
-            duration_ms: 0,
-            summary: None,
-            error: None,
-            output: String::new(),
-            metrics: Vec::new(),
-            fuel_used: 0,
-            component_hash: component.hash.clone(),
-            dry_run: request.dry_run,
-        };
-
-        let sql = SqlCapability::new(
-            &request.task_name,
-            request.database.as_ref(),
-            request
-                .connections
-                .as_ref()
-                .unwrap_or(&self.inner.options.connections),
-            request.dry_run,
-            clock + request.timeout,
-            output.clone(),
-            self.inner.options.sql.clone(),
-        );
-        // One budget for the run's memories and tables and for what the
-        // host holds for it (directory listings).
-        let memory = MemoryBudget::new(request.memory_bytes);
-        let outcome = match RunCapabilities::new(
-            &request.dirs,
-            request.dry_run,
-            self.inner.options.fs_on_guest_thread,
-            request.config.clone(),
-            &output,
-            sql,
-            FsLimits::new(
-                request.resources,
-                self.inner.options.descriptors_per_run,
-                memory.clone(),
-            ),
-            request.clock_ahead,
-        ) {
-            Err(e) => Err(RunError::setup(format!("{e:#}"))),
-            Ok(capabilities) => {
-                self.call_run(component, &request, capabilities, memory)
-                    .await
-            }
-        };
-        match outcome {
-            Ok((Ok(returned), fuel)) => {
-                result.status = RunStatus::Success;
-                result.summary = Some(report::summary(returned.summary));
-                let metrics = returned.metrics.into_iter().map(|m| Metric {
-                    name: m.name,
-                    value: m.value,
-                });
-                result.metrics = report::metrics(metrics.collect(), &output);
-                result.fuel_used = fuel;
-            }
-            Ok((Err(task_error), fuel)) => {
-                result.status = RunStatus::Error;
-                result.error = Some(match task_error {
-                    types::TaskError::InvalidConfig(m) => format!("invalid config: {m}"),
-                    types::TaskError::Failed(m) => m,
-                });
-                result.fuel_used = fuel;
-            }
-            Err(e) => {
-                result.status = e.status;
-                result.error = Some(e.message);
-                result.fuel_used = e.fuel_used;
-            }
-        }
-        result.error = result.error.map(report::error);
-        result.output = output.finish();
-        result.completed_at = Utc::now();
-        result.duration_ms = clock.elapsed().as_millis() as u64;
-        result
-    }
-
-    /// The task's own answer and the fuel it used.
-    async fn call_run(
-        &self,
-        component: &TaskComponent,
-        request: &RunRequest,
-        capabilities: RunCapabilities,
-        memory: Arc<MemoryBudget>,
-    ) -> Result<(Result<types::RunReport, types::TaskError>, u64), RunError> {
-        if request.memory_bytes > MAX_MEMORY_BYTES {
-            return Err(RunError::setup(format!(
-                "memory limit {} is above the host's maximum",
-                request.memory_bytes
-            )));
-        }
-        let mut store = self.store(capabilities, memory, request.fuel, request.timeout);
-        let ctx = types::RunContext {
-            run_id: request.run_id.clone(),
-            dry_run: request.dry_run,
-            triggered_by: match request.trigger {
-                Trigger::Schedule => types::Trigger::Schedule,
-                Trigger::Startup => types::Trigger::Startup,
-                Trigger::Manual => types::Trigger::Manual,
-                Trigger::Retry => types::Trigger::Retry,
-                Trigger::Cli => types::Trigger::Cli,
-                // Only runs recorded by the reference service say these;
-                // no run is started with them.
-                Trigger::Api | Trigger::Unknown => types::Trigger::Manual,
-            },
-            scheduled_for: request.scheduled_for.map(|t| t.timestamp_millis()),
-            last_success: request.last_success.map(|t| t.timestamp_millis()),
-        };
-        // The epoch deadline stops guest code and host calls bound themselves
-        // by the same deadline (SQL reports it in the output); this timeout,
-        // a moment later, is the backstop for any host call that does not.
-        let outcome = tokio::time::timeout(request.timeout + HOST_CALL_GRACE, async {
-            let task = component.pre.instantiate_async(&mut store).await?;
-            task.call_run(&mut store, &ctx).await
-        })
-        .await;
-        let fuel = request.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        match outcome {
-            Err(_) => Err(RunError {
-                status: RunStatus::Timeout,
-                message: format!(
-                    "the run's deadline of {} passed",
-                    humantime::format_duration(request.timeout)
-                ),
-                fuel_used: fuel,
-            }),
-            Ok(Ok(returned)) => Ok((returned, fuel)),
-            Ok(Err(e)) => Err(limits::classify(&e, store.data().limiter.denied(), fuel)),
-        }
-    }
-
-    fn store(
-        &self,
-        capabilities: RunCapabilities,
-        memory: Arc<MemoryBudget>,
-        fuel: u64,
-        timeout: Duration,
-    ) -> Store<StoreData> {
-        let mut store = Store::new(
-            &self.inner.engine,
-            StoreData {
-                capabilities,
-                limiter: MemoryLimiter::new(memory),
-            },
-        );
-        store.limiter(|data| &mut data.limiter);
-        // Fuel is enabled on the engine, so these cannot fail.
-        store.set_fuel(fuel).expect("fuel is enabled");
-        store
-            .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
-            .expect("fuel is enabled");
-        let deadline = Instant::now() + timeout;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(DeadlineExceeded.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        store
     }
 }
 
@@ -684,21 +319,6 @@ fn start_epoch_ticker(inner: Weak<Inner>) {
             }
         })
         .expect("spawn the epoch ticker thread");
-}
-
-fn check_header(what: &str, bytes: &[u8]) -> Result<(), LoadError> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(LoadError::NotWasm {
-            what: what.to_owned(),
-        });
-    }
-    // Core modules are version 1, layer 0; components use layer 1.
-    if bytes[4..8] == [1, 0, 0, 0] {
-        return Err(LoadError::CoreModule {
-            what: what.to_owned(),
-        });
-    }
-    Ok(())
 }
 
 pub(crate) fn one_line(e: &wasmtime::Error) -> String {
