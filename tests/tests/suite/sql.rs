@@ -407,6 +407,166 @@ async fn lite(
     .await
 }
 
+/// What SQLite's authorizer stops with nothing parsed: a runtime whose
+/// parse layer is off sends every statement as written, on a task granted
+/// `select` on `readings`. Each class of statement a parser could misread
+/// is refused by the engine, and nothing else is read or changed.
+#[sqlx::test(migrations = false)]
+async fn with_the_parse_layer_off_sqlites_authorizer_refuses_every_class_itself(pool: SqlitePool) {
+    use housekeeper::capabilities::sql::SqlLimits;
+    use housekeeper::runtime::{Runtime, RuntimeOptions};
+    sqlite_schema(&pool).await;
+    // An index for `REINDEX` to rebuild.
+    sqlx::raw_sql("CREATE INDEX secrets_value ON secrets (value)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let unparsed = Runtime::new(RuntimeOptions {
+        sql: SqlLimits {
+            skip_parse: true,
+            ..SqlLimits::default()
+        },
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let hostile = unparsed.load_file(&fixture_path("hostile")).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let attached = copy.path().join("attached.db");
+    let vacuumed = copy.path().join("vacuumed.db");
+    let grants: &[(&str, &[SqlVerb])] = &[("readings", &[Select])];
+    let cases: Vec<(&str, String)> = vec![
+        ("sql-query", "SELECT value FROM secrets".into()),
+        (
+            "sql-query",
+            "SELECT r.id, s.value FROM readings r, secrets s".into(),
+        ),
+        (
+            "sql-query",
+            "SELECT (SELECT value FROM secrets) FROM readings".into(),
+        ),
+        (
+            "sql-query",
+            "SELECT id FROM readings WHERE id IN (SELECT rowid FROM secrets)".into(),
+        ),
+        (
+            "sql-query",
+            "WITH s AS (SELECT value FROM secrets) SELECT * FROM s".into(),
+        ),
+        (
+            "sql-query",
+            "SELECT * FROM pragma_table_info('secrets')".into(),
+        ),
+        ("sql-query", "SELECT load_extension('/tmp/evil')".into()),
+        (
+            "sql-execute",
+            format!("ATTACH DATABASE '{}' AS x", attached.display()),
+        ),
+        (
+            "sql-execute",
+            format!("VACUUM INTO '{}'", vacuumed.display()),
+        ),
+        ("sql-execute", "VACUUM".into()),
+        ("sql-execute", "PRAGMA writable_schema = 1".into()),
+        ("sql-execute", "PRAGMA journal_mode = OFF".into()),
+        ("sql-execute", "SELECT 1; DELETE FROM secrets".into()),
+        ("sql-execute", "DELETE FROM secrets".into()),
+        ("sql-execute", "DELETE FROM readings".into()),
+        (
+            "sql-execute",
+            "INSERT INTO readings (value, created_at) VALUES (1, 'x')".into(),
+        ),
+        ("sql-execute", "UPDATE readings SET value = 0".into()),
+        (
+            "sql-execute",
+            "REPLACE INTO readings (id, value, created_at) VALUES (1, 0, 'x')".into(),
+        ),
+        (
+            "sql-execute",
+            "INSERT INTO readings (value, created_at) SELECT 1, value FROM secrets".into(),
+        ),
+        ("sql-execute", "DROP TABLE secrets".into()),
+        ("sql-execute", "ALTER TABLE secrets ADD COLUMN x".into()),
+        (
+            "sql-execute",
+            "CREATE TABLE stolen AS SELECT * FROM secrets".into(),
+        ),
+        (
+            "sql-execute",
+            "CREATE TEMP TABLE stolen AS SELECT * FROM readings".into(),
+        ),
+        (
+            "sql-execute",
+            "CREATE VIEW v AS SELECT value FROM secrets".into(),
+        ),
+        (
+            "sql-execute",
+            "CREATE TRIGGER t AFTER INSERT ON readings BEGIN DELETE FROM secrets; END".into(),
+        ),
+        ("sql-execute", "CREATE INDEX i ON readings (value)".into()),
+        ("sql-execute", "REINDEX".into()),
+        ("sql-execute", "REINDEX secrets_value".into()),
+        ("sql-execute", "ANALYZE".into()),
+        ("sql-execute", "DETACH DATABASE main".into()),
+        ("sql-execute", "COMMIT".into()),
+        ("sql-execute", "SAVEPOINT s".into()),
+    ];
+    for (mode, statement) in &cases {
+        let result = unparsed
+            .run(
+                &hostile,
+                sql_request(
+                    "hostile",
+                    Connection::sqlite(pool.clone()),
+                    mode,
+                    statement,
+                    grants,
+                ),
+            )
+            .await;
+        assert_eq!(result.status, RunStatus::Error, "{statement}: {result:#?}");
+        let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
+        assert!(
+            !everything.contains("the-secret-row"),
+            "{statement}: {everything}"
+        );
+    }
+    assert!(!attached.exists(), "ATTACH made a database file");
+    assert!(!vacuumed.exists(), "VACUUM INTO copied the database");
+    let secrets: Vec<String> = sqlx::query_scalar("SELECT value FROM secrets")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(secrets, ["the-secret-row"]);
+    let readings: i64 = sqlx::query_scalar("SELECT count(*) FROM readings WHERE value > 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(readings, 100);
+    let objects: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master ORDER BY name")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(objects, ["readings", "secrets", "secrets_value"]);
+    // What the grant allows still works with nothing parsed.
+    let ok = unparsed
+        .run(
+            &hostile,
+            sql_request(
+                "hostile",
+                Connection::sqlite(pool.clone()),
+                "sql-query",
+                "SELECT id, value FROM readings WHERE value > 50",
+                grants,
+            ),
+        )
+        .await;
+    assert_eq!(
+        ok.summary.as_deref(),
+        Some("query returned 50 rows"),
+        "{ok:#?}"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
     sqlite_schema(&pool).await;

@@ -90,6 +90,9 @@ struct Policy {
     ended: AtomicBool,
     /// The first refusal, for the error the guest sees.
     denied: Mutex<Option<Denial>>,
+    /// Indexes this call was allowed to create (lower-cased): SQLite asks
+    /// to rebuild each one it fills, and only those.
+    created_indexes: Mutex<Vec<String>>,
 }
 
 /// Marks the policy's call as over when dropped, also when the call's
@@ -117,6 +120,7 @@ impl Policy {
             grants,
             ended: AtomicBool::new(false),
             denied: Mutex::new(None),
+            created_indexes: Mutex::new(Vec::new()),
         }
     }
 
@@ -187,12 +191,31 @@ impl Policy {
             ffi::SQLITE_CREATE_TABLE | ffi::SQLITE_DROP_TABLE => {
                 require(&self.grants, table(first), SqlVerb::Ddl)
             }
-            ffi::SQLITE_CREATE_INDEX | ffi::SQLITE_DROP_INDEX | ffi::SQLITE_ALTER_TABLE => {
+            ffi::SQLITE_CREATE_INDEX => {
+                require(&self.grants, table(second), SqlVerb::Ddl)?;
+                if let Ok(mut created) = self.created_indexes.lock() {
+                    created.push(table(first));
+                }
+                Ok(())
+            }
+            ffi::SQLITE_DROP_INDEX | ffi::SQLITE_ALTER_TABLE => {
                 require(&self.grants, table(second), SqlVerb::Ddl)
             }
-            // Rebuilding an index reads and changes nothing else (SQLite
-            // asks this while it creates one, naming the index).
-            ffi::SQLITE_REINDEX => Ok(()),
+            // SQLite asks this for an index it fills while creating it,
+            // naming the index; a `REINDEX` of existing indexes (any table's,
+            // by name or all at once) is not a task's to run.
+            ffi::SQLITE_REINDEX => {
+                let index = table(first);
+                let creating = self
+                    .created_indexes
+                    .lock()
+                    .is_ok_and(|created| created.contains(&index));
+                if creating {
+                    Ok(())
+                } else {
+                    refused(&format!("REINDEX of `{index}`"))
+                }
+            }
             ffi::SQLITE_ANALYZE => require(&self.grants, table(first), SqlVerb::Analyze),
             ffi::SQLITE_TRANSACTION if self.ended.load(Ordering::SeqCst) => Ok(()),
             ffi::SQLITE_TRANSACTION | ffi::SQLITE_SAVEPOINT => {
