@@ -134,6 +134,56 @@ pub fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
     .unwrap_or_else(|e| panic!("mknod {} (run the tests as root): {e}", path.display()));
 }
 
+/// A FUSE filesystem at `at` whose daemon never reads a request: every
+/// call that reaches it waits, as on a network filesystem whose server is
+/// gone. Dropping it aborts the connection (the waiting calls fail) and
+/// unmounts it.
+pub struct HungFilesystem {
+    fuse: Option<std::fs::File>,
+    at: PathBuf,
+}
+
+impl HungFilesystem {
+    pub fn mount(at: &Path) -> HungFilesystem {
+        use std::os::fd::AsRawFd;
+        let fuse = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .unwrap_or_else(|e| panic!("/dev/fuse (run the tests as root): {e}"));
+        let data = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            fuse.as_raw_fd()
+        ))
+        .unwrap();
+        rustix::mount::mount(
+            "hung",
+            at,
+            "fuse.hung",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "mount a FUSE filesystem at {} (run the tests as root): {e}",
+                at.display()
+            )
+        });
+        HungFilesystem {
+            fuse: Some(fuse),
+            at: at.to_owned(),
+        }
+    }
+}
+
+impl Drop for HungFilesystem {
+    fn drop(&mut self) {
+        // Closing the device aborts the connection: what waits on it fails.
+        drop(self.fuse.take());
+        let _ = rustix::mount::unmount(&self.at, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 /// A run of the `hostile` fixture as task `task`, granted `grants` on
 /// connection `main` (which is `connection`), with `[config]` `mode` and
 /// `sql`, and 30 s to run.

@@ -927,6 +927,47 @@ async fn a_fifo_in_a_grant_neither_hangs_its_run_nor_holds_a_guest_worker() {
     server.stop().unwrap();
 }
 
+/// A grant that reaches a filesystem whose server never answers (a FUSE
+/// mount inside it, as an NFS mount whose server is gone would be): the
+/// task's call into it waits, yet its run ends at its deadline, the one
+/// guest worker is free for the next task, and the service stops within
+/// its grace period.
+#[tokio::test]
+async fn a_filesystem_that_never_answers_ends_its_run_at_the_deadline_and_frees_the_worker() {
+    let s = Service::new();
+    let data = grant_dir(&s, "remote");
+    std::fs::create_dir(data.join("hung")).unwrap();
+    let hung = housekeeper_tests::HungFilesystem::mount(&data.join("hung"));
+    s.task(
+        "stalled",
+        "fs-hog",
+        &format!(
+            "run_on_startup = true\ntimeout = \"2s\"\n\n[[grants.dirs]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"ro\"\n\n[config]\nmode = \"open\"\npath = \"/data/hung/file\"\n",
+            data.display()
+        ),
+    );
+    s.task("after", "noop", "schedule = \"* * * * * *\"\n");
+    let server = s.serve(|a| {
+        a.max_concurrent_runs = 1;
+        a.shutdown_grace = Duration::from_secs(2);
+    });
+    let runs = wait_for_runs(&s, "stalled", "the stalled run to end", |r| {
+        r.iter().any(|r| r.status != RunStatus::Running)
+    })
+    .await;
+    let stalled = &runs[0];
+    assert_eq!(stalled.status, RunStatus::Timeout, "{stalled:#?}");
+    let ended = stalled.completed_at.unwrap();
+    wait_for_runs(&s, "after", "another task to run after it", |r| {
+        r.iter()
+            .any(|r| r.status == RunStatus::Success && r.started_at > ended)
+    })
+    .await;
+    // The call still waiting on the filesystem does not hold the stop.
+    server.stop().unwrap();
+    drop(hung);
+}
+
 #[tokio::test]
 async fn a_run_hoarding_files_leaves_the_service_its_own() {
     use std::os::unix::process::CommandExt;
