@@ -134,6 +134,63 @@ pub fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
     .unwrap_or_else(|e| panic!("mknod {} (run the tests as root): {e}", path.display()));
 }
 
+/// The URL of the test's own database (`DATABASE_URL` names the server).
+pub fn database_url(pool: &sqlx::PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for #[sqlx::test]");
+    let (base, query) = match base.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL ends in a database name");
+    let options = pool.connect_options();
+    let name = options.get_database().expect("a test database name");
+    format!("{server}/{name}{query}")
+}
+
+/// The hostile fixture on a runtime whose parse layer is off: statements
+/// reach the database as written, so only the database's own checks (the
+/// task's role, SQLite's authorizer) stand in the way.
+pub fn unparsed() -> &'static (Runtime, TaskComponent) {
+    static UNPARSED: OnceLock<(Runtime, TaskComponent)> = OnceLock::new();
+    UNPARSED.get_or_init(|| {
+        let runtime = Runtime::new(RuntimeOptions {
+            sql: housekeeper::capabilities::sql::SqlLimits {
+                skip_parse: true,
+                ..Default::default()
+            },
+            ..RuntimeOptions::default()
+        })
+        .unwrap();
+        let hostile = runtime.load_file(&fixture_path("hostile")).unwrap();
+        (runtime, hostile)
+    })
+}
+
+/// Runs each `(mode, statement)` of `cases` through the unparsed runtime
+/// (`request` makes the run's request) and asserts the run failed without
+/// the canary value `the-secret-row` anywhere in what it reported.
+pub async fn assert_each_refused(
+    cases: &[(&str, String)],
+    request: impl Fn(&str, &str) -> housekeeper::runtime::RunRequest,
+) {
+    let (runtime, hostile) = unparsed();
+    for (mode, statement) in cases {
+        let result = runtime.run(hostile, request(mode, statement)).await;
+        let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
+        assert_eq!(
+            result.status,
+            housekeeper::model::RunStatus::Error,
+            "{statement}: {result:#?}"
+        );
+        assert!(
+            !everything.contains("the-secret-row"),
+            "{statement}: {everything}"
+        );
+    }
+}
+
 /// A FUSE filesystem at `at` whose daemon never reads a request: every
 /// call that reaches it waits, as on a network filesystem whose server is
 /// gone. Dropping it aborts the connection (the waiting calls fail) and

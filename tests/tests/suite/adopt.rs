@@ -13,7 +13,7 @@ use housekeeper::store::adopt::{
     AdoptOptions, Finding, LEFT_RUNNING, REFERENCE_REPLICA, UNKNOWN_TRIGGER,
 };
 use housekeeper::store::{NewRun, RunRecord, Store, StoreOptions};
-use housekeeper_tests::{binary, fixture_path};
+use housekeeper_tests::{binary, database_url, fixture_path};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -29,21 +29,6 @@ const TASKS: [&str; 4] = [
     "database-vacuum",
     "device-logs-retention",
 ];
-
-/// The URL of the test's own database (`DATABASE_URL` names the server).
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for #[sqlx::test]");
-    let (base, query) = match base.split_once('?') {
-        Some((b, q)) => (b.to_owned(), format!("?{q}")),
-        None => (base, String::new()),
-    };
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL ends in a database name");
-    let options = pool.connect_options();
-    let name = options.get_database().expect("a test database name");
-    format!("{server}/{name}{query}")
-}
 
 /// The whole database as `pg_dump` writes it (schema and rows).
 fn dump(url: &str) -> String {
@@ -303,7 +288,7 @@ async fn seed_queries_run(pool: &PgPool, runs: usize, errors: usize, tasks: usiz
 #[sqlx::test(migrations = false)]
 async fn history_toggles_and_stats_are_taken_over(pool: PgPool) {
     let (old, stats_before, errors) = seeded_reference(&pool).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
 
     let store = open(&url, chrono_tz::Etc::UTC).await.unwrap();
 
@@ -357,7 +342,7 @@ async fn history_toggles_and_stats_are_taken_over(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn the_adopted_schema_is_the_migrated_schema(pool: PgPool) {
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let schema = |url: &str| dump_with(url, &["--schema-only", "--exclude-table=image_*"]);
     let migrations = async |pool: &PgPool| -> Vec<(i64, String, bool, Vec<u8>, i64)> {
         sqlx::query_as(
@@ -392,7 +377,7 @@ async fn the_adopted_schema_is_the_migrated_schema(pool: PgPool) {
 async fn starting_again_changes_nothing(pool: PgPool) {
     reference(&pool).await;
     seed(&pool, 60).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     drop(open(&url, chrono_tz::Europe::Berlin).await.unwrap());
     let after_first = dump(&url);
 
@@ -413,7 +398,7 @@ async fn starting_again_changes_nothing(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_fresh_database_is_left_to_the_migrations(pool: PgPool) {
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     exec(&pool, "DROP SCHEMA public CASCADE; CREATE SCHEMA public").await;
     let options = AdoptOptions::default();
     let found = Store::inspect_reference(&url, &StoreOptions::default(), &options)
@@ -440,7 +425,7 @@ async fn assert_refused(pool: &PgPool, change: &str, expected: &[&str]) {
     if !change.is_empty() {
         exec(pool, change).await;
     }
-    let url = url_of(pool);
+    let url = database_url(pool);
     let before = dump(&url);
     let err = match open(&url, chrono_tz::Etc::UTC).await {
         Ok(_) => panic!("{change}: adopted, but should have been refused"),
@@ -806,7 +791,7 @@ async fn a_failure_midway_changes_nothing(pool: PgPool) {
          CREATE TRIGGER append_only BEFORE UPDATE ON housekeeper_runs FOR EACH ROW EXECUTE FUNCTION no_updates()",
     )
     .await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let before = dump(&url);
     let err = format!("{:#}", open(&url, chrono_tz::Etc::UTC).await.err().unwrap());
     assert!(
@@ -822,7 +807,7 @@ async fn a_failure_midway_changes_nothing(pool: PgPool) {
 async fn a_reference_service_still_holding_its_tables_is_refused(pool: PgPool) {
     reference(&pool).await;
     seed(&pool, 20).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let before = dump(&url);
     let mut holder = pool.begin().await.unwrap();
     sqlx::raw_sql("LOCK TABLE housekeeper_config IN ROW EXCLUSIVE MODE")
@@ -871,7 +856,7 @@ async fn leftovers_of_the_reference_service_are_carried_over(pool: PgPool) {
     .await;
     let old = old_runs(&pool).await;
     let stats_before = old_stats(&pool).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let before_open = Utc::now();
     let store = open(&url, chrono_tz::Etc::UTC).await.unwrap();
 
@@ -946,7 +931,7 @@ async fn a_run_without_a_duration_counts_at_the_average(pool: PgPool) {
     )
     .await;
     let before = old_stats(&pool).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let store = open(&url, chrono_tz::Etc::UTC).await.unwrap();
     let after = new_stats(&pool).await;
     // t: (101 + 202) / 2 = 151.5, and 3 runs of 151.5 make 454.5 ms (455).
@@ -967,7 +952,7 @@ async fn a_run_without_a_duration_counts_at_the_average(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn variants_of_the_reference_schema_are_taken_over(pool: PgPool) {
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     for change in [
         // Already timestamptz: instants are kept as they are.
         "ALTER TABLE housekeeper_runs ALTER COLUMN started_at TYPE timestamptz USING started_at AT TIME ZONE 'UTC', \
@@ -1028,7 +1013,7 @@ async fn old_timestamps_are_read_in_the_reference_time_zone(pool: PgPool) {
     .await;
     let old = old_runs(&pool).await;
     let stats_before = old_stats(&pool).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let berlin = chrono_tz::Europe::Berlin;
     let store = open(&url, berlin).await.unwrap();
     let runs = all_runs(&store).await;
@@ -1059,7 +1044,7 @@ async fn two_services_starting_at_once_take_over_once(pool: PgPool) {
     reference(&pool).await;
     seed(&pool, 100).await;
     let old = old_runs(&pool).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let (a, b) = tokio::join!(
         open(&url, chrono_tz::Etc::UTC),
         open(&url, chrono_tz::Etc::UTC)
@@ -1181,7 +1166,7 @@ fn time(v: &Value) -> Option<DateTime<Utc>> {
 #[sqlx::test(migrations = false)]
 async fn serve_takes_over_the_reference_database(pool: PgPool) {
     let (old, stats_before, errors) = seeded_reference(&pool).await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let tmp = tempfile::tempdir().unwrap();
     tasks_dir(tmp.path());
     // The reference service ran with TIMEZONE set; its values are read there.
@@ -1266,7 +1251,7 @@ async fn serve_refuses_an_unknown_shape_and_changes_nothing(pool: PgPool) {
     reference(&pool).await;
     seed(&pool, 30).await;
     exec(&pool, "ALTER TABLE housekeeper_runs DROP COLUMN status").await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let tmp = tempfile::tempdir().unwrap();
     tasks_dir(tmp.path());
     let before = dump(&url);
@@ -1296,7 +1281,7 @@ async fn db_adopt_dry_run_prints_the_plan_and_changes_nothing(pool: PgPool) {
             instant(tz, newest).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
         )
     };
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let tmp = tempfile::tempdir().unwrap();
     let before = dump(&url);
 
@@ -1371,7 +1356,7 @@ async fn db_adopt_dry_run_reports_what_it_refuses(pool: PgPool) {
         "ALTER TABLE housekeeper_runs ALTER COLUMN started_at TYPE text",
     )
     .await;
-    let url = url_of(&pool);
+    let url = database_url(&pool);
     let tmp = tempfile::tempdir().unwrap();
     let before = dump(&url);
     let (out, _, stderr) = output(housekeeper(&url, tmp.path()).args(["db", "adopt", "--dry-run"]));

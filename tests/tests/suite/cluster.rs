@@ -11,27 +11,14 @@
 use chrono::{DateTime, Duration as Span, Utc};
 use housekeeper::model::{RunStatus, Trigger};
 use housekeeper::store::{RunRecord, Store};
-use housekeeper_tests::{KillOnDrop, binary, fixture_path, http, http_json, listening_port};
+use housekeeper_tests::{
+    KillOnDrop, binary, database_url, fixture_path, http, http_json, listening_port,
+};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The URL of the test's own database (`DATABASE_URL` names the server).
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for #[sqlx::test]");
-    let (base, query) = match base.split_once('?') {
-        Some((b, q)) => (b.to_owned(), format!("?{q}")),
-        None => (base, String::new()),
-    };
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL ends in a database name");
-    let options = pool.connect_options();
-    let name = options.get_database().expect("a test database name");
-    format!("{server}/{name}{query}")
-}
 
 /// libfaketime, which shifts a process's wall clock (not its monotonic
 /// one). Debian's `faketime` package; `scripts/system-deps.sh` installs it.
@@ -285,7 +272,7 @@ fn ms(t: DateTime<Utc>) -> i64 {
 /// shows the late replica's offset.
 #[sqlx::test(migrations = false)]
 async fn three_replicas_one_an_hour_behind_run_each_occurrence_once_without_overlap(pool: PgPool) {
-    occurrences_case(&pool, &url_of(&pool)).await
+    occurrences_case(&pool, &database_url(&pool)).await
 }
 
 /// The case above with replicas on the database at `url` (the test's own,
@@ -441,7 +428,7 @@ pub(crate) async fn occurrences_case(pool: &PgPool, url: &str) {
 /// cancel sent to one replica stops a run another replica is running.
 #[sqlx::test(migrations = false)]
 async fn toggles_and_cancels_reach_every_replica(pool: PgPool) {
-    controls_case(&pool, &url_of(&pool)).await
+    controls_case(&pool, &database_url(&pool)).await
 }
 
 /// The case above with replicas on the database at `url` (the test's own,
@@ -556,7 +543,7 @@ pub(crate) async fn controls_case(pool: &PgPool, url: &str) {
 /// expires, the dead replica's run still keeps the task's others skipped.
 #[sqlx::test(migrations = false)]
 async fn a_killed_replicas_run_is_interrupted_and_the_task_fails_over(pool: PgPool) {
-    failover_case(&pool, &url_of(&pool)).await
+    failover_case(&pool, &database_url(&pool)).await
 }
 
 /// The case above with replicas on the database at `url` (the test's own,
@@ -674,7 +661,7 @@ fn short_lease() -> Vec<(String, String)> {
 /// runs the retry when it is due, once.
 #[sqlx::test(migrations = false)]
 async fn a_retry_outlives_the_replica_that_planned_it(pool: PgPool) {
-    let mut c = Cluster::new(&url_of(&pool));
+    let mut c = Cluster::new(&database_url(&pool));
     c.witness(
         "flaky",
         "[retries]\nmax = 2\nbackoff = \"4s\"",
@@ -738,7 +725,7 @@ async fn a_retry_outlives_the_replica_that_planned_it(pool: PgPool) {
 /// skipped and the newer run goes on.
 #[sqlx::test(migrations = false)]
 async fn a_retry_never_replaces_a_newer_run(pool: PgPool) {
-    let mut c = Cluster::new(&url_of(&pool));
+    let mut c = Cluster::new(&database_url(&pool));
     c.witness(
         "fresh",
         "overlap = \"replace\"\n[retries]\nmax = 1\nbackoff = \"3s\"",

@@ -7,35 +7,15 @@
 //! refusing on its own.
 
 use SqlVerb::*;
+use housekeeper::capabilities::sql::Connection;
 use housekeeper::capabilities::sql::roles::role_name;
-use housekeeper::capabilities::sql::{Connection, SqlLimits};
 use housekeeper::manifest::SqlVerb;
 use housekeeper::model::{ConfigValue, RunResult, RunStatus};
-use housekeeper::runtime::{Runtime, RuntimeOptions, TaskComponent};
-use housekeeper_tests::{component, fixture_path, runtime, sql_request};
+use housekeeper_tests::{component, fixture_path, runtime, sql_request, unparsed};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use std::sync::OnceLock;
 
 type Grants<'a> = &'a [(&'a str, &'a [SqlVerb])];
-
-/// The hostile fixture on a runtime whose parse layer is off: statements
-/// reach PostgreSQL as written, so only the task's role stands in the way.
-fn unparsed() -> &'static (Runtime, TaskComponent) {
-    static UNPARSED: OnceLock<(Runtime, TaskComponent)> = OnceLock::new();
-    UNPARSED.get_or_init(|| {
-        let runtime = Runtime::new(RuntimeOptions {
-            sql: SqlLimits {
-                skip_parse: true,
-                ..SqlLimits::default()
-            },
-            ..RuntimeOptions::default()
-        })
-        .unwrap();
-        let hostile = runtime.load_file(&fixture_path("hostile")).unwrap();
-        (runtime, hostile)
-    })
-}
 
 /// One test's database: the application's tables owned by role `owner`,
 /// and tasks logging in as `login`.

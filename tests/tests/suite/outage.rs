@@ -103,12 +103,11 @@ async fn http_off(port: u16, method: &'static str, path: &'static str) -> Option
 /// runs are its own.
 #[sqlx::test(migrations = "../migrations/postgres")]
 async fn a_replica_waits_for_its_name_before_it_takes_runs(pool: PgPool) {
-    let database = pool.connect_options().get_database().unwrap().to_owned();
     let (tasks, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::copy(fixture_path("witness"), tasks.path().join("t.wasm")).unwrap();
     std::fs::write(tasks.path().join("t.toml"), "").unwrap();
     let mut args = serve_args(tasks.path(), data.path());
-    args.db.database_url = Some(format!("postgres://postgres@127.0.0.1:5432/{database}"));
+    args.db.database_url = Some(housekeeper_tests::database_url(&pool));
     args.db.lease = Duration::from_secs(3);
     let name = args.db.replica.clone().unwrap();
 

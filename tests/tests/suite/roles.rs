@@ -376,8 +376,6 @@ async fn the_recommended_login_role_sets_up_task_roles_itself(pool: PgPool) {
 /// could misread is refused by the database, and the canary is untouched.
 #[sqlx::test]
 async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: PgPool) {
-    use housekeeper::capabilities::sql::SqlLimits;
-    use housekeeper::runtime::{Runtime, RuntimeOptions};
     sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
     let task = unique_task(&pool).await;
     let role = role_name(&task);
@@ -399,15 +397,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     .execute(&pool)
     .await
     .unwrap();
-    let unparsed = Runtime::new(RuntimeOptions {
-        sql: SqlLimits {
-            skip_parse: true,
-            ..SqlLimits::default()
-        },
-        ..RuntimeOptions::default()
-    })
-    .unwrap();
-    let hostile = unparsed.load_file(&fixture_path("hostile")).unwrap();
+    let (unparsed, hostile) = housekeeper_tests::unparsed();
     // One connection, so that every run reuses the session the last one left.
     let as_login = PgPoolOptions::new()
         .max_connections(1)
@@ -472,30 +462,16 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
                 .into(),
         ),
     ];
-    for (mode, statement) in &cases {
-        let result = unparsed
-            .run(
-                &hostile,
-                sql_request(
-                    &task,
-                    Connection::postgres(as_login.clone()),
-                    mode,
-                    statement,
-                    grants,
-                ),
-            )
-            .await;
-        let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
-        assert_eq!(result.status, RunStatus::Error, "{statement}: {result:#?}");
-        assert!(
-            !everything.contains("the-secret-row"),
-            "{statement}: {everything}"
-        );
-        assert!(
-            !everything.contains("SCRAM-SHA"),
-            "{statement}: {everything}"
-        );
-    }
+    housekeeper_tests::assert_each_refused(&cases, |mode, statement| {
+        sql_request(
+            &task,
+            Connection::postgres(as_login.clone()),
+            mode,
+            statement,
+            grants,
+        )
+    })
+    .await;
     assert!(!marker.exists(), "COPY … TO PROGRAM ran");
     let canary: Vec<(i32, String)> = sqlx::query_as("SELECT id, value FROM secrets")
         .fetch_all(&pool)
@@ -511,7 +487,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     // A setting a call leaves on the session does not reach the next call.
     let set = unparsed
         .run(
-            &hostile,
+            hostile,
             sql_request(
                 &task,
                 Connection::postgres(as_login.clone()),
@@ -524,7 +500,7 @@ async fn with_the_parse_layer_off_postgresql_refuses_every_class_itself(pool: Pg
     assert_eq!(set.status, RunStatus::Success, "{set:#?}");
     let after = unparsed
         .run(
-            &hostile,
+            hostile,
             sql_request(
                 &task,
                 Connection::postgres(as_login.clone()),

@@ -8,7 +8,9 @@ use housekeeper::capabilities::sql::Connection;
 use housekeeper::manifest::SqlVerb;
 use housekeeper::model::{RunResult, RunStatus};
 use housekeeper::runtime::RunRequest;
-use housekeeper_tests::{EXAMPLE_SCHEMA, component, fixture_path, runtime, sql_request};
+use housekeeper_tests::{
+    EXAMPLE_SCHEMA, assert_each_refused, component, fixture_path, runtime, sql_request, unparsed,
+};
 use sqlx::{PgPool, SqlitePool};
 use std::time::Duration;
 
@@ -413,23 +415,12 @@ async fn lite(
 /// is refused by the engine, and nothing else is read or changed.
 #[sqlx::test(migrations = false)]
 async fn with_the_parse_layer_off_sqlites_authorizer_refuses_every_class_itself(pool: SqlitePool) {
-    use housekeeper::capabilities::sql::SqlLimits;
-    use housekeeper::runtime::{Runtime, RuntimeOptions};
     sqlite_schema(&pool).await;
     // An index for `REINDEX` to rebuild.
     sqlx::raw_sql("CREATE INDEX secrets_value ON secrets (value)")
         .execute(&pool)
         .await
         .unwrap();
-    let unparsed = Runtime::new(RuntimeOptions {
-        sql: SqlLimits {
-            skip_parse: true,
-            ..SqlLimits::default()
-        },
-        ..RuntimeOptions::default()
-    })
-    .unwrap();
-    let hostile = unparsed.load_file(&fixture_path("hostile")).unwrap();
     let copy = tempfile::tempdir().unwrap();
     let attached = copy.path().join("attached.db");
     let vacuumed = copy.path().join("vacuumed.db");
@@ -510,26 +501,16 @@ async fn with_the_parse_layer_off_sqlites_authorizer_refuses_every_class_itself(
         ("sql-execute", "COMMIT".into()),
         ("sql-execute", "SAVEPOINT s".into()),
     ];
-    for (mode, statement) in &cases {
-        let result = unparsed
-            .run(
-                &hostile,
-                sql_request(
-                    "hostile",
-                    Connection::sqlite(pool.clone()),
-                    mode,
-                    statement,
-                    grants,
-                ),
-            )
-            .await;
-        assert_eq!(result.status, RunStatus::Error, "{statement}: {result:#?}");
-        let everything = format!("{:?} {:?} {}", result.summary, result.error, result.output);
-        assert!(
-            !everything.contains("the-secret-row"),
-            "{statement}: {everything}"
-        );
-    }
+    assert_each_refused(&cases, |mode, statement| {
+        sql_request(
+            "hostile",
+            Connection::sqlite(pool.clone()),
+            mode,
+            statement,
+            grants,
+        )
+    })
+    .await;
     assert!(!attached.exists(), "ATTACH made a database file");
     assert!(!vacuumed.exists(), "VACUUM INTO copied the database");
     let secrets: Vec<String> = sqlx::query_scalar("SELECT value FROM secrets")
@@ -548,9 +529,10 @@ async fn with_the_parse_layer_off_sqlites_authorizer_refuses_every_class_itself(
         .unwrap();
     assert_eq!(objects, ["readings", "secrets", "secrets_value"]);
     // What the grant allows still works with nothing parsed.
+    let (unparsed, hostile) = unparsed();
     let ok = unparsed
         .run(
-            &hostile,
+            hostile,
             sql_request(
                 "hostile",
                 Connection::sqlite(pool.clone()),
