@@ -5,6 +5,7 @@
 //! It never touches wasmtime: it holds `TaskComponent`s and calls
 //! `Runtime::run`.
 
+mod claim;
 pub mod clock;
 mod cluster;
 mod ledger;
