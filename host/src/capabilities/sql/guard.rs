@@ -1304,6 +1304,57 @@ mod tests {
         }
     }
 
+    /// Every way to nest a SQLite statement deep within the size cap is
+    /// refused (or parsed) without overflowing the stack of a thread the
+    /// size of tokio's blocking pool's (2 MiB), where the check runs: an
+    /// operator chain of any kind, prefix operators, calls, parentheses,
+    /// `CASE`, and a long `IN` list.
+    #[test]
+    fn deeply_nested_sqlite_statements_do_not_overflow_the_stack() {
+        let cap = DEFAULT_MAX_STATEMENT_BYTES;
+        let chain = |op: &str| {
+            let n = (cap - 64) / (op.len() + 1);
+            format!("SELECT 1 FROM events WHERE {}1", format!("1{op}").repeat(n))
+        };
+        let mut statements: Vec<String> = [
+            "+", "-", "*", "/", "%", "||", "=", "==", "<>", "!=", "<", ">", "<=", ">=", "&", "|",
+            "<<", ">>", " AND ", " OR ", " IS ", " LIKE ", " GLOB ", "->", "->>",
+        ]
+        .iter()
+        .map(|op| chain(op))
+        .collect();
+        let prefix = |p: &str| format!("SELECT {}1", p.repeat((cap - 20) / p.len()));
+        statements.extend(["NOT ", "- ", "+ ", "~"].map(prefix));
+        let wrap = |open: &str, close: &str| {
+            let n = (cap - 20) / (open.len() + close.len());
+            format!("SELECT {}1{}", open.repeat(n), close.repeat(n))
+        };
+        statements.push(wrap("(", ")"));
+        statements.push(wrap("abs(", ")"));
+        statements.push(wrap("CASE WHEN 1 THEN ", " END"));
+        statements.push(wrap("(SELECT ", ")"));
+        statements.push(format!(
+            "SELECT 1 FROM events WHERE id IN ({})",
+            vec!["1"; cap / 2 - 40].join(",")
+        ));
+        let g = with(&[("events", &[Select])]);
+        let checked = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for sql in &statements {
+                    assert!(sql.len() <= cap, "{}", sql.len());
+                    let result = check(Dialect::Sqlite, sql, &g);
+                    // Whatever the verdict, only the `IN` list may pass.
+                    if !sql.contains(" IN (") {
+                        assert!(result.is_err(), "{}", &sql[..40]);
+                    }
+                }
+            })
+            .unwrap()
+            .join();
+        assert!(checked.is_ok());
+    }
+
     /// The PostgreSQL injection payloads of `tests/data/payloads`: one per
     /// line of the lists, and the SQL code blocks and backquoted table
     /// cells of the PostgreSQL page.

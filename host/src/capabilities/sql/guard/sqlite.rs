@@ -20,9 +20,23 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
+/// The most operators a statement may hold. SQLite refuses an expression
+/// nested deeper than 1,000 (`SQLITE_MAX_EXPR_DEPTH`), and a chain such as
+/// `1+1+…+1` nests one level per operator: tens of thousands of them, well
+/// within the statement size cap, would make the parsed tree too deep to
+/// walk or free on a thread's stack. Refused before parsing.
+const MAX_OPERATORS: usize = 2_000;
+
 pub(super) fn check(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
     let dialect = Dialect::Sqlite;
-    let words = leading_words(dialect, sql)?;
+    let tokens = tokens(dialect, sql)?;
+    let operators = tokens.iter().filter(|t| is_operator(t)).count();
+    if operators > MAX_OPERATORS {
+        return Err(refused(format!(
+            "the statement holds {operators} operators, over the cap of {MAX_OPERATORS} (SQLite nests expressions at most 1000 deep)"
+        )));
+    }
+    let words = leading_words(&tokens);
     let first = words.first().map(String::as_str).unwrap_or("");
     match first {
         "" => return Err(refused("the statement is empty")),
@@ -46,16 +60,61 @@ pub(super) fn check(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
 }
 
 /// The first two words, lowercased, to refuse what the parser may not know.
-fn leading_words(dialect: Dialect, sql: &str) -> Result<Vec<String>, Denial> {
-    let tokens = tokens(dialect, sql)?;
-    Ok(tokens
+fn leading_words(tokens: &[Token]) -> Vec<String> {
+    tokens
         .iter()
         .take(2)
         .map(|t| match t {
             Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
             other => other.to_string(),
         })
-        .collect())
+        .collect()
+}
+
+/// Whether `token` joins two expressions (or negates one): each such
+/// token can add a level to the parsed tree.
+fn is_operator(token: &Token) -> bool {
+    use sqlparser::keywords::Keyword;
+    match token {
+        Token::Word(w) if w.quote_style.is_none() => matches!(
+            w.keyword,
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::GLOB
+                | Keyword::REGEXP
+                | Keyword::MATCH
+                | Keyword::BETWEEN
+                | Keyword::IN
+                | Keyword::COLLATE
+                | Keyword::ESCAPE
+        ),
+        Token::Plus
+        | Token::Minus
+        | Token::Mul
+        | Token::Div
+        | Token::Mod
+        | Token::StringConcat
+        | Token::Eq
+        | Token::DoubleEq
+        | Token::Neq
+        | Token::Lt
+        | Token::Gt
+        | Token::LtEq
+        | Token::GtEq
+        | Token::Spaceship
+        | Token::Ampersand
+        | Token::Pipe
+        | Token::Caret
+        | Token::Tilde
+        | Token::ShiftLeft
+        | Token::ShiftRight
+        | Token::Arrow
+        | Token::LongArrow => true,
+        _ => false,
+    }
 }
 
 fn tokens(dialect: Dialect, sql: &str) -> Result<Vec<Token>, Denial> {
