@@ -91,22 +91,24 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// sqlx's table, as its migrator creates it: sqlx 0.8's own definition
+/// (sqlx-postgres, `ensure_migrations_table`).
+pub(super) const SQLX_MIGRATIONS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+    success BOOLEAN NOT NULL,
+    checksum BYTEA NOT NULL,
+    execution_time BIGINT NOT NULL
+)";
+
 /// What `Migrator::run` does on one connection, in the transaction `tx`
 /// is in (without its lock, which the transaction holds).
 async fn apply(tx: &mut PgConnection, migrator: &Migrator) -> Result<(), MigrateError> {
-    // sqlx's table, as its migrator creates it.
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
-            version BIGINT PRIMARY KEY,
-            description TEXT NOT NULL,
-            installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
-            success BOOLEAN NOT NULL,
-            checksum BYTEA NOT NULL,
-            execution_time BIGINT NOT NULL
-        )",
-    )
-    .execute(&mut *tx)
-    .await?;
+    sqlx::raw_sql(SQLX_MIGRATIONS_TABLE)
+        .execute(&mut *tx)
+        .await?;
     let dirty: Option<i64> = query_scalar(
         "SELECT version FROM _sqlx_migrations WHERE success = false ORDER BY version LIMIT 1",
     )

@@ -6,6 +6,7 @@ use super::schema::{ADDED_RUN_COLUMNS, CONFIG_COLUMNS, Found, RUN_COLUMNS, RefCo
 use super::{
     ADOPTED_VERSION, AdoptError, AdoptOptions, LEFT_RUNNING, Plan, UNKNOWN_TRIGGER, db, scalar,
 };
+use crate::store::migrate::SQLX_MIGRATIONS_TABLE;
 use crate::store::query;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::Row as _;
@@ -309,17 +310,6 @@ SELECT r.task_name,
        max(COALESCE(r.completed_at, r.started_at)) FILTER (WHERE r.status = 'success')
 FROM housekeeper_runs r
 GROUP BY r.task_name";
-
-// sqlx 0.8's own definition (sqlx-postgres, `ensure_migrations_table`).
-const SQLX_MIGRATIONS_TABLE: &str = "
-CREATE TABLE IF NOT EXISTS _sqlx_migrations (
-    version BIGINT PRIMARY KEY,
-    description TEXT NOT NULL,
-    installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
-    success BOOLEAN NOT NULL,
-    checksum BYTEA NOT NULL,
-    execution_time BIGINT NOT NULL
-)";
 
 #[cfg(test)]
 mod tests {

@@ -108,6 +108,19 @@ pub(super) fn refused(reason: String) -> Failure {
     Failure::Guest(wit::SqlError::Refused(reason))
 }
 
+/// A partition lives beside its parent: a grant on the parent is no grant
+/// to name tables in other schemas. `done` is what happens to it there
+/// (`created`, `attached`).
+fn beside_parent(partition: &wit::Relation, parent: &Found, done: &str) -> Result<(), Failure> {
+    match &partition.schema {
+        Some(schema) if schema != &parent.schema => Err(refused(format!(
+            "a partition is {done} in its parent's schema `{}`, not `{schema}`",
+            parent.schema
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Context<'_> {
     pub(super) fn fail(&self) -> impl Fn(sqlx::Error) -> Failure + '_ {
         |e| sql::postgres::error(e, self.budget)
@@ -173,16 +186,7 @@ impl Context<'_> {
                 bounds,
             } => {
                 let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
-                // A partition lives beside its parent: a grant on the parent
-                // is no grant to name tables in other schemas.
-                if let Some(schema) = &partition.schema
-                    && schema != &parent.schema
-                {
-                    return Err(Failure::Guest(wit::SqlError::Refused(format!(
-                        "a partition is created in its parent's schema `{}`, not `{schema}`",
-                        parent.schema
-                    ))));
-                }
+                beside_parent(partition, &parent, "created")?;
                 let role = self.owner(&parent, "CREATE TABLE … PARTITION OF")?;
                 let literals = literals(bounds).map_err(refused)?;
                 let (name, quoted): (String, Vec<String>) = sqlx::query_as(
@@ -211,14 +215,7 @@ impl Context<'_> {
                 bounds,
             } => {
                 let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
-                if let Some(schema) = &partition.schema
-                    && schema != &parent.schema
-                {
-                    return Err(refused(format!(
-                        "a partition is attached in its parent's schema `{}`, not `{schema}`",
-                        parent.schema
-                    )));
-                }
+                beside_parent(partition, &parent, "attached")?;
                 let table = self.existing(conn, partition, Some(&parent.schema)).await?;
                 // Its rows become the parent's: the grant must name it too.
                 self.regrant(&table, &[SqlVerb::CreatePartition])?;
