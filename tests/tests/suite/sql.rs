@@ -549,6 +549,43 @@ async fn with_the_parse_layer_off_sqlites_authorizer_refuses_every_class_itself(
     );
 }
 
+/// A SQLite statement does not outlive its run: at the deadline it is
+/// interrupted, and the connection (the pool's only one here) serves the
+/// next run at once instead of staying busy with it.
+#[sqlx::test(migrations = false)]
+async fn a_sqlite_statement_ends_with_its_run(pool: SqlitePool) {
+    sqlite_schema(&pool).await;
+    let one = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let grants: &[(&str, &[SqlVerb])] = &[("readings", &[Select])];
+    // 10^10 rows to count: far longer than the run's two seconds.
+    let mut endless = sql_request(
+        "hostile",
+        Connection::sqlite(one.clone()),
+        "sql-query",
+        "SELECT count(*) FROM readings a, readings b, readings c, readings d, readings e",
+        grants,
+    );
+    endless.timeout = Duration::from_secs(2);
+    let r = run(endless).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    let mut next = sql_request(
+        "hostile",
+        Connection::sqlite(one.clone()),
+        "sql-query",
+        "SELECT id FROM readings WHERE value > 90",
+        grants,
+    );
+    next.timeout = Duration::from_secs(5);
+    let r = run(next).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(r.summary.as_deref(), Some("query returned 10 rows"));
+}
+
 #[sqlx::test(migrations = false)]
 async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
     sqlite_schema(&pool).await;

@@ -1,6 +1,10 @@
 //! Running checked statements on SQLite. SQLite has no statement timeout:
 //! the caller's time-out bounds the call, and a busy database waits at most
-//! the connection's busy timeout.
+//! the connection's busy timeout. A statement does not outlive its call:
+//! for the call's duration the connection also carries a progress handler
+//! (`sqlite3_progress_handler`), which interrupts the statement as soon as
+//! the call is over (its deadline passed, or the run was stopped), so the
+//! connection's thread and the connection itself are free again.
 //!
 //! SQLite itself checks every guest statement again: for the duration of
 //! the call the connection carries an authorizer (`sqlite3_set_authorizer`)
@@ -86,7 +90,7 @@ struct Policy {
     grants: Grants,
     /// Set once the guest's call is over (or dropped): the host may then
     /// end the transaction it opened, even if this authorizer is still on
-    /// the connection.
+    /// the connection, and a statement still running is interrupted.
     ended: AtomicBool,
     /// The first refusal, for the error the guest sees.
     denied: Mutex<Option<Denial>>,
@@ -311,6 +315,19 @@ unsafe extern "C" fn authorize(
     answer.unwrap_or(ffi::SQLITE_DENY)
 }
 
+/// SQLite's progress handler: a statement still running once its call is
+/// over (dropped at the deadline, or with its run) is interrupted.
+unsafe extern "C" fn progress(data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the `Policy` `install` handed to SQLite, alive while
+    // the handler is installed.
+    let policy = unsafe { &*(data as *const Policy) };
+    c_int::from(policy.ended.load(Ordering::SeqCst))
+}
+
+/// How many virtual-machine steps SQLite takes between two calls of the
+/// progress handler: an atomic load every few microseconds of work.
+const PROGRESS_STEPS: c_int = 1_000;
+
 /// The authorizer's policy, as handed to SQLite (an `Arc` count of its own).
 struct Installed(usize);
 
@@ -332,6 +349,15 @@ async fn install(conn: &mut SqliteConnection, policy: &Arc<Policy>) -> Result<In
         unsafe { drop(Arc::from_raw(data)) };
         return Err(refused_failure("the database refused the authorizer"));
     }
+    // SAFETY: as for the authorizer, with the same pointer and lifetime.
+    unsafe {
+        ffi::sqlite3_progress_handler(
+            handle.as_raw_handle().as_ptr(),
+            PROGRESS_STEPS,
+            Some(progress),
+            data as *mut c_void,
+        );
+    }
     Ok(Installed(data as usize))
 }
 
@@ -340,9 +366,12 @@ async fn install(conn: &mut SqliteConnection, policy: &Arc<Policy>) -> Result<In
 /// the connection clears the authorizer before anything else (`clear`).
 async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(), Failure> {
     let mut handle = conn.lock_handle().await.map_err(error)?;
-    // SAFETY: the handle is locked; a NULL callback removes the authorizer.
+    // SAFETY: the handle is locked; NULL callbacks remove the authorizer
+    // and the progress handler.
     unsafe {
-        ffi::sqlite3_set_authorizer(handle.as_raw_handle().as_ptr(), None, std::ptr::null_mut());
+        let db = handle.as_raw_handle().as_ptr();
+        ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
+        ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
     }
     drop(handle);
     // SAFETY: SQLite no longer holds the pointer `install` gave it.
@@ -352,9 +381,12 @@ async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(),
 
 async fn clear(conn: &mut PoolConnection<Sqlite>) -> Result<(), Failure> {
     let mut handle = conn.lock_handle().await.map_err(error)?;
-    // SAFETY: the handle is locked; a NULL callback removes any authorizer.
+    // SAFETY: the handle is locked; NULL callbacks remove any authorizer
+    // and progress handler.
     unsafe {
-        ffi::sqlite3_set_authorizer(handle.as_raw_handle().as_ptr(), None, std::ptr::null_mut());
+        let db = handle.as_raw_handle().as_ptr();
+        ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
+        ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
     }
     Ok(())
 }
