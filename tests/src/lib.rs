@@ -4,7 +4,9 @@
 //! the real binary ([`listening_port`]).
 
 use housekeeper::config::ServeArgs;
+use housekeeper::model::Trigger;
 use housekeeper::runtime::{Runtime, RuntimeOptions, TaskComponent};
+use housekeeper::store::{Claim, Lease, NewRun, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -52,6 +54,29 @@ pub fn binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A run of `task` started by `trigger`: the first attempt, not a dry
+/// run, not exclusive, no occurrence and no component hash. A case sets
+/// what it needs with `NewRun { …, ..new_run(task, trigger) }`.
+pub fn new_run(task: &str, trigger: Trigger) -> NewRun<'_> {
+    NewRun {
+        task_name: task,
+        triggered_by: trigger,
+        scheduled_for: None,
+        dry_run: false,
+        component_hash: None,
+        exclusive: false,
+        attempt: 0,
+    }
+}
+
+/// Claims `run` in `store`, which must be won.
+pub async fn won(store: &Store, run: &NewRun<'_>) -> Lease {
+    match store.begin_run(run).await.unwrap() {
+        Claim::Won(lease) => lease,
+        other => panic!("{} was not claimed: {other:?}", run.task_name),
+    }
 }
 
 /// One runtime for the whole test process.

@@ -13,7 +13,7 @@ use housekeeper::store::adopt::{
     AdoptOptions, Finding, LEFT_RUNNING, REFERENCE_REPLICA, UNKNOWN_TRIGGER,
 };
 use housekeeper::store::{NewRun, RunRecord, Store, StoreOptions};
-use housekeeper_tests::{binary, database_url, fixture_path};
+use housekeeper_tests::{binary, database_url, fixture_path, new_run};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -241,15 +241,7 @@ fn assert_carried_over(old: &[OldRun], new: &BTreeMap<i64, RunRecord>, tz: Tz) {
 }
 
 fn manual(task: &str) -> NewRun<'_> {
-    NewRun {
-        task_name: task,
-        triggered_by: housekeeper::model::Trigger::Manual,
-        scheduled_for: None,
-        dry_run: false,
-        component_hash: None,
-        exclusive: false,
-        attempt: 0,
-    }
+    new_run(task, housekeeper::model::Trigger::Manual)
 }
 
 /// The seed's own queries still run.

@@ -4,25 +4,14 @@
 
 use chrono::{DateTime, Duration, Timelike, Utc};
 use housekeeper::model::{RunResult, RunStatus, Trigger};
-use housekeeper::store::{Claim, Lease, NewRun, Renewal, Store};
+use housekeeper::store::{Claim, NewRun, Renewal, Store};
+use housekeeper_tests::{new_run, won};
 use sqlx::{PgPool, SqlitePool};
 
 fn run(task: &str, trigger: Trigger, exclusive: bool) -> NewRun<'_> {
     NewRun {
-        task_name: task,
-        triggered_by: trigger,
-        scheduled_for: None,
-        dry_run: false,
-        component_hash: None,
         exclusive,
-        attempt: 0,
-    }
-}
-
-async fn won(store: &Store, run: &NewRun<'_>) -> Lease {
-    match store.begin_run(run).await.unwrap() {
-        Claim::Won(lease) => lease,
-        other => panic!("{} was not claimed: {other:?}", run.task_name),
+        ..new_run(task, trigger)
     }
 }
 

@@ -12,7 +12,7 @@ use housekeeper::scheduler::{Executor, FireOutcome, Ledger, Scheduler, Scheduler
 use housekeeper::store::{
     Claim, Holder, Lease, NewRun, PendingRetry, Reaped, Renewal, RunRecord, TaskSettings,
 };
-use housekeeper_tests::{component, fixture_path};
+use housekeeper_tests::{component, fixture_path, new_run};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -775,13 +775,9 @@ async fn a_fire_skipped_for_want_of_a_local_slot_is_left_to_other_replicas() {
         .ledger
         .begin_run(
             &NewRun {
-                task_name: "tick",
-                triggered_by: Trigger::Schedule,
                 scheduled_for: Some(elsewhere),
-                dry_run: false,
-                component_hash: None,
-                exclusive: false,
-                attempt: 0,
+
+                ..new_run("tick", Trigger::Schedule)
             },
             None,
         )
@@ -830,13 +826,9 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
         .ledger
         .begin_run(
             &NewRun {
-                task_name: "hourly",
-                triggered_by: Trigger::Schedule,
                 scheduled_for: Some(last),
-                dry_run: false,
-                component_hash: None,
                 exclusive: true,
-                attempt: 0,
+                ..new_run("hourly", Trigger::Schedule)
             },
             None,
         )
@@ -1428,13 +1420,8 @@ async fn recent_occurrence_at_start(claimed_elsewhere: bool) {
         let start = t0() + chrono::Duration::seconds(2);
         let h = harness_with(SchedulerConfig::default(), start).await;
         let earlier = |at: DateTime<Utc>| NewRun {
-            task_name: "minutely",
-            triggered_by: Trigger::Schedule,
             scheduled_for: Some(at),
-            dry_run: false,
-            component_hash: None,
-            exclusive: false,
-            attempt: 0,
+            ..new_run("minutely", Trigger::Schedule)
         };
         let recorded = [t0() - chrono::Duration::minutes(10)]
             .into_iter()

@@ -3,7 +3,8 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use housekeeper::model::{Metric, RunResult, RunStatus, Trigger};
-use housekeeper::store::{Claim, Lease, NewRun, Renewal, Store, StoreOptions};
+use housekeeper::store::{Claim, NewRun, Renewal, Store, StoreOptions};
+use housekeeper_tests::{new_run, won};
 use sqlx::{PgPool, SqlitePool};
 
 fn result(task: &str, status: RunStatus, duration_ms: u64) -> RunResult {
@@ -30,21 +31,8 @@ fn result(task: &str, status: RunStatus, duration_ms: u64) -> RunResult {
 
 fn manual(task: &str) -> NewRun<'_> {
     NewRun {
-        task_name: task,
-        triggered_by: Trigger::Manual,
-        scheduled_for: None,
-        dry_run: false,
         component_hash: Some("abc"),
-        exclusive: false,
-        attempt: 0,
-    }
-}
-
-/// Claims `run`, which must be won.
-async fn won(store: &Store, run: &NewRun<'_>) -> Lease {
-    match store.begin_run(run).await.unwrap() {
-        Claim::Won(lease) => lease,
-        other => panic!("{} was not claimed: {other:?}", run.task_name),
+        ..new_run(task, Trigger::Manual)
     }
 }
 
@@ -103,13 +91,8 @@ async fn history_and_stats(store: Store) {
 async fn occurrences_are_recorded_once(store: Store) {
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
     let scheduled = NewRun {
-        task_name: "t",
-        triggered_by: Trigger::Schedule,
         scheduled_for: Some(at),
-        dry_run: false,
-        component_hash: None,
-        exclusive: false,
-        attempt: 0,
+        ..new_run("t", Trigger::Schedule)
     };
     won(&store, &scheduled).await;
     assert_eq!(store.begin_run(&scheduled).await.unwrap(), Claim::Recorded);
