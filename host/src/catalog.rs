@@ -38,8 +38,13 @@ impl TaskEntry {
                 component_path: path.to_owned(),
             });
         }
+        let name = stem(path);
+        crate::manifest::validate_task_name(&name).map_err(|message| ManifestError::Invalid {
+            path: path.to_owned(),
+            message: format!("{message} (a component without a manifest is named after its file)"),
+        })?;
         Ok(TaskEntry {
-            manifest: Manifest::implicit(&stem(path), &file_name(path)),
+            manifest: Manifest::implicit(&name, &file_name(path)),
             manifest_path: None,
             component_path: path.to_owned(),
         })
@@ -121,6 +126,15 @@ impl Catalog {
         }
         for component in components.difference(&claimed) {
             let path = dir.join(component);
+            // Named after its file, which anyone who can drop a file can
+            // spell: held to the same rule as a manifest's `name`.
+            if let Err(message) = crate::manifest::validate_task_name(&stem(&path)) {
+                catalog.problem(
+                    &path,
+                    format!("{message} (a component without a manifest is named after its file)"),
+                );
+                continue;
+            }
             catalog.insert(TaskEntry {
                 manifest: Manifest::implicit(&stem(&path), component),
                 manifest_path: None,

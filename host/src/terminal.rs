@@ -3,8 +3,10 @@
 //! A task's summary, errors, log lines and `describe()` fields are whatever
 //! its author chose, escape sequences included: printed raw they can clear
 //! the screen, retitle the window, hide lines (`\r`) or reorder text (bidi
-//! overrides). Every control character (C0, DEL, C1) and every bidi
-//! formatting character is shown as an escape (`\x1b`, `\u{202e}`) instead.
+//! overrides, invisible characters). Every control character (C0, DEL, C1),
+//! every Unicode format character (general category Cf) and every
+//! default-ignorable code point (what a terminal draws as nothing) is shown
+//! as an escape (`\x1b`, `\u{202e}`) instead.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -37,24 +39,42 @@ fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Controls, and the invisible formatting characters that reorder, join,
-/// break or hide text: bidi marks, embeddings, overrides and isolates
-/// (U+061C, U+200E/F, U+202A–E, U+2066–9), line and paragraph separators
-/// (U+2028/9), zero-width characters (U+200B–D, U+2060–4, U+FEFF),
-/// deprecated format controls (U+206A–F) and interlinear annotations
-/// (U+FFF9–B).
+/// Controls; Unicode's format characters (general category Cf: bidi marks,
+/// embeddings, overrides and isolates, zero-width joiners and spaces, the
+/// soft hyphen, invisible operators, tags, interlinear annotations,
+/// prepended concatenation marks); and the other default-ignorable code
+/// points, which render as nothing (variation selectors, the combining
+/// grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian
+/// selectors, musical formatting marks). Unicode 16's lists.
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}'
-                | '\u{180e}'
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061c}'
+                | '\u{06dd}'
+                | '\u{070f}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08e2}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
                 | '\u{200b}'..='\u{200f}'
                 | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206f}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
                 | '\u{feff}'
-                | '\u{fff9}'..='\u{fffb}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
@@ -102,11 +122,54 @@ mod tests {
     #[test]
     fn every_invisible_formatting_character_is_shown() {
         for c in [
-            '\u{061c}', '\u{180e}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}',
-            '\u{2028}', '\u{2029}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
-            '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}', '\u{2064}', '\u{2066}', '\u{2067}',
-            '\u{2068}', '\u{2069}', '\u{206a}', '\u{206f}', '\u{feff}', '\u{fff9}', '\u{fffa}',
+            '\u{061c}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{202a}',
+            '\u{202b}',
+            '\u{202c}',
+            '\u{202d}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2061}',
+            '\u{2062}',
+            '\u{2063}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{206a}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{fffa}',
             '\u{fffb}',
+            '\u{00ad}',
+            '\u{034f}',
+            '\u{0600}',
+            '\u{06dd}',
+            '\u{115f}',
+            '\u{1160}',
+            '\u{17b4}',
+            '\u{180b}',
+            '\u{3164}',
+            '\u{fe0f}',
+            '\u{ffa0}',
+            '\u{110bd}',
+            '\u{13430}',
+            '\u{1bca0}',
+            '\u{1d173}',
+            '\u{e0001}',
+            '\u{e0041}',
+            '\u{e007f}',
+            '\u{e01ef}',
         ] {
             let text = format!("a{c}b");
             let shown = escape_lines(&text);

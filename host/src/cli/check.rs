@@ -18,7 +18,7 @@ pub(super) async fn check(args: CheckArgs) -> ExitCode {
                 for problem in &catalog.problems {
                     println!(
                         "FAIL {}: {}",
-                        problem.path.display(),
+                        escape(&problem.path.display().to_string()),
                         escape_lines(&problem.message)
                     );
                     problems += 1;
@@ -95,14 +95,16 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
     let mut lines = vec![
         format!(
             "  component:    {} (sha256:{})",
-            task.component_path.display(),
+            escape(&task.component_path.display().to_string()),
             component.hash()
         ),
         format!(
             "  manifest:     {}",
             task.manifest_path
                 .as_ref()
-                .map_or("(none: no grants)".into(), |p| p.display().to_string())
+                .map_or("(none: no grants)".into(), |p| {
+                    escape(&p.display().to_string()).into_owned()
+                })
         ),
         format!(
             "  describe():   {} {} - {}",
@@ -121,8 +123,8 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
     for dir in &m.dirs {
         lines.push(format!(
             "  grants dir:   {} -> {} ({})",
-            dir.host.display(),
-            dir.guest,
+            escape(&dir.host.display().to_string()),
+            escape(&dir.guest),
             dir.mode
         ));
     }
@@ -130,8 +132,9 @@ async fn check_one(runtime: &Runtime, task: &TaskEntry) -> Result<String, String
         for (table, verbs) in &db.tables {
             let verbs: Vec<&str> = verbs.iter().map(|v| v.as_str()).collect();
             lines.push(format!(
-                "  grants sql:   {}.{table} [{}]",
-                db.connection,
+                "  grants sql:   {}.{} [{}]",
+                escape(&db.connection),
+                escape(table),
                 verbs.join(", ")
             ));
         }

@@ -73,7 +73,19 @@ pub(super) async fn run(args: RunArgs) -> ExitCode {
             exclusive: task.manifest.overlap != Overlap::Allow,
             attempt: 0,
         };
-        match store.begin_run(&new).await {
+        let mut claim = store.begin_run(&new).await;
+        if let Ok(Claim::Busy(_)) = claim {
+            // The holder may be a run whose process died (a `housekeeper
+            // run` killed, say) and whose lease has since expired: it is
+            // recorded interrupted, as a replica's heartbeat would, and the
+            // claim tried again.
+            match store.reap(&|_| None).await {
+                Ok(reaped) if !reaped.is_empty() => claim = store.begin_run(&new).await,
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: cannot reap expired leases: {e:#}"),
+            }
+        }
+        match claim {
             Ok(Claim::Won(lease)) => record = Some(lease),
             Ok(Claim::Busy(holder)) => {
                 eprintln!(

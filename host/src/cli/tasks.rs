@@ -40,7 +40,7 @@ pub(super) async fn tasks(args: TasksArgs) -> ExitCode {
         let info = match load(&runtime, &entry.component_path).await {
             Ok(c) => runtime.describe(&c).await.ok(),
             Err(e) => {
-                println!("{name:<36} load error: {}", escape(&e));
+                println!("{:<36} load error: {}", escape(name), escape(&e));
                 continue;
             }
         };
@@ -65,7 +65,7 @@ pub(super) async fn tasks(args: TasksArgs) -> ExitCode {
             .map_or("-", RunStatus::as_str);
         println!(
             "{:<36} {:<16} {:<16} {:<8} {:<22} {}",
-            name,
+            escape(name),
             schedule.as_ref().map(|s| s.as_str()).unwrap_or("-"),
             tz.name(),
             if enabled { "yes" } else { "no" },
@@ -76,7 +76,7 @@ pub(super) async fn tasks(args: TasksArgs) -> ExitCode {
     for problem in &catalog.problems {
         println!(
             "load error: {}: {}",
-            problem.path.display(),
+            escape(&problem.path.display().to_string()),
             escape_lines(&problem.message)
         );
     }

@@ -437,6 +437,142 @@ fn a_task_s_text_reaches_the_terminal_escaped() {
     assert!(!stdout(&check).contains('\x1b'));
 }
 
+/// A component without a manifest is named after its file, which whoever
+/// drops the file spells: a name that is not a task name (escapes, line
+/// breaks, invisible characters) is a load problem, printed escaped, never
+/// a task; `check` prints every path and name of a manifest escaped too.
+#[test]
+fn names_taken_from_files_are_held_to_the_task_name_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks.d");
+    std::fs::create_dir_all(&tasks).unwrap();
+    for name in [
+        "bad\x1b[31mRED",
+        "forged\nok   other-task",
+        "soft\u{ad}hyphen",
+        "tag\u{e0041}",
+        ".hidden",
+    ] {
+        std::fs::copy(fixture_path("noop"), tasks.join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::copy(fixture_path("noop"), tasks.join("fine.wasm")).unwrap();
+    let grant = tmp.path().join("g\x1b[32mG");
+    std::fs::create_dir_all(&grant).unwrap();
+    std::fs::copy(fixture_path("noop"), tasks.join("granted.wasm")).unwrap();
+    std::fs::write(
+        tasks.join("granted.toml"),
+        format!(
+            "[[grants.dirs]]\nhost = \"{}\"\nguest = \"/d\\u001b[33mY\"\nmode = \"ro\"\n",
+            grant.display().to_string().replace('\x1b', "\\u001b")
+        ),
+    )
+    .unwrap();
+    for args in [&["tasks"][..], &["check", tasks.to_str().unwrap()]] {
+        let o = housekeeper(args, Some(&tasks));
+        let all = stdout(&o) + &stderr(&o);
+        assert!(!all.contains('\x1b'), "{args:?}: {all:?}");
+        assert!(
+            !all.contains('\u{ad}') && !all.contains('\u{e0041}'),
+            "{all:?}"
+        );
+        assert!(
+            !all.lines().any(|l| l.starts_with("ok   other-task")),
+            "{all}"
+        );
+        assert!(all.contains("fine"), "{all}");
+    }
+    let o = housekeeper(&["check", tasks.to_str().unwrap()], Some(&tasks));
+    let out = stdout(&o);
+    for needle in [
+        "bad\\x1b[31mRED.wasm",
+        "forged\\x0aok",
+        "soft\\u{ad}hyphen",
+        "tag\\u{e0041}",
+        ".hidden.wasm",
+        "g\\x1b[32mG -> /d\\x1b[33mY",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    assert_eq!(out.matches("invalid task name").count(), 5, "{out}");
+    let o = housekeeper(&["run", "bad\x1b[31mRED"], Some(&tasks));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!stderr(&o).contains('\x1b'), "{:?}", stderr(&o));
+    let file = tasks.join("bad\x1b[31mRED.wasm");
+    let o = housekeeper(&["run", file.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid task name"), "{:?}", stderr(&o));
+}
+
+/// A `housekeeper run` killed mid-run leaves its run `running` under a
+/// lease no one renews: once the lease has expired, the next `run` of the
+/// task records it interrupted and goes ahead instead of refusing.
+#[test]
+fn a_killed_run_does_not_hold_its_task_past_its_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks.d");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::copy(fixture_path("witness"), tasks.join("slow.wasm")).unwrap();
+    std::fs::write(tasks.join("slow.toml"), "[config]\nsleep_ms = 60000\n").unwrap();
+    let data = tmp.path().join("data");
+    let command = || {
+        let mut cmd = Command::new(binary());
+        cmd.env_remove("DATABASE_URL")
+            .env_remove("DB_HOST")
+            .env("HOUSEKEEPER_TASKS_DIR", &tasks)
+            .env("HOUSEKEEPER_DATA_DIR", &data)
+            .env("HOUSEKEEPER_LEASE", "3s");
+        cmd
+    };
+    let mut killed = housekeeper_tests::KillOnDrop(
+        command()
+            .args(["run", "slow"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let db = data.join("housekeeper.db");
+    housekeeper_tests::wait_until(
+        "the run to be recorded",
+        std::time::Duration::from_secs(30),
+        || {
+            let o = command().args(["runs", "slow", "--json"]).output().unwrap();
+            db.exists() && stdout(&o).contains("\"running\"")
+        },
+    );
+    killed.0.kill().unwrap();
+    killed.0.wait().unwrap();
+    // At once, the lease still holds the task.
+    let o = command()
+        .args(["run", "slow", "--config", "sleep_ms=0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
+    housekeeper_tests::wait_until(
+        "the lease to expire",
+        std::time::Duration::from_secs(30),
+        || {
+            let o = command()
+                .args(["run", "slow", "--config", "sleep_ms=0"])
+                .output()
+                .unwrap();
+            o.status.success()
+        },
+    );
+    let o = command().args(["runs", "slow", "--json"]).output().unwrap();
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let statuses: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"interrupted"), "{statuses:?}");
+    assert!(statuses.contains(&"success"), "{statuses:?}");
+    assert!(!statuses.contains(&"running"), "{statuses:?}");
+}
+
 #[test]
 fn run_returns_when_the_task_opens_a_fifo() {
     let tmp = tempfile::tempdir().unwrap();
