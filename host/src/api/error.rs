@@ -93,6 +93,8 @@ impl From<PathRejection> for ApiError {
 /// to decide when a bad input counts (after a 404, say).
 pub struct Input<E>(pub E);
 
+// axum asks a path or query of the request's parts and a body of the
+// whole request: one impl for each, alike by design.
 impl<S, E> FromRequestParts<S> for Input<E>
 where
     S: Send + Sync,

@@ -53,6 +53,18 @@ fn refused(reason: impl Into<String>) -> Denial {
     Denial::Refused(reason.into())
 }
 
+/// The one statement of a call, as either parser read it.
+fn only_statement<T>(statements: &[T]) -> Result<&T, Denial> {
+    match statements {
+        [one] => Ok(one),
+        [] => Err(refused("the statement is empty")),
+        many => Err(refused(format!(
+            "exactly one statement per call is allowed, got {}",
+            many.len()
+        ))),
+    }
+}
+
 /// How the host must run an allowed statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -13,7 +13,8 @@ mod statements;
 mod tree;
 
 use super::{
-    Checked, Denial, Grants, Kind, SqlVerb, function_allowed, readable_catalog, refused, same_table,
+    Checked, Denial, Grants, Kind, SqlVerb, function_allowed, only_statement, readable_catalog,
+    refused, same_table,
 };
 use functions::attribute;
 use serde_json::{Map, Value};
@@ -103,16 +104,7 @@ pub(super) fn check(
 ) -> Result<Checked, Denial> {
     let parsed = pg_query::parse(sql, options)
         .map_err(|e| refused(format!("cannot parse the statement: {e}")))?;
-    let statement = match parsed.protobuf.stmts.as_slice() {
-        [one] => one,
-        [] => return Err(refused("the statement is empty")),
-        many => {
-            return Err(refused(format!(
-                "exactly one statement per call is allowed, got {}",
-                many.len()
-            )));
-        }
-    };
+    let statement = only_statement(&parsed.protobuf.stmts)?;
     let node = statement
         .stmt
         .as_ref()

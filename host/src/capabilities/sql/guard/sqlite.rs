@@ -5,8 +5,8 @@
 //! is prepared (`sql/sqlite.rs`).
 
 use super::{
-    Checked, Denial, Dialect, Grants, Kind, function_allowed, pg, readable_catalog, refused,
-    same_table,
+    Checked, Denial, Dialect, Grants, Kind, function_allowed, only_statement, pg, readable_catalog,
+    refused, same_table,
 };
 use crate::manifest::SqlVerb;
 use sqlparser::ast::{
@@ -46,16 +46,7 @@ pub(super) fn check(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
     }
     let statements = Parser::parse_sql(&SQLiteDialect {}, sql)
         .map_err(|e| refused(format!("cannot parse the statement: {e}")))?;
-    let statement = match statements.as_slice() {
-        [one] => one,
-        [] => return Err(refused("the statement is empty")),
-        many => {
-            return Err(refused(format!(
-                "exactly one statement per call is allowed, got {}",
-                many.len()
-            )));
-        }
-    };
+    let statement = only_statement(&statements)?;
     Analysis::new(dialect, grants).statement(statement)
 }
 
