@@ -431,13 +431,15 @@ pub(super) async fn inspect(
                 (RUNS, "triggered_by") | (CONFIG, "last_modified_at")
             );
             if c.not_null && !not_null && !filled {
-                let sample: Vec<String> = query_scalar(&format!(
-                    "SELECT {key}::text FROM {table} WHERE {} IS NULL ORDER BY {key} LIMIT 6",
-                    c.name
-                ))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db(format!("checking {object} for NULLs")))?;
+                let condition = format!("{} IS NULL", c.name);
+                let sample = sample_keys(
+                    conn,
+                    table,
+                    key,
+                    &condition,
+                    &format!("checking {object} for NULLs"),
+                )
+                .await?;
                 if !sample.is_empty() {
                     let (problem, fix) = if (table, c.name) == (CONFIG, "enabled") {
                         (
@@ -456,13 +458,15 @@ pub(super) async fn inspect(
                 }
             }
             if c.kind == Kind::Time {
-                let sample: Vec<String> = query_scalar(&format!(
-                    "SELECT {key}::text FROM {table} WHERE NOT isfinite({}) ORDER BY {key} LIMIT 6",
-                    c.name
-                ))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db(format!("checking {object} for infinite values")))?;
+                let condition = format!("NOT isfinite({})", c.name);
+                let sample = sample_keys(
+                    conn,
+                    table,
+                    key,
+                    &condition,
+                    &format!("checking {object} for infinite values"),
+                )
+                .await?;
                 if !sample.is_empty() {
                     refusals.add(
                         &object,
@@ -505,6 +509,23 @@ impl Refusals {
             fix,
         });
     }
+}
+
+/// The keys of the first rows of `table` where `condition` holds, one
+/// more than [`sample_list`] shows so that it can say there are more.
+async fn sample_keys(
+    conn: &mut PgConnection,
+    table: &str,
+    key: &str,
+    condition: &str,
+    step: &str,
+) -> Result<Vec<String>, AdoptError> {
+    query_scalar(&format!(
+        "SELECT {key}::text FROM {table} WHERE {condition} ORDER BY {key} LIMIT 6"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db(step))
 }
 
 /// "5", "5, 6" or "5, 6, 7, 8, 9 and more".
