@@ -431,15 +431,7 @@ pub(super) async fn inspect(
                 (RUNS, "triggered_by") | (CONFIG, "last_modified_at")
             );
             if c.not_null && !not_null && !filled {
-                let condition = format!("{} IS NULL", c.name);
-                let sample = sample_keys(
-                    conn,
-                    table,
-                    key,
-                    &condition,
-                    &format!("checking {object} for NULLs"),
-                )
-                .await?;
+                let sample = sample_keys(conn, table, key, c.name, Unfit::Null).await?;
                 if !sample.is_empty() {
                     let (problem, fix) = if (table, c.name) == (CONFIG, "enabled") {
                         (
@@ -458,15 +450,7 @@ pub(super) async fn inspect(
                 }
             }
             if c.kind == Kind::Time {
-                let condition = format!("NOT isfinite({})", c.name);
-                let sample = sample_keys(
-                    conn,
-                    table,
-                    key,
-                    &condition,
-                    &format!("checking {object} for infinite values"),
-                )
-                .await?;
+                let sample = sample_keys(conn, table, key, c.name, Unfit::Infinite).await?;
                 if !sample.is_empty() {
                     refusals.add(
                         &object,
@@ -511,21 +495,33 @@ impl Refusals {
     }
 }
 
-/// The keys of the first rows of `table` where `condition` holds, one
+/// A value of a column the new schema cannot take as it is.
+#[derive(Clone, Copy)]
+enum Unfit {
+    Null,
+    /// `infinity` or `-infinity` in a time column.
+    Infinite,
+}
+
+/// The keys of the first rows of `table` whose `column` is `unfit`, one
 /// more than [`sample_list`] shows so that it can say there are more.
 async fn sample_keys(
     conn: &mut PgConnection,
     table: &str,
     key: &str,
-    condition: &str,
-    step: &str,
+    column: &str,
+    unfit: Unfit,
 ) -> Result<Vec<String>, AdoptError> {
+    let (condition, what) = match unfit {
+        Unfit::Null => (format!("{column} IS NULL"), "NULLs"),
+        Unfit::Infinite => (format!("NOT isfinite({column})"), "infinite values"),
+    };
     query_scalar(&format!(
         "SELECT {key}::text FROM {table} WHERE {condition} ORDER BY {key} LIMIT 6"
     ))
     .fetch_all(&mut *conn)
     .await
-    .map_err(db(step))
+    .map_err(db(format!("checking {table}.{column} for {what}")))
 }
 
 /// "5", "5, 6" or "5, 6, 7, 8, 9 and more".
