@@ -125,6 +125,19 @@ impl Budget {
             Failure::Guest(wit::SqlError::Timeout)
         }
     }
+
+    /// `call`, given the budget and a grace period. The database enforces
+    /// the budget; this also bounds waiting for a connection and a
+    /// database that stops answering.
+    pub async fn bound<T>(
+        &self,
+        call: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        let grace = Duration::from_millis(250);
+        tokio::time::timeout(self.limit + grace, call)
+            .await
+            .unwrap_or_else(|_| Err(self.expired()))
+    }
 }
 
 impl SqlCapability {
@@ -286,14 +299,7 @@ impl SqlCapability {
                 }
             }
         };
-        // The database enforces the budget; this also bounds waiting for a
-        // connection and a database that stops answering.
-        let grace = Duration::from_millis(250);
-        let result = match tokio::time::timeout(budget.limit + grace, call).await {
-            Ok(result) => result,
-            Err(_) => Err(budget.expired()),
-        };
-        match result {
+        match budget.bound(call).await {
             Ok(outcomes) => {
                 self.record(&statements, &outcomes);
                 Ok(Ok(outcomes))

@@ -28,7 +28,6 @@ use catalog::Context;
 use partitions::literals;
 use run::{postgres, postgres_many};
 use sqlite::sqlite;
-use std::time::Duration;
 
 /// PostgreSQL's longest name (NAMEDATALEN - 1); a longer one would be cut.
 const MAX_NAME: usize = 63;
@@ -283,14 +282,7 @@ impl SqlCapability {
                 Pool::Sqlite(pool) => sqlite(pool, &action, self.dry_run).await,
             }
         };
-        // As for statements: the database enforces the budget; this also
-        // bounds waiting for a connection.
-        let grace = Duration::from_millis(250);
-        let result = match tokio::time::timeout(budget.limit + grace, call).await {
-            Ok(result) => result,
-            Err(_) => Err(budget.expired()),
-        };
-        match result {
+        match budget.bound(call).await {
             Ok(done) => {
                 self.record_done(&done);
                 Ok(Ok(()))
@@ -408,15 +400,10 @@ impl SqlCapability {
                 parents: Default::default(),
             };
             let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
-            let grace = Duration::from_millis(250);
-            let items =
-                match tokio::time::timeout(budget.limit + grace, postgres_many(&pool, &run, &cx))
-                    .await
-                {
-                    Err(_) => return self.fail(budget.expired(), &[]),
-                    Ok(Err(failure)) => return self.fail(failure, &[]),
-                    Ok(Ok(items)) => items,
-                };
+            let items = match budget.bound(postgres_many(&pool, &run, &cx)).await {
+                Err(failure) => return self.fail(failure, &[]),
+                Ok(items) => items,
+            };
             for ((index, action), item) in todo.iter().zip(items) {
                 results[*index] = Some(match item {
                     Ok(done) => {
@@ -446,7 +433,7 @@ mod tests {
     use crate::manifest::DatabaseGrant;
     use sqlx::SqlitePool;
     use std::collections::BTreeMap;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn rel(schema: Option<&str>, name: &str) -> wit::Relation {
         wit::Relation {
