@@ -5,6 +5,8 @@
 use super::{Outcome, SqlCapability, changed, guard, structured};
 use crate::bindings::housekeeper::task::sql::{self as wit, Host};
 
+// One method per call of the interface: the partition calls and their list
+// forms are alike by design, each naming its `structured::Action`.
 impl Host for SqlCapability {
     async fn dialect(&mut self) -> wasmtime::Result<Result<wit::SqlDialect, wit::SqlError>> {
         Ok(self.access().map(|a| match a.connection.dialect() {

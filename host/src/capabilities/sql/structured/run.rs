@@ -151,7 +151,8 @@ impl Drop for Session {
 
 /// `VACUUM` and `DETACH … CONCURRENTLY`, which cannot run in a
 /// transaction: the limits and the role go on the session and come off
-/// again afterwards.
+/// again afterwards. The steps are those of [`postgres`] in a transaction,
+/// with settings that outlive it (`set_config(…, false)`).
 async fn session(
     conn: PoolConnection<Postgres>,
     action: &Action,
