@@ -189,38 +189,30 @@ async fn live_replicas_are_listed(a: Store, b: Store, age: impl AsyncFn(&str)) {
     assert_eq!(live[0].replica, "a");
 }
 
+/// A case on each backend: `mod $name` with a test `sqlite` and a test
+/// `postgres`, each giving the case two replicas' stores on one database.
 macro_rules! on_both {
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
 
-            #[sqlx::test(migrations = "../migrations/sqlite")]
-            async fn sqlite(pool: SqlitePool) {
-                let a = Store::from_sqlite(pool.clone(), "a");
-                let b = Store::from_sqlite(pool.clone(), "b");
-                let exec =
-                    |sql: String, at: DateTime<Utc>| -> futures_util::future::BoxFuture<'_, ()> {
-                        let pool = pool.clone();
-                        Box::pin(async move {
-                            sqlx::query(&sql).bind(at).execute(&pool).await.unwrap();
-                        })
-                    };
-                $body(a, b, &exec).await;
-            }
-
-            #[sqlx::test(migrations = "../migrations/postgres")]
-            async fn postgres(pool: PgPool) {
-                let a = Store::from_postgres(pool.clone(), "a");
-                let b = Store::from_postgres(pool.clone(), "b");
-                let exec =
-                    |sql: String, at: DateTime<Utc>| -> futures_util::future::BoxFuture<'_, ()> {
-                        let pool = pool.clone();
-                        Box::pin(async move {
-                            sqlx::query(&sql).bind(at).execute(&pool).await.unwrap();
-                        })
-                    };
-                $body(a, b, &exec).await;
-            }
+            on_both!(@one sqlite, SqlitePool, from_sqlite, "../migrations/sqlite", $body);
+            on_both!(@one postgres, PgPool, from_postgres, "../migrations/postgres", $body);
+        }
+    };
+    (@one $test:ident, $pool:ty, $store:ident, $migrations:tt, $body:expr) => {
+        #[sqlx::test(migrations = $migrations)]
+        async fn $test(pool: $pool) {
+            let a = Store::$store(pool.clone(), "a");
+            let b = Store::$store(pool.clone(), "b");
+            let exec =
+                |sql: String, at: DateTime<Utc>| -> futures_util::future::BoxFuture<'_, ()> {
+                    let pool = pool.clone();
+                    Box::pin(async move {
+                        sqlx::query(&sql).bind(at).execute(&pool).await.unwrap();
+                    })
+                };
+            $body(a, b, &exec).await;
         }
     };
 }
