@@ -189,6 +189,8 @@ impl Context<'_> {
                 beside_parent(partition, &parent, "created")?;
                 let role = self.owner(&parent, "CREATE TABLE … PARTITION OF")?;
                 let literals = literals(bounds).map_err(refused)?;
+                // The new name and the bounds quoted in one round trip; an
+                // attach quotes the bounds alone, its table found already.
                 let (name, quoted): (String, Vec<String>) = sqlx::query_as(
                     "SELECT format('%I.%I', $1::text, $2::text),
                             ARRAY(SELECT quote_nullable(v)
