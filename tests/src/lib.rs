@@ -266,6 +266,30 @@ impl Drop for HungFilesystem {
     }
 }
 
+/// A manual run of the `hostile` fixture as task `task`, with `[config]`
+/// `mode` and `key` = `value`, and 30 s to run.
+pub fn hostile_request(
+    task: &str,
+    mode: &str,
+    key: &str,
+    value: &str,
+) -> housekeeper::runtime::RunRequest {
+    use housekeeper::model::ConfigValue;
+    let mut request = housekeeper::runtime::RunRequest::from_manifest(
+        &housekeeper::manifest::Manifest::implicit(task, "hostile.wasm"),
+        housekeeper::cli::new_run_id(),
+        Trigger::Manual,
+    );
+    request.timeout = std::time::Duration::from_secs(30);
+    request
+        .config
+        .insert("mode".into(), ConfigValue::Text(mode.into()));
+    request
+        .config
+        .insert(key.into(), ConfigValue::Text(value.into()));
+    request
+}
+
 /// A run of the `hostile` fixture as task `task`, granted `grants` on
 /// connection `main` (which is `connection`), with `[config]` `mode` and
 /// `sql`, and 30 s to run.
@@ -276,13 +300,7 @@ pub fn sql_request(
     sql: &str,
     grants: &[(&str, &[housekeeper::manifest::SqlVerb])],
 ) -> housekeeper::runtime::RunRequest {
-    use housekeeper::model::ConfigValue;
-    let mut request = housekeeper::runtime::RunRequest::from_manifest(
-        &housekeeper::manifest::Manifest::implicit(task, "hostile.wasm"),
-        housekeeper::cli::new_run_id(),
-        housekeeper::model::Trigger::Manual,
-    );
-    request.timeout = std::time::Duration::from_secs(30);
+    let mut request = hostile_request(task, mode, "sql", sql);
     request.database = Some(housekeeper::manifest::DatabaseGrant {
         connection: "main".into(),
         tables: grants
@@ -292,12 +310,6 @@ pub fn sql_request(
     });
     request.connections =
         Some(housekeeper::capabilities::sql::Connections::from_connections([("main", connection)]));
-    request
-        .config
-        .insert("mode".into(), ConfigValue::Text(mode.into()));
-    request
-        .config
-        .insert("sql".into(), ConfigValue::Text(sql.into()));
     request
 }
 

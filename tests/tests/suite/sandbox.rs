@@ -4,26 +4,15 @@
 use housekeeper::manifest::{DirGrant, DirMode, Manifest};
 use housekeeper::model::{ConfigValue, RunResult, RunStatus, Trigger};
 use housekeeper::runtime::{LoadError, RunRequest};
-use housekeeper_tests::{component, fixture_path, mknod, runtime};
+use housekeeper_tests::{component, fixture_path, hostile_request, mknod, runtime};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 fn request(mode: &str, path: &str, dirs: Vec<DirGrant>) -> RunRequest {
-    let mut request = RunRequest::from_manifest(
-        &Manifest::implicit("hostile", "hostile.wasm"),
-        housekeeper::cli::new_run_id(),
-        Trigger::Manual,
-    );
-    request.timeout = Duration::from_secs(30);
+    let mut request = hostile_request("hostile", mode, "path", path);
     request.dirs = dirs;
-    request
-        .config
-        .insert("mode".into(), ConfigValue::Text(mode.into()));
-    request
-        .config
-        .insert("path".into(), ConfigValue::Text(path.into()));
     request
 }
 
