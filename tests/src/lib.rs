@@ -501,6 +501,19 @@ pub fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// [`wait_until`] for a `condition` that awaits, sleeping on tokio's timer.
+pub async fn wait_until_async(
+    what: &str,
+    bound: Duration,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + bound;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The port a `housekeeper serve` process started with `PORT=0` listens on,
 /// read from the `listening` line of its log (`log`, where its stderr goes,
 /// from byte `from`: what earlier processes wrote there is skipped); panics

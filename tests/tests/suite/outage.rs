@@ -5,7 +5,7 @@
 
 use housekeeper::model::RunStatus;
 use housekeeper::store::Store;
-use housekeeper_tests::{Server, fixture_path, http, serve_args, wait_until};
+use housekeeper_tests::{Server, fixture_path, http, serve_args, wait_until, wait_until_async};
 use sqlx::PgPool;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
@@ -96,6 +96,16 @@ async fn http_off(port: u16, method: &'static str, path: &'static str) -> Option
         .unwrap()
 }
 
+/// Waits until `/ready` answers as `wanted` says.
+async fn wait_for_ready(port: u16, what: &str, wanted: impl Fn(u16, &str) -> bool) {
+    wait_until_async(what, Duration::from_secs(30), async || {
+        http_off(port, "GET", "/ready")
+            .await
+            .is_some_and(|(status, body)| wanted(status, &body))
+    })
+    .await;
+}
+
 /// While another process reports under its replica name, `serve` waits,
 /// saying so, and takes no run (`/ready` and the API answer 503): a run it
 /// took would be taken for one the other process left, and closed as
@@ -127,19 +137,10 @@ async fn a_replica_waits_for_its_name_before_it_takes_runs(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = Server::launch(args);
     let port = server.port();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((503, body)) = http_off(port, "GET", "/ready").await {
-            if body.contains("replica's name") {
-                break;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no wait for the replica's name"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_ready(port, "a wait for the replica's name", |status, body| {
+        status == 503 && body.contains("replica's name")
+    })
+    .await;
     let (status, body) = http_off(port, "POST", "/api/housekeeper/tasks/t/run")
         .await
         .unwrap();
@@ -147,17 +148,10 @@ async fn a_replica_waits_for_its_name_before_it_takes_runs(pool: PgPool) {
     alive.store(false, std::sync::atomic::Ordering::SeqCst);
     reporting.await.unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !http_off(port, "GET", "/ready")
-        .await
-        .is_some_and(|(status, _)| status == 200)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not ready once the name is free"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_ready(port, "ready once the name is free", |status, _| {
+        status == 200
+    })
+    .await;
     let (status, body) = http_off(port, "POST", "/api/housekeeper/tasks/t/run")
         .await
         .unwrap();
