@@ -2,7 +2,7 @@
 //! policy across replicas, a planned retry taken once), and writing to a
 //! database that is away until it answers.
 
-use super::run::Active;
+use super::run::{Active, Fire};
 use super::{Inner, TaskDef};
 use crate::manifest::Overlap;
 use crate::store::{Claim, Lease, NewRun};
@@ -22,13 +22,13 @@ impl Inner {
         name: &str,
         def: &TaskDef,
         new: &NewRun<'_>,
-        retry_of: Option<i64>,
+        fire: Fire,
         active: &Active,
     ) -> Option<Lease> {
         let mut asked_to_stop = false;
         let mut unreachable = CLAIM_RETRY;
         loop {
-            let wait = match self.ledger.begin_run(new, retry_of).await {
+            let wait = match self.ledger.begin_run(new, fire.retry_of).await {
                 Ok(Claim::Won(lease)) => return Some(lease),
                 Ok(Claim::Recorded) => {
                     tracing::debug!(task = name, "already recorded; not running it again");
@@ -42,7 +42,8 @@ impl Inner {
                 // wherever that runs.
                 Ok(Claim::Busy(holder))
                     if def.manifest.overlap != Overlap::Queue
-                        && (retry_of.is_some() || def.manifest.overlap != Overlap::Replace) =>
+                        && (fire.retry_of.is_some()
+                            || def.manifest.overlap != Overlap::Replace) =>
                 {
                     let why = format!(
                         "the previous run is still running on replica {} (overlap = {})",
@@ -53,19 +54,7 @@ impl Inner {
                         }
                     );
                     tracing::info!(task = name, reason = why, "fire skipped");
-                    let recorded = match retry_of {
-                        Some(after_run) => self
-                            .ledger
-                            .drop_retry(after_run, Some(&why))
-                            .await
-                            .map(drop),
-                        None => self
-                            .ledger
-                            .record_skipped(name, new.triggered_by, new.scheduled_for, &why)
-                            .await
-                            .map(drop),
-                    };
-                    if let Err(e) = recorded {
+                    if let Err(e) = self.record_not_run(name, &fire, &why).await {
                         tracing::error!(task = name, error = %e, "cannot record a skipped fire");
                     }
                     if let Some(tx) = active

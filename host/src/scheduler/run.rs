@@ -132,7 +132,6 @@ impl Inner {
             let defer = (waiting && fire.trigger == Trigger::Schedule && self.ledger.shared())
                 .then_some(self.config.heartbeat_interval);
             let skip = |reason: &str| {
-                let ledger = self.ledger.clone();
                 let (task, why) = (name.to_owned(), reason.to_owned());
                 let inner = self.clone();
                 self.jobs.spawn(async move {
@@ -143,19 +142,8 @@ impl Inner {
                         }
                     }
                     let give_up = || inner.stop.is_cancelled();
-                    let recorded = match fire.retry_of {
-                        // A retry on record is given up, once, by whichever
-                        // replica gets to it.
-                        Some(after_run) => {
-                            let write = || ledger.drop_retry(after_run, Some(&why));
-                            inner.persist("a skipped retry", give_up, write).await.map(drop)
-                        }
-                        None => {
-                            let write = || ledger.record_skipped(&task, fire.trigger, fire.scheduled_for, &why);
-                            inner.persist("a skipped fire", give_up, write).await.map(drop)
-                        }
-                    };
-                    if let Err(e) = recorded {
+                    let write = || inner.record_not_run(&task, &fire, &why);
+                    if let Err(e) = inner.persist("a skipped fire", give_up, write).await {
                         tracing::error!(task, error = %format!("{e:#}"), "cannot record a skipped fire");
                     }
                     inner.changed();
@@ -263,10 +251,7 @@ impl Inner {
             _ = active.cancel.cancelled() => {
                 let reason = active.why.get().map(|(_, r)| r.clone()).unwrap_or_default();
                 let reason = format!("cancelled before it started: {reason}");
-                let _ = match fire.retry_of {
-                    Some(after_run) => self.ledger.drop_retry(after_run, Some(&reason)).await.map(drop),
-                    None => self.ledger.record_skipped(name, fire.trigger, fire.scheduled_for, &reason).await.map(drop),
-                };
+                let _ = self.record_not_run(name, &fire, &reason).await;
                 self.forget_retry(fire.retry_of);
                 return;
             }
@@ -326,6 +311,25 @@ impl Inner {
         drop(permit);
     }
 
+    /// Records that `fire` of `name` was not run, for `why`: a skipped
+    /// row, or for a retry on record the retry given up (once, by
+    /// whichever replica gets to it, with the skipped row).
+    pub(super) async fn record_not_run(
+        &self,
+        name: &str,
+        fire: &Fire,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        match fire.retry_of {
+            Some(after_run) => self.ledger.drop_retry(after_run, Some(why)).await.map(drop),
+            None => self
+                .ledger
+                .record_skipped(name, fire.trigger, fire.scheduled_for, why)
+                .await
+                .map(drop),
+        }
+    }
+
     fn forget_retry(&self, after_run: Option<i64>) {
         if let Some(after_run) = after_run {
             self.held_retries().remove(&after_run);
@@ -364,7 +368,7 @@ impl Inner {
             exclusive: def.manifest.overlap != Overlap::Allow,
             attempt,
         };
-        let lease = self.claim(name, def, &new, fire.retry_of, active).await?;
+        let lease = self.claim(name, def, &new, fire, active).await?;
         let id = lease.run_id;
         *active.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         if let Some(tx) = active
