@@ -1367,6 +1367,62 @@ mod tests {
         assert!(checked.is_ok());
     }
 
+    /// SQLite copies a CTE's query for every reference while it prepares
+    /// a statement, where no deadline reaches: a long chain overflows its
+    /// stack, references that double per step take gigabytes, and both
+    /// hide inside nested scopes. All refused before SQLite sees them;
+    /// ordinary CTEs pass.
+    #[test]
+    fn sqlite_cte_expansions_are_bounded() {
+        let g = with(&[("events", &[Select, Delete])]);
+        let lite = |sql: &str| check(Dialect::Sqlite, sql, &g);
+        let chain = |n: usize| {
+            let mut sql = "WITH a0 AS (SELECT 1 x)".to_owned();
+            for i in 1..n {
+                sql.push_str(&format!(", a{i} AS (SELECT x FROM a{})", i - 1));
+            }
+            sql + &format!(" SELECT x FROM a{}", n - 1)
+        };
+        let doubling = |n: usize, tail: &str| {
+            let mut sql = "WITH a0 AS (SELECT 1 x)".to_owned();
+            for i in 1..n {
+                sql.push_str(&format!(
+                    ", a{i} AS (SELECT p.x FROM a{0} p, a{0} q LIMIT 1)",
+                    i - 1
+                ));
+            }
+            sql + &format!(" SELECT x FROM a{}{tail}", n - 1)
+        };
+        let hidden = format!(
+            "WITH c AS ({}) SELECT 1 FROM {}",
+            doubling(16, ""),
+            vec!["c"; 200].join(", ")
+        );
+        for (what, sql) in [
+            ("a chain of 6,000", chain(6_000)),
+            ("a chain of 1,000", chain(1_000)),
+            ("a doubling chain of 22", doubling(22, "")),
+            ("a doubling chain of 16", doubling(16, "")),
+            ("a chain inside a CTE referenced 200 times", hidden),
+        ] {
+            assert!(sql.len() <= DEFAULT_MAX_STATEMENT_BYTES, "{what}");
+            let e = lite(&sql).expect_err(what).to_string();
+            assert!(e.contains("common table expressions expand"), "{what}: {e}");
+        }
+        for sql in [
+            chain(10),
+            doubling(6, ""),
+            "WITH old AS (SELECT id FROM events WHERE id < 10) \
+             DELETE FROM events WHERE id IN (SELECT id FROM old)"
+                .to_owned(),
+            "WITH a AS (SELECT id FROM events), b AS (SELECT id FROM a) \
+             SELECT a.id FROM a JOIN b ON a.id = b.id"
+                .to_owned(),
+        ] {
+            lite(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
     /// The PostgreSQL injection payloads of `tests/data/payloads`: one per
     /// line of the lists, and the SQL code blocks and backquoted table
     /// cells of the PostgreSQL page.

@@ -47,7 +47,86 @@ pub(super) fn check(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
     let statements = Parser::parse_sql(&SQLiteDialect {}, sql)
         .map_err(|e| refused(format!("cannot parse the statement: {e}")))?;
     let statement = only_statement(&statements)?;
+    let expanded = expanded_bytes(statement);
+    if expanded > MAX_EXPANDED_BYTES {
+        return Err(refused(format!(
+            "the statement's common table expressions expand to {expanded} bytes or more, over the cap of {MAX_EXPANDED_BYTES} (SQLite copies a CTE's query for every reference to it while it prepares the statement)"
+        )));
+    }
     Analysis::new(dialect, grants).statement(statement)
+}
+
+/// The most text SQLite may copy while it expands a statement's common
+/// table expressions. Every reference to a CTE is a copy of its query, and
+/// of everything that query references in turn, made while the statement
+/// is prepared, which no deadline interrupts: a chain of CTEs each
+/// referring to the one before twice doubles per step (twenty steps take
+/// gigabytes), and a long single chain overflows SQLite's stack.
+const MAX_EXPANDED_BYTES: u64 = 1 << 20;
+
+/// The text SQLite copies to expand `statement`'s CTEs, counted from above:
+/// each reference anywhere in the statement costs its CTE's query plus the
+/// expansion of what that query references (a name defined in several
+/// scopes counts as its largest definition).
+fn expanded_bytes(statement: &Statement) -> u64 {
+    use std::collections::{HashMap, HashSet};
+    struct Ctes(HashMap<String, Vec<(u64, Vec<String>)>>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                let body = cte.query.to_string().len() as u64;
+                self.0
+                    .entry(cte.alias.name.value.to_ascii_lowercase())
+                    .or_default()
+                    .push((body, relations_of(&*cte.query)));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(HashMap::new());
+    let _ = statement.visit(&mut ctes);
+    let defs = ctes.0;
+    if defs.is_empty() {
+        return 0;
+    }
+    // Sizes by name, depth first without recursion (a chain may be
+    // thousands long); a cycle (invalid SQL) counts as nothing more.
+    let mut size: HashMap<&str, u64> = HashMap::new();
+    let mut open: HashSet<&str> = HashSet::new();
+    for root in defs.keys() {
+        let mut stack = vec![(root.as_str(), false)];
+        while let Some((name, children_done)) = stack.pop() {
+            if size.contains_key(name) {
+                continue;
+            }
+            let Some(bodies) = defs.get(name) else {
+                size.insert(name, 0);
+                continue;
+            };
+            if children_done {
+                let total = bodies
+                    .iter()
+                    .map(|(body, refs)| {
+                        refs.iter().fold(*body, |sum, r| {
+                            sum.saturating_add(size.get(r.as_str()).copied().unwrap_or(0))
+                        })
+                    })
+                    .max()
+                    .unwrap_or(0);
+                size.insert(name, total);
+                open.remove(name);
+            } else if open.insert(name) {
+                stack.push((name, true));
+                for (_, refs) in bodies {
+                    stack.extend(refs.iter().map(|r| (r.as_str(), false)));
+                }
+            }
+        }
+    }
+    relations_of(statement).iter().fold(0u64, |sum, r| {
+        sum.saturating_add(size.get(r.as_str()).copied().unwrap_or(0))
+    })
 }
 
 /// The first two words, lowercased, to refuse what the parser may not know.
