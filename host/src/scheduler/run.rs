@@ -64,6 +64,8 @@ pub(super) struct Active {
     pub(super) cancel: CancellationToken,
     /// Set by whoever cancels: the status and reason to record.
     pub(super) why: Arc<OnceLock<(RunStatus, String)>>,
+    /// Set while the fire waits out a retry's backoff.
+    pub(super) backoff: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where a manual trigger learns what became of its fire: the run's id,
@@ -161,6 +163,16 @@ impl Inner {
                         "the previous fire is still starting: waiting for a free run slot or for the database (overlap = skip)",
                     );
                 }
+                Overlap::Skip
+                    if slot
+                        .active
+                        .iter()
+                        .all(|a| a.backoff.load(std::sync::atomic::Ordering::SeqCst)) =>
+                {
+                    return skip(
+                        "the previous run failed and its retry is waiting out its backoff (overlap = skip)",
+                    );
+                }
                 Overlap::Skip => return skip("the previous run is still running (overlap = skip)"),
                 // A retry is of an older fire: it never stops a newer run.
                 Overlap::Replace if retry => {
@@ -216,6 +228,7 @@ impl Inner {
             notify: Arc::new(Mutex::new(notify)),
             cancel: CancellationToken::new(),
             why: Arc::new(OnceLock::new()),
+            backoff: Arc::default(),
         };
         slot.active.push(active.clone());
         let inner = self.clone();
@@ -285,11 +298,18 @@ impl Inner {
                     std::future::pending().await
                 }
             };
+            active
+                .backoff
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = active.cancel.cancelled() => {
+                    // Cancelled or replaced during the backoff: the retry is
+                    // recorded as not run, with why.
                     if planned {
-                        if let Err(e) = self.ledger.drop_retry(run_id, None).await {
+                        let why = active.why.get().map(|(_, r)| r.as_str()).unwrap_or("cancelled");
+                        let why = format!("{why}, during the backoff before this retry");
+                        if let Err(e) = self.ledger.drop_retry(run_id, Some(&why)).await {
                             tracing::warn!(task = name, run = run_id, error = %e, "cannot drop a planned retry");
                         }
                     }
@@ -301,6 +321,9 @@ impl Inner {
                     break;
                 }
             }
+            active
+                .backoff
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             next = Fire {
                 trigger: Trigger::Retry,
                 attempt: next.attempt + 1,

@@ -699,6 +699,77 @@ async fn retries_back_off_exponentially_then_stop() {
     );
 }
 
+/// A fire that meets a failed run's retry waiting out its backoff: under
+/// `skip` it is skipped, saying so; under `replace` it replaces the retry,
+/// which is recorded as not run, with why.
+#[tokio::test]
+async fn a_fire_during_a_retry_s_backoff_is_skipped_and_says_so() {
+    fire_during_a_retry_s_backoff(Overlap::Skip).await
+}
+
+#[tokio::test]
+async fn a_fire_during_a_retry_s_backoff_replaces_it_and_records_it_not_run() {
+    fire_during_a_retry_s_backoff(Overlap::Replace).await
+}
+
+async fn fire_during_a_retry_s_backoff(overlap: Overlap) {
+    let h = harness().await;
+    h.fake.plan(
+        "flaky",
+        Duration::from_millis(10),
+        &[RunStatus::Error, RunStatus::Success],
+    );
+    start(
+        &h,
+        vec![def("flaky", None, |m| {
+            m.overlap = overlap;
+            m.retries = Retries {
+                max: 1,
+                backoff: Duration::from_secs(30),
+            }
+        })],
+    )
+    .await;
+    assert_eq!(
+        h.scheduler.trigger("flaky", false),
+        Ok(FireOutcome::Started)
+    );
+    wait(5.0).await;
+    assert_eq!(h.ledger.pending_retries().await.unwrap().len(), 1);
+    let outcome = h.scheduler.trigger("flaky", false).unwrap();
+    wait(60.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    let rows = rows(&h, "flaky").await;
+    match overlap {
+        Overlap::Skip => {
+            let FireOutcome::Skipped(reason) = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert!(reason.contains("waiting out its backoff"), "{reason}");
+            assert!(
+                rows.iter()
+                    .any(|r| r.triggered_by == Trigger::Retry && r.status == RunStatus::Success),
+                "{rows:#?}"
+            );
+        }
+        _ => {
+            assert_eq!(outcome, FireOutcome::Started);
+            let retry: Vec<_> = rows
+                .iter()
+                .filter(|r| r.triggered_by == Trigger::Retry)
+                .collect();
+            assert_eq!(retry.len(), 1, "{rows:#?}");
+            assert_eq!(retry[0].status, RunStatus::Skipped);
+            let why = retry[0].error.as_deref().unwrap();
+            assert!(
+                why.contains("replaced by a newer run") && why.contains("backoff"),
+                "{why}"
+            );
+        }
+    }
+    assert!(h.ledger.pending_retries().await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn retries_stop_when_exhausted() {
     let h = harness().await;
