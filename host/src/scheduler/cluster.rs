@@ -142,6 +142,31 @@ impl Inner {
         ahead
     }
 
+    /// Records the runs a previous process of this replica left running as
+    /// interrupted, with their retries as their tasks' policies say.
+    pub(super) async fn interrupt_orphans(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(&before) = self.prepared.get() else {
+            return Ok(());
+        };
+        let give_up = || self.stop.is_cancelled();
+        let retry_in = |run: &Reaped| self.retry_in(run);
+        let orphans = self
+            .persist("the runs a previous process left", give_up, || {
+                self.ledger.interrupt_orphans(before, &retry_in)
+            })
+            .await?;
+        self.changed();
+        for run in &orphans {
+            tracing::warn!(
+                task = run.task_name,
+                run = run.id,
+                retry = run.retry,
+                "recorded a run left by a previous process as interrupted"
+            );
+        }
+        Ok(())
+    }
+
     /// After what backoff a reaped run is retried under its task's policy;
     /// `None` if it is not.
     fn retry_in(&self, run: &Reaped) -> Option<Duration> {

@@ -27,8 +27,13 @@ pub trait Ledger: Send + Sync + 'static {
     /// Persists `task`'s enabled flag.
     async fn set_enabled(&self, task: &str, enabled: bool) -> anyhow::Result<()>;
 
-    /// Marks this replica's `running` rows (left by a crash) `interrupted`.
-    async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>>;
+    /// Marks this replica's `running` rows started before `before` (left
+    /// by a crash) `interrupted`, planning retries as `retry_in` says.
+    async fn interrupt_orphans(
+        &self,
+        before: DateTime<Utc>,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>>;
 
     /// The latest recorded occurrence of `task`'s schedule (run or
     /// skipped).
@@ -131,8 +136,12 @@ impl Ledger for Store {
         Store::set_enabled(self, task, enabled).await
     }
 
-    async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
-        Store::interrupt_orphans(self).await
+    async fn interrupt_orphans(
+        &self,
+        before: DateTime<Utc>,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>> {
+        Store::interrupt_orphans(self, before, retry_in).await
     }
 
     async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {

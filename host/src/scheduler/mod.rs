@@ -50,9 +50,10 @@ struct Inner {
     stop: CancellationToken,
     /// Set once `start` has run: later registrations start their loops.
     started: std::sync::atomic::AtomicBool,
-    /// Set once this replica's name is its own and a previous process's
-    /// runs are recorded interrupted: no run starts before.
-    prepared: tokio::sync::OnceCell<()>,
+    /// Set once this replica's name is its own, to the database's time
+    /// then: runs of this replica that started earlier are a previous
+    /// process's.
+    prepared: tokio::sync::OnceCell<DateTime<Utc>>,
     /// Planned retries this process has taken on (see `run`).
     held_retries: Mutex<std::collections::HashSet<i64>>,
     loops: TaskTracker,
@@ -125,28 +126,25 @@ impl Scheduler {
     }
 
     /// Makes the replica's name its own: waits while another process
-    /// reports under it, then records the runs a previous process of this
-    /// replica left `running` as interrupted. Call it before anything can
-    /// trigger a run (the API), so that a run of this process is never
-    /// taken for a previous one's; [`Scheduler::start`] calls it if it has
-    /// not run.
+    /// reports under it, and notes the database's time, before which runs
+    /// of this replica are a previous process's (`start` records them
+    /// interrupted, with their retries). Call it before anything can
+    /// trigger a run (the API); [`Scheduler::start`] calls it if it has not
+    /// run.
     pub async fn prepare(&self) -> anyhow::Result<()> {
         let inner = &self.inner;
         inner
             .prepared
             .get_or_try_init(|| async {
                 inner.wait_for_own_name().await;
+                // From here on every run of this replica is this process's:
+                // `start` closes the older ones.
                 let give_up = || inner.stop.is_cancelled();
-                let orphans = inner
-                    .persist("the runs a previous process left", give_up, || {
-                        inner.ledger.interrupt_orphans()
+                inner
+                    .persist("the start of this process", give_up, || {
+                        inner.ledger.db_now()
                     })
-                    .await?;
-                inner.changed();
-                if !orphans.is_empty() {
-                    tracing::warn!(runs = ?orphans, "marked runs left by a previous process as interrupted");
-                }
-                anyhow::Ok(())
+                    .await
             })
             .await?;
         Ok(())
@@ -156,6 +154,7 @@ impl Scheduler {
     /// startup runs and the schedule loops.
     pub async fn start(&self) -> anyhow::Result<()> {
         self.prepare().await?;
+        self.inner.interrupt_orphans().await?;
         self.inner.start_cluster_loop().await;
         if !self.inner.ledger.shared() {
             self.inner.resume_retries().await;

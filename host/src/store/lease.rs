@@ -405,19 +405,21 @@ impl Store {
             .into_iter()
             .chain(leftover.into_iter().map(|id| (id, None)))
         {
-            if let Some(run) = self.reap_one(id, cancelled, retry_in).await? {
+            if let Some(run) = self.reap_one(id, cancelled, retry_in, None).await? {
                 reaped.push(run);
             }
         }
         Ok(reaped)
     }
 
-    /// Records run `id` interrupted (or cancelled), if it is still running.
+    /// Records run `id` interrupted (or cancelled), if it is still running,
+    /// for `why` (by default, that its replica stopped renewing its lease).
     async fn reap_one(
         &self,
         id: i64,
         cancelled: Option<String>,
         retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+        why: Option<&str>,
     ) -> anyhow::Result<Option<Reaped>> {
         let sql = "SELECT id, task_name, replica, triggered_by, scheduled_for, attempt, dry_run, \
                           COALESCE(heartbeat_at, started_at) AS seen \
@@ -446,11 +448,14 @@ impl Store {
         let Some((mut run, seen)) = found else {
             return Ok(None);
         };
-        let quiet = format!(
-            "replica {} stopped renewing the run's lease (last heartbeat {})",
-            run.replica,
-            seen.format("%Y-%m-%dT%H:%M:%SZ")
-        );
+        let quiet = match why {
+            Some(why) => why.to_owned(),
+            None => format!(
+                "replica {} stopped renewing the run's lease (last heartbeat {})",
+                run.replica,
+                seen.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        };
         let (status, reason) = match &run.cancelled {
             Some(why) => (RunStatus::Cancelled, format!("{why}; {quiet}")),
             None => {
@@ -465,27 +470,31 @@ impl Store {
     }
 
     /// At start: this replica's runs left `running` by its previous
-    /// process are recorded `interrupted`, without waiting for their
-    /// leases to expire.
-    pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
-        let ids: Vec<i64> = in_tx!(self, conn => query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 ORDER BY id")
+    /// process (started before `before`, the moment this process made the
+    /// name its own, by the database's clock) are recorded `interrupted`,
+    /// without waiting for their leases to expire, their retries planned
+    /// as `retry_in` says. Runs this process started since are left alone.
+    pub async fn interrupt_orphans(
+        &self,
+        before: DateTime<Utc>,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>> {
+        let ids: Vec<i64> = in_tx!(self, conn => query_scalar("SELECT id FROM housekeeper_runs WHERE status = 'running' AND replica = $1 AND started_at < $2 ORDER BY id")
             .bind(&self.replica)
+            .bind(before)
             .fetch_all(&mut *conn)
             .await?);
-        in_tx!(self, conn => {
-            query("DELETE FROM housekeeper_leases WHERE replica = $1")
-                .bind(&self.replica)
-                .execute(&mut *conn)
-                .await?;
-        });
         let mut ended = Vec::new();
         for id in ids {
+            in_tx!(self, conn => {
+                query("DELETE FROM housekeeper_leases WHERE run_id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+            });
             let why = "the service stopped while the run was in progress";
-            if self
-                .end_unleased(id, None, RunStatus::Interrupted, why)
-                .await?
-            {
-                ended.push(id);
+            if let Some(run) = self.reap_one(id, None, retry_in, Some(why)).await? {
+                ended.push(run);
             }
         }
         Ok(ended)

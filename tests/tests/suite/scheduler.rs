@@ -266,18 +266,44 @@ impl Ledger for Memory {
         Ok(())
     }
 
-    async fn interrupt_orphans(&self) -> anyhow::Result<Vec<i64>> {
-        let running: Vec<i64> = {
+    async fn interrupt_orphans(
+        &self,
+        before: DateTime<Utc>,
+        retry_in: &(dyn for<'r> Fn(&'r Reaped) -> Option<Duration> + Send + Sync),
+    ) -> anyhow::Result<Vec<Reaped>> {
+        let running: Vec<RunRecord> = {
             let rows = self.rows.lock().unwrap();
             rows.iter()
-                .filter(|r| r.status == RunStatus::Running)
-                .map(|r| r.id)
+                .filter(|r| r.status == RunStatus::Running && r.started_at < before)
+                .cloned()
                 .collect()
         };
-        for id in &running {
-            self.end(*id, |row| row.status = RunStatus::Interrupted);
+        let mut ended = Vec::new();
+        for row in running {
+            let mut run = Reaped {
+                id: row.id,
+                task_name: row.task_name.clone(),
+                replica: row.replica.clone(),
+                triggered_by: row.triggered_by,
+                scheduled_for: row.scheduled_for,
+                attempt: self
+                    .attempts
+                    .lock()
+                    .unwrap()
+                    .get(&row.id)
+                    .copied()
+                    .unwrap_or(0),
+                dry_run: row.dry_run,
+                cancelled: None,
+                retry: false,
+            };
+            if let Some(backoff) = retry_in(&run) {
+                run.retry = self.plan_retry(row.id, backoff).await?;
+            }
+            self.end(row.id, |row| row.status = RunStatus::Interrupted);
+            ended.push(run);
         }
-        Ok(running)
+        Ok(ended)
     }
 
     async fn last_scheduled_for(&self, task: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
@@ -697,6 +723,58 @@ async fn retries_back_off_exponentially_then_stop() {
         statuses,
         [RunStatus::Error, RunStatus::Trapped, RunStatus::Success]
     );
+}
+
+/// A run a previous process of this replica left `running` is recorded
+/// interrupted at start, and retried as its task's policy says; a run this
+/// process starts is not taken for one.
+#[tokio::test]
+async fn a_run_left_by_a_previous_process_is_retried() {
+    let h = harness().await;
+    h.fake
+        .plan("flaky", Duration::from_millis(10), &[RunStatus::Success]);
+    let at = t0() - chrono::Duration::minutes(1);
+    let left = h
+        .ledger
+        .begin_run(
+            &NewRun {
+                task_name: "flaky",
+                triggered_by: Trigger::Schedule,
+                scheduled_for: Some(at),
+                dry_run: false,
+                component_hash: None,
+                exclusive: true,
+                attempt: 0,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .lease()
+        .unwrap();
+    wait(1.0).await;
+    start(
+        &h,
+        vec![def("flaky", None, |m| {
+            m.retries = Retries {
+                max: 1,
+                backoff: Duration::from_secs(5),
+            }
+        })],
+    )
+    .await;
+    wait(30.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    let rows = rows(&h, "flaky").await;
+    assert_eq!(rows[0].id, left.run_id);
+    assert_eq!(rows[0].status, RunStatus::Interrupted, "{rows:#?}");
+    let retries: Vec<_> = rows
+        .iter()
+        .filter(|r| r.triggered_by == Trigger::Retry)
+        .collect();
+    assert_eq!(retries.len(), 1, "{rows:#?}");
+    assert_eq!(retries[0].status, RunStatus::Success);
+    assert_eq!(retries[0].scheduled_for, Some(at));
 }
 
 /// A fire that meets a failed run's retry waiting out its backoff: under

@@ -136,7 +136,21 @@ async fn crash_recovery_touches_only_this_replica(a: Store, b: Store) {
     let lease = won(&a, &manual("t")).await;
     let mine = lease.run_id;
     let theirs = won(&b, &manual("t")).await.run_id;
-    assert_eq!(a.interrupt_orphans().await.unwrap(), vec![mine]);
+    let now = a.db_now().await.unwrap();
+    let orphans = a.interrupt_orphans(now, &|_| None).await.unwrap();
+    assert_eq!(orphans.iter().map(|r| r.id).collect::<Vec<_>>(), vec![mine]);
+    // A run started since the moment given is this process's own.
+    let since = won(&a, &manual("u")).await.run_id;
+    assert!(
+        a.interrupt_orphans(now, &|_| None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        a.run(since).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
     assert_eq!(
         a.run(mine).await.unwrap().unwrap().status,
         RunStatus::Interrupted
