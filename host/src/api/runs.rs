@@ -83,7 +83,9 @@ pub(super) async fn task_run(
     Ok(Json(run_detail(&run)))
 }
 
-/// Stops a running run; it is recorded `cancelled`.
+/// Stops a running run (it is recorded `cancelled`), on whichever replica
+/// runs it; for a failed run whose retry waits out its backoff, cancels
+/// the retry (recorded `skipped`). 409 when there is neither.
 #[utoipa::path(post, path = "/api/housekeeper/runs/{run_id}/cancel", security(("bearer" = [])),
     params(("run_id" = i64, Path, description = "run id (a positive integer)")),
     responses((status = 202, body = Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -99,8 +101,21 @@ pub(super) async fn cancel_run(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
     if run.status != RunStatus::Running {
+        // A failed run whose retry waits out its backoff: the retry is what
+        // is cancelled (recorded skipped, with why), wherever it waits.
+        let why = "cancelled on request, during the backoff before this retry";
+        if state.store.drop_retry(id, Some(why)).await? {
+            state.scheduler.cancel(id);
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(Cancelled {
+                    message: format!("the retry planned after run {id} is cancelled"),
+                    run_id: id,
+                }),
+            ));
+        }
         return Err(ApiError::Conflict(format!(
-            "run {id} is not running (status {})",
+            "run {id} is not running (status {}) and no retry of it is waiting",
             run.status
         )));
     }

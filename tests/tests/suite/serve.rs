@@ -968,6 +968,61 @@ async fn a_filesystem_that_never_answers_ends_its_run_at_the_deadline_and_frees_
     drop(hung);
 }
 
+/// A failed run whose retry waits out its backoff: cancelling the run
+/// cancels the retry, recorded skipped with why, and it never runs; asked
+/// again, there is nothing left to cancel.
+#[tokio::test]
+async fn cancelling_a_failed_run_cancels_its_waiting_retry() {
+    let s = Service::new();
+    let dir = grant_dir(&s, "witness");
+    s.task(
+        "flaky",
+        "witness",
+        &format!(
+            "[retries]\nmax = 1\nbackoff = \"1h\"\n\n[[grants.dirs]]\nhost = \"{}\"\nguest = \"/witness\"\nmode = \"rw\"\n\n[config]\ndir = \"/witness\"\nfail_once = true\n",
+            dir.display()
+        ),
+    );
+    let server = s.serve(|_| {});
+    let port = server.port();
+    let (status, body) = http(port, "POST", "/api/housekeeper/tasks/flaky/run", None).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let runs = wait_for_runs(&s, "flaky", "the failed run", |r| {
+        r.iter().any(|r| r.status == RunStatus::Error)
+    })
+    .await;
+    let failed = runs
+        .iter()
+        .find(|r| r.status == RunStatus::Error)
+        .unwrap()
+        .id;
+    let path = format!("/api/housekeeper/runs/{failed}/cancel");
+    let (status, body) = http(port, "POST", &path, None).unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("retry"), "{body}");
+    let runs = wait_for_runs(&s, "flaky", "the retry recorded skipped", |r| {
+        r.iter()
+            .any(|r| r.triggered_by == Trigger::Retry && r.status == RunStatus::Skipped)
+    })
+    .await;
+    let retry = runs
+        .iter()
+        .find(|r| r.triggered_by == Trigger::Retry)
+        .unwrap();
+    assert!(
+        retry
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("cancelled on request"),
+        "{retry:#?}"
+    );
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    let (status, body) = http(port, "POST", &path, None).unwrap();
+    assert_eq!(status, 409, "{body}");
+    server.stop().unwrap();
+}
+
 #[tokio::test]
 async fn a_run_hoarding_files_leaves_the_service_its_own() {
     use std::os::unix::process::CommandExt;
