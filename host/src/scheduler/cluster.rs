@@ -18,34 +18,41 @@ use std::time::Duration;
 const CLOCK_WARN: Duration = Duration::from_secs(2);
 
 impl Inner {
-    /// Waits while another process reports under this replica's name: two
-    /// replicas of one name would take each other's runs for their own
-    /// (crash recovery marks a replica's running rows interrupted). A
-    /// previous process of this replica that died is waited out for at
-    /// most a lease; one that stopped cleanly left no row.
-    pub(super) async fn wait_for_own_name(&self) {
+    /// Makes this replica's name this process's, waiting while another
+    /// process reports under it: two replicas of one name would take each
+    /// other's runs for their own (crash recovery marks a replica's running
+    /// rows interrupted). The claim is one statement, so of processes of
+    /// one name starting together one gets it. A previous process of this
+    /// replica that died is waited out for at most a lease; one that
+    /// stopped cleanly left no row. Returns the start time written, by the
+    /// database's clock (microseconds, as it keeps them).
+    pub(super) async fn claim_own_name(&self) -> anyhow::Result<DateTime<Utc>> {
         let lease = self.config.heartbeat_interval * 3;
         let mut warned = false;
         loop {
-            match self.ledger.replica_last_seen().await {
-                Ok(Some(ago)) if ago < lease => {
-                    if !warned {
-                        tracing::warn!(
-                            seen_ago = ?ago,
-                            "another process reported under this replica's name; waiting until it is gone (give each replica its own HOUSEKEEPER_REPLICA)"
-                        );
-                        warned = true;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(lease - ago + Duration::from_millis(100)) => {}
-                        _ = self.stop.cancelled() => return,
-                    }
+            let give_up = || self.stop.is_cancelled();
+            let now = self
+                .persist("the start of this process", give_up, || {
+                    self.ledger.db_now()
+                })
+                .await?;
+            let started_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+            match self.ledger.claim_name(started_at, lease).await {
+                Ok(true) => return Ok(started_at),
+                Ok(false) if !warned => {
+                    tracing::warn!(
+                        "another process reports under this replica's name; waiting until it is gone (give each replica its own HOUSEKEEPER_REPLICA)"
+                    );
+                    warned = true;
                 }
-                Ok(_) => return,
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot read the replicas' heartbeats");
-                    return;
+                    tracing::warn!(error = %format!("{e:#}"), "cannot claim this replica's name; trying again");
                 }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.stop.cancelled() => anyhow::bail!("stopped while waiting for this replica's name"),
             }
         }
     }
@@ -56,12 +63,11 @@ impl Inner {
         if !self.ledger.shared() {
             return;
         }
-        // The start is told by the database's clock, like every other time
-        // replicas compare.
-        self.sync_clock().await;
-        // Microseconds, as the database keeps it: later beats compare it.
-        let now = self.clock.now();
-        let started_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        // The start this process claimed its name with: later beats compare
+        // the row's with it.
+        let Some(&started_at) = self.prepared.get() else {
+            return;
+        };
         self.beat(started_at, true).await;
         let inner = self.clone();
         self.loops.spawn(async move {

@@ -90,11 +90,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// The database's clock.
     async fn db_now(&self) -> anyhow::Result<DateTime<Utc>>;
 
-    /// How long ago a process last reported under this replica's name.
-    async fn replica_last_seen(&self) -> anyhow::Result<Option<Duration>>;
-
     /// Takes this replica off the list of live ones.
     async fn replica_leave(&self) -> anyhow::Result<()>;
+
+    /// Makes the replica's name this process's unless another process
+    /// reported under it within `stale`.
+    async fn claim_name(&self, started_at: DateTime<Utc>, stale: Duration) -> anyhow::Result<bool>;
 
     /// Records that this replica is alive, with its clock's offset; the
     /// start time its row held before.
@@ -202,12 +203,12 @@ impl Ledger for Store {
         Store::db_now(self).await
     }
 
-    async fn replica_last_seen(&self) -> anyhow::Result<Option<Duration>> {
-        Store::replica_last_seen(self).await
-    }
-
     async fn replica_leave(&self) -> anyhow::Result<()> {
         Store::replica_leave(self).await
+    }
+
+    async fn claim_name(&self, started_at: DateTime<Utc>, stale: Duration) -> anyhow::Result<bool> {
+        Store::claim_name(self, started_at, env!("CARGO_PKG_VERSION"), stale).await
     }
 
     async fn replica_heartbeat(

@@ -136,15 +136,9 @@ impl Scheduler {
         inner
             .prepared
             .get_or_try_init(|| async {
-                inner.wait_for_own_name().await;
                 // From here on every run of this replica is this process's:
                 // `start` closes the older ones.
-                let give_up = || inner.stop.is_cancelled();
-                inner
-                    .persist("the start of this process", give_up, || {
-                        inner.ledger.db_now()
-                    })
-                    .await
+                inner.claim_own_name().await
             })
             .await?;
         Ok(())

@@ -457,8 +457,12 @@ impl Ledger for Memory {
         Ok(self.clock.now())
     }
 
-    async fn replica_last_seen(&self) -> anyhow::Result<Option<Duration>> {
-        Ok(None)
+    async fn claim_name(
+        &self,
+        _started_at: DateTime<Utc>,
+        _stale: Duration,
+    ) -> anyhow::Result<bool> {
+        Ok(true)
     }
 
     async fn replica_leave(&self) -> anyhow::Result<()> {

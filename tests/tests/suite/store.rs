@@ -420,28 +420,55 @@ async fn postgres_a_run_ends_by_the_databases_clock(pool: PgPool) {
     assert_eq!(store.stats().await.unwrap()["t"].last_run_at, Some(ended));
 }
 
-async fn a_replica_name_in_use_is_seen_and_left(a: Store) {
-    assert_eq!(a.replica_last_seen().await.unwrap(), None);
-    a.replica_heartbeat(Utc::now(), "1", 0).await.unwrap();
-    let ago = a.replica_last_seen().await.unwrap().unwrap();
-    assert!(ago < std::time::Duration::from_secs(5), "{ago:?}");
+/// Two processes of one name: the name is claimed by one, in one
+/// statement, also when both claim at once; the holder may claim again, and
+/// once it leaves the other gets it.
+#[sqlx::test(migrations = "../migrations/postgres")]
+async fn postgres_a_replica_name_is_claimed_by_one_process(pool: PgPool) {
+    let lease = std::time::Duration::from_secs(15);
+    let (a, b) = (
+        Store::from_postgres(pool.clone(), "r1"),
+        Store::from_postgres(pool.clone(), "r1"),
+    );
+    let micros = |t: chrono::DateTime<Utc>| {
+        chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap()
+    };
+    let first = micros(a.db_now().await.unwrap());
+    let second = first + chrono::Duration::milliseconds(1);
+    assert!(a.claim_name(first, "1", lease).await.unwrap());
+    assert!(
+        !b.claim_name(second, "1", lease).await.unwrap(),
+        "held by a"
+    );
+    assert!(a.claim_name(first, "1", lease).await.unwrap(), "a's own");
     a.replica_leave().await.unwrap();
-    assert_eq!(a.replica_last_seen().await.unwrap(), None);
+    assert!(b.claim_name(second, "1", lease).await.unwrap(), "left by a");
+    for round in 0..5 {
+        let name = format!("together-{round}");
+        let (c, d) = (
+            Store::from_postgres(pool.clone(), &name),
+            Store::from_postgres(pool.clone(), &name),
+        );
+        let (x, y) = tokio::join!(
+            c.claim_name(first, "1", lease),
+            d.claim_name(second, "1", lease)
+        );
+        assert!(x.unwrap() ^ y.unwrap(), "exactly one of two claims at once");
+    }
 }
 
 /// On SQLite the lock on the database keeps a second `serve` out, so a
 /// name is never waited for.
 #[sqlx::test(migrations = "../migrations/sqlite")]
 async fn sqlite_replica_name_is_never_waited_for(pool: SqlitePool) {
-    let a = Store::from_sqlite(pool, "r1");
-    a.replica_heartbeat(Utc::now(), "1", 0).await.unwrap();
-    assert_eq!(a.replica_last_seen().await.unwrap(), None);
+    let (a, b) = (
+        Store::from_sqlite(pool.clone(), "r1"),
+        Store::from_sqlite(pool, "r1"),
+    );
+    let lease = std::time::Duration::from_secs(15);
+    assert!(a.claim_name(Utc::now(), "1", lease).await.unwrap());
+    assert!(b.claim_name(Utc::now(), "1", lease).await.unwrap());
     a.replica_leave().await.unwrap();
-}
-
-#[sqlx::test(migrations = "../migrations/postgres")]
-async fn postgres_replica_name_in_use(pool: PgPool) {
-    a_replica_name_in_use_is_seen_and_left(Store::from_postgres(pool, "r1")).await;
 }
 
 /// The lock that keeps a second `serve` off a SQLite database is on the
