@@ -324,6 +324,18 @@ impl Inner {
             active
                 .backoff
                 .store(false, std::sync::atomic::Ordering::SeqCst);
+            // A task removed from the tasks directory meanwhile is not run
+            // again on the version this fire started with.
+            if !self.lock().contains_key(name) {
+                if planned {
+                    let why = "the task was removed during the backoff before this retry";
+                    if let Err(e) = self.ledger.drop_retry(run_id, Some(why)).await {
+                        tracing::warn!(task = name, run = run_id, error = %e, "cannot drop a planned retry");
+                    }
+                }
+                self.forget_retry(planned.then_some(run_id));
+                break;
+            }
             next = Fire {
                 trigger: Trigger::Retry,
                 attempt: next.attempt + 1,

@@ -781,6 +781,51 @@ async fn a_run_left_by_a_previous_process_is_retried() {
     assert_eq!(retries[0].scheduled_for, Some(at));
 }
 
+/// A task removed while its retry waits out its backoff is not run again:
+/// the retry is recorded as not run, with why.
+#[tokio::test]
+async fn a_retry_of_a_removed_task_is_not_run() {
+    let h = harness().await;
+    h.fake.plan(
+        "flaky",
+        Duration::from_millis(10),
+        &[RunStatus::Error, RunStatus::Success],
+    );
+    let flaky = || {
+        def("flaky", None, |m| {
+            m.retries = Retries {
+                max: 1,
+                backoff: Duration::from_secs(30),
+            }
+        })
+    };
+    start(&h, vec![flaky()]).await;
+    assert_eq!(
+        h.scheduler.trigger("flaky", false),
+        Ok(FireOutcome::Started)
+    );
+    wait(5.0).await;
+    h.scheduler
+        .apply(vec![], &Default::default())
+        .await
+        .unwrap();
+    wait(60.0).await;
+    h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(h.fake.calls("flaky").len(), 1);
+    let rows = rows(&h, "flaky").await;
+    let retry: Vec<_> = rows
+        .iter()
+        .filter(|r| r.triggered_by == Trigger::Retry)
+        .collect();
+    assert_eq!(retry.len(), 1, "{rows:#?}");
+    assert_eq!(retry[0].status, RunStatus::Skipped);
+    assert!(
+        retry[0].error.as_deref().unwrap().contains("removed"),
+        "{rows:#?}"
+    );
+    assert!(h.ledger.pending_retries().await.unwrap().is_empty());
+}
+
 /// A fire that meets a failed run's retry waiting out its backoff: under
 /// `skip` it is skipped, saying so; under `replace` it replaces the retry,
 /// which is recorded as not run, with why.
