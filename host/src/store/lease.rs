@@ -109,7 +109,7 @@ fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(super) fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -526,65 +526,6 @@ impl Store {
                 .await?;
         });
         Ok(())
-    }
-
-    /// Records that this replica is alive, and its clock's offset from the
-    /// database's. Returns the start time the row held before, so that a
-    /// replica can tell when another process reports under its name.
-    pub async fn replica_heartbeat(
-        &self,
-        started_at: DateTime<Utc>,
-        version: &str,
-        clock_offset_ms: i64,
-    ) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let now = self.db_now().await?;
-        let sql = "INSERT INTO housekeeper_replicas (replica, started_at, heartbeat_at, clock_offset_ms, version) \
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica) DO UPDATE SET \
-                   started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
-                   clock_offset_ms = excluded.clock_offset_ms, version = excluded.version";
-        let before = on_pool!(self, pool => {
-            let mut tx = pool.begin_with(self.begin_write()).await?;
-            let before: Option<DateTime<Utc>> = query_scalar("SELECT started_at FROM housekeeper_replicas WHERE replica = $1")
-                .bind(&self.replica)
-                .fetch_optional(&mut *tx)
-                .await?;
-            query(sql)
-                .bind(&self.replica)
-                .bind(started_at)
-                .bind(now)
-                .bind(clock_offset_ms)
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .context("cannot record this replica's heartbeat")?;
-            tx.commit().await?;
-            before
-        });
-        Ok(before)
-    }
-
-    /// Replicas that reported within `within`, by name; rows of replicas
-    /// gone for an hour are deleted.
-    pub async fn replicas(&self, within: Duration) -> anyhow::Result<Vec<ReplicaRow>> {
-        let now = self.db_now().await?;
-        in_tx!(self, conn => {
-            query("DELETE FROM housekeeper_replicas WHERE heartbeat_at < $1")
-                .bind(before(now, Duration::from_secs(3600)))
-                .execute(&mut *conn)
-                .await?;
-        });
-        let sql = "SELECT replica, started_at, heartbeat_at, clock_offset_ms, version FROM housekeeper_replicas \
-                   WHERE heartbeat_at >= $1 ORDER BY replica";
-        in_tx!(self, conn => {
-            let rows = query(sql).bind(before(now, within)).fetch_all(&mut *conn).await?;
-            rows.iter().map(|row| Ok(ReplicaRow {
-                replica: row.try_get("replica")?,
-                started_at: row.try_get("started_at")?,
-                heartbeat_at: row.try_get("heartbeat_at")?,
-                clock_offset_ms: row.try_get("clock_offset_ms")?,
-                version: row.try_get("version")?,
-            })).collect()
-        })
     }
 
     /// Asks every replica to rescan its tasks directory.
