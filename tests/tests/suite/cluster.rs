@@ -656,6 +656,23 @@ fn short_lease() -> Vec<(String, String)> {
     vec![("HOUSEKEEPER_LEASE".into(), "3s".into())]
 }
 
+/// A manual run of `task` on replica r0, which fails (the witness's
+/// `fail_once`): the failed run, once it is recorded.
+async fn fails_once_on_r0(pool: &PgPool, c: &Cluster, task: &str) -> RunRecord {
+    let path = format!("/api/housekeeper/tasks/{task}/run");
+    let (status, body) = http(c.port("r0"), "POST", &path, None).unwrap();
+    assert_eq!(status, 202, "{body}");
+    eventually(
+        pool,
+        c,
+        task,
+        "the failed first run",
+        Duration::from_secs(30),
+        |runs| runs.iter().find(|r| r.status == RunStatus::Error).cloned(),
+    )
+    .await
+}
+
 /// A retry waiting out its backoff is on record, not only in its replica's
 /// memory: kill -9 of that replica during the backoff, and another replica
 /// runs the retry when it is due, once.
@@ -668,23 +685,7 @@ async fn a_retry_outlives_the_replica_that_planned_it(pool: PgPool) {
         "fail_once = true",
     );
     c.start(&[("r0", short_lease()), ("r1", short_lease())]);
-    let (status, body) = http(
-        c.port("r0"),
-        "POST",
-        "/api/housekeeper/tasks/flaky/run",
-        None,
-    )
-    .unwrap();
-    assert_eq!(status, 202, "{body}");
-    let failed = eventually(
-        &pool,
-        &c,
-        "flaky",
-        "the failed first run",
-        Duration::from_secs(30),
-        |runs| runs.iter().find(|r| r.status == RunStatus::Error).cloned(),
-    )
-    .await;
+    let failed = fails_once_on_r0(&pool, &c, "flaky").await;
     assert_eq!(failed.replica, "r0");
     let planned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM housekeeper_retries")
         .fetch_one(&pool)
@@ -732,23 +733,7 @@ async fn a_retry_never_replaces_a_newer_run(pool: PgPool) {
         "fail_once = true\nsleep_ms = 8000",
     );
     c.start(&[("r0", short_lease()), ("r1", short_lease())]);
-    let (status, body) = http(
-        c.port("r0"),
-        "POST",
-        "/api/housekeeper/tasks/fresh/run",
-        None,
-    )
-    .unwrap();
-    assert_eq!(status, 202, "{body}");
-    eventually(
-        &pool,
-        &c,
-        "fresh",
-        "the failed first run",
-        Duration::from_secs(30),
-        |runs| runs.iter().find(|r| r.status == RunStatus::Error).cloned(),
-    )
-    .await;
+    fails_once_on_r0(&pool, &c, "fresh").await;
     // The newer run, on r1, while r0's retry waits out its backoff.
     let (status, body) = http(
         c.port("r1"),

@@ -553,6 +553,17 @@ async fn wait(secs: f64) {
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
 }
 
+/// Claims `run` in the harness's ledger, as another process would; the
+/// claim must be won.
+async fn claimed(h: &Harness, run: NewRun<'_>) -> Lease {
+    h.ledger
+        .begin_run(&run, None)
+        .await
+        .unwrap()
+        .lease()
+        .expect("the claim is won")
+}
+
 async fn rows(h: &Harness, task: &str) -> Vec<RunRecord> {
     let mut rows = h.ledger.runs(task);
     rows.sort_by_key(|r| r.id);
@@ -738,24 +749,15 @@ async fn a_run_left_by_a_previous_process_is_retried() {
     h.fake
         .plan("flaky", Duration::from_millis(10), &[RunStatus::Success]);
     let at = t0() - chrono::Duration::minutes(1);
-    let left = h
-        .ledger
-        .begin_run(
-            &NewRun {
-                task_name: "flaky",
-                triggered_by: Trigger::Schedule,
-                scheduled_for: Some(at),
-                dry_run: false,
-                component_hash: None,
-                exclusive: true,
-                attempt: 0,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .lease()
-        .unwrap();
+    let left = claimed(
+        &h,
+        NewRun {
+            scheduled_for: Some(at),
+            exclusive: true,
+            ..new_run("flaky", Trigger::Schedule)
+        },
+    )
+    .await;
     wait(1.0).await;
     start(
         &h,
@@ -969,20 +971,15 @@ async fn a_fire_skipped_for_want_of_a_local_slot_is_left_to_other_replicas() {
     // replica claims the occurrence.
     wait(1.5).await;
     let elsewhere = t0() + chrono::Duration::seconds(2);
-    let lease = h
-        .ledger
-        .begin_run(
-            &NewRun {
-                scheduled_for: Some(elsewhere),
+    let lease = claimed(
+        &h,
+        NewRun {
+            scheduled_for: Some(elsewhere),
 
-                ..new_run("tick", Trigger::Schedule)
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .lease()
-        .unwrap();
+            ..new_run("tick", Trigger::Schedule)
+        },
+    )
+    .await;
     wait(1.0).await;
     assert!(
         rows(&h, "tick")
@@ -1020,20 +1017,15 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
     let h = harness().await;
     // The last recorded occurrence was five hours ago.
     let last = t0() - chrono::Duration::hours(5);
-    let lease = h
-        .ledger
-        .begin_run(
-            &NewRun {
-                scheduled_for: Some(last),
-                exclusive: true,
-                ..new_run("hourly", Trigger::Schedule)
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .lease()
-        .unwrap();
+    let lease = claimed(
+        &h,
+        NewRun {
+            scheduled_for: Some(last),
+            exclusive: true,
+            ..new_run("hourly", Trigger::Schedule)
+        },
+    )
+    .await;
     h.ledger
         .end_run(lease, RunStatus::Success, "")
         .await
@@ -1625,13 +1617,7 @@ async fn recent_occurrence_at_start(claimed_elsewhere: bool) {
             .into_iter()
             .chain(claimed_elsewhere.then_some(t0()));
         for at in recorded {
-            let lease = h
-                .ledger
-                .begin_run(&earlier(at), None)
-                .await
-                .unwrap()
-                .lease()
-                .unwrap();
+            let lease = claimed(&h, earlier(at)).await;
             h.ledger
                 .end_run(lease, RunStatus::Success, "")
                 .await
