@@ -21,13 +21,13 @@
 //! wasmtime-wasi. The linker gets this implementation in place of
 //! wasmtime-wasi's own (see [`add_to_linker`]).
 mod accounting;
+pub(crate) use accounting::WriteBudget;
 mod host;
 mod open;
 
 use super::output::{Level, Output};
 use crate::capabilities::budget::MemoryBudget;
 use crate::manifest::ResourceLimits;
-use accounting::WriteBudget;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
@@ -111,6 +111,10 @@ impl FsGuard {
             warned_memory: false,
             warned_handles: false,
         }
+    }
+
+    pub(crate) fn write_budget(&self) -> Arc<WriteBudget> {
+        self.budget.clone()
     }
 
     /// Whether the run holds as many files and directories as it may. The

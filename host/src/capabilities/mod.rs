@@ -30,19 +30,22 @@ impl RunCapabilities {
         fs_on_guest_thread: bool,
         config: ConfigMap,
         output: &Output,
-        sql: sql::SqlCapability,
+        mut sql: sql::SqlCapability,
         fs_limits: filesystem::FsLimits,
         clock_ahead: chrono::Duration,
     ) -> anyhow::Result<Self> {
+        let wasi = wasi::WasiCapability::new(
+            dirs,
+            dry_run,
+            fs_on_guest_thread,
+            output,
+            fs_limits,
+            clock_ahead,
+        )?;
+        // One write budget for files and for SQLite's temporary files.
+        sql.charge_writes_to(wasi.write_budget());
         Ok(RunCapabilities {
-            wasi: wasi::WasiCapability::new(
-                dirs,
-                dry_run,
-                fs_on_guest_thread,
-                output,
-                fs_limits,
-                clock_ahead,
-            )?,
+            wasi,
             log: log::LogCapability::new(output.clone()),
             config: config::ConfigCapability::new(config),
             sql,

@@ -5,8 +5,10 @@
 
 use super::filesystem::{FsGuard, FsLimits, GuardedFs};
 use super::output::{CapturedStdio, Output, Stream};
+use crate::capabilities::filesystem::WriteBudget;
 use crate::manifest::{DirGrant, DirMode};
 use anyhow::Context as _;
+use std::sync::Arc;
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView};
 
@@ -248,6 +250,11 @@ impl WasiCapability {
             },
             guard: &mut self.fs,
         }
+    }
+
+    /// The run's write budget (`limits.write_bytes`).
+    pub(crate) fn write_budget(&self) -> Arc<WriteBudget> {
+        self.fs.write_budget()
     }
 
     pub fn view(&mut self) -> WasiCtxView<'_> {

@@ -872,3 +872,178 @@ async fn injection_payloads_reach_nothing_but_the_granted_table(pool: PgPool) {
     assert_eq!(count(&pool, "secrets").await, 1);
     assert_eq!(count(&pool, "data_table").await, 1);
 }
+
+/// SQLite's temporary files are charged to the run's write budget. Every
+/// kind of statement that makes SQLite spill to one (a sort for a window or
+/// `GROUP BY`, `DISTINCT`, an index build) is refused, naming
+/// `limits.write_bytes`, under a small budget and runs under the default;
+/// the database's own files are not charged (a budget of 0 still reads and
+/// updates), and a refused statement changes nothing.
+#[tokio::test]
+async fn sqlite_temporary_files_are_charged_to_the_write_budget() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("tasks.db").display()
+    );
+    let setup = SqlitePool::connect(&url).await.unwrap();
+    // About 20 MB of distinct values: ten times what SQLite sorts in memory.
+    sqlx::raw_sql(
+        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+         INSERT INTO big (v)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             SELECT i || printf('%.200c', 'x') FROM n;",
+    )
+    .execute(&setup)
+    .await
+    .unwrap();
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    let request = |mode: &str, sql: &str, verbs: &[SqlVerb], write_bytes: u64| {
+        let mut r = sql_request("hostile", connection.clone(), mode, sql, &[("big", verbs)]);
+        r.resources.write_bytes = write_bytes;
+        r.timeout = Duration::from_secs(60);
+        r
+    };
+    let spills: &[(&str, &str, &[SqlVerb])] = &[
+        (
+            "sql-query",
+            "SELECT max(r) FROM (SELECT row_number() OVER (ORDER BY v DESC) AS r FROM big)",
+            &[Select],
+        ),
+        ("sql-query", "SELECT count(DISTINCT v) FROM big", &[Select]),
+        (
+            "sql-query",
+            "SELECT count(*) FROM (SELECT v, count(*) FROM big GROUP BY v)",
+            &[Select],
+        ),
+        (
+            "sql-execute",
+            "CREATE INDEX big_v ON big (v)",
+            &[Select, Ddl],
+        ),
+    ];
+    for (mode, sql, verbs) in spills {
+        let r = run(request(mode, sql, verbs, 256 << 10)).await;
+        assert_eq!(r.status, RunStatus::Error, "{sql}: {r:#?}");
+        let error = r.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("limits.write_bytes") && error.contains("temporary files"),
+            "{sql}: {error}"
+        );
+    }
+    let indexes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index'")
+            .fetch_one(&setup)
+            .await
+            .unwrap();
+    assert_eq!(indexes, 0, "the refused CREATE INDEX left an index");
+    for (mode, sql, verbs) in spills {
+        let r = run(request(mode, sql, verbs, 1 << 30)).await;
+        assert_eq!(r.status, RunStatus::Success, "{sql}: {r:#?}");
+    }
+    for (mode, sql, verbs) in [
+        ("sql-query", "SELECT count(*) FROM big", &[Select][..]),
+        (
+            "sql-execute",
+            "UPDATE big SET v = v || '!' WHERE id <= 1000",
+            &[Select, Update][..],
+        ),
+    ] {
+        let r = run(request(mode, sql, verbs, 0)).await;
+        assert_eq!(r.status, RunStatus::Success, "{sql}: {r:#?}");
+    }
+}
+
+/// Where SQLite ends a call's transaction by itself (a write interrupted at
+/// its run's deadline, a temporary file refused by the write budget), the
+/// connection still holds no transaction afterwards: a dry run on it rolls
+/// back everything, a run on it commits, and another connection can write
+/// at once. Each statement runs on the pool's only connection.
+#[tokio::test]
+async fn a_transaction_sqlite_ends_by_itself_leaves_the_connection_clean() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("tasks.db").display()
+    );
+    let other = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .busy_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+         INSERT INTO big (v)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             SELECT i || printf('%.200c', 'x') FROM n;",
+    )
+    .execute(&other)
+    .await
+    .unwrap();
+    let options = ConnectionOptions {
+        pool_max: 1,
+        ..ConnectionOptions::default()
+    };
+    let connection = Connection::open(&url, &options).unwrap();
+    let request = |mode: &str, sql: &str, write_bytes: u64| {
+        let grants: &[(&str, &[SqlVerb])] = &[("big", &[Select, Update])];
+        let mut r = sql_request("hostile", connection.clone(), mode, sql, grants);
+        r.resources.write_bytes = write_bytes;
+        r.timeout = Duration::from_secs(2);
+        r
+    };
+    let ended_by_sqlite = [
+        // 10^10 rows to count for each row updated: cut off at the deadline.
+        (
+            "UPDATE big SET v = (SELECT count(*) FROM big a, big b) WHERE id = 1",
+            1 << 30,
+            RunStatus::Timeout,
+        ),
+        // Sorts 20 MB under a budget of 64 KiB.
+        (
+            "UPDATE big SET v = 'y' WHERE id IN (SELECT id FROM big ORDER BY v DESC LIMIT 99999)",
+            64 << 10,
+            RunStatus::Error,
+        ),
+    ];
+    for (round, (sql, write_bytes, status)) in ended_by_sqlite.into_iter().enumerate() {
+        let r = run(request("sql-execute", sql, write_bytes)).await;
+        assert_eq!(r.status, status, "{sql}: {r:#?}");
+        if status == RunStatus::Error {
+            let error = r.error.as_deref().unwrap_or_default();
+            assert!(error.contains("limits.write_bytes"), "{error}");
+        }
+        let mut dry = request("sql-execute", "UPDATE big SET v = 'dry' WHERE id = 2", 0);
+        dry.dry_run = true;
+        let r = run(dry).await;
+        assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+        let r = run(request(
+            "sql-execute",
+            &format!("UPDATE big SET v = 'kept {round}' WHERE id = 3"),
+            0,
+        ))
+        .await;
+        assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+        sqlx::query("UPDATE big SET v = 'other' WHERE id = 4")
+            .execute(&other)
+            .await
+            .unwrap_or_else(|e| panic!("after {sql}: {e}"));
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, v FROM big WHERE id <= 4 ORDER BY id")
+                .fetch_all(&other)
+                .await
+                .unwrap();
+        let values: Vec<&str> = rows.iter().map(|(_, v)| &v[..v.len().min(9)]).collect();
+        assert_eq!(
+            values[1..],
+            ["2xxxxxxxx", &format!("kept {round}"), "other"]
+        );
+        assert!(values[0].starts_with('1'), "{values:?}");
+    }
+}

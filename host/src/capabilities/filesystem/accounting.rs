@@ -18,7 +18,7 @@ use wasmtime_wasi::p2::{
 
 /// The bytes a run may still write. Shared with the output streams it makes
 /// from its files, which outlive any one call.
-pub(super) struct WriteBudget {
+pub(crate) struct WriteBudget {
     pub(super) cap: u64,
     pub(super) used: AtomicU64,
     pub(super) output: Output,
@@ -35,7 +35,7 @@ pub struct WriteBudgetSpent {
 
 impl WriteBudget {
     /// Takes `bytes` from the budget, or refuses them all.
-    pub(super) fn charge(&self, bytes: u64) -> Result<(), WriteBudgetSpent> {
+    pub(crate) fn charge(&self, bytes: u64) -> Result<(), WriteBudgetSpent> {
         // Calls of one run never overlap, so load-then-add cannot race.
         let used = self.used.load(Ordering::Relaxed);
         if bytes > self.cap.saturating_sub(used) {

@@ -61,8 +61,12 @@ impl Connection {
                     .connect_lazy_with(connect),
             )
         } else if url.starts_with("sqlite:") {
-            let connect =
-                SqliteConnectOptions::from_str(url)?.busy_timeout(options.acquire_timeout);
+            // SQLite's temporary files go through the task VFS, which
+            // charges them to the run's write budget.
+            super::temp_files::register().map_err(anyhow::Error::msg)?;
+            let connect = SqliteConnectOptions::from_str(url)?
+                .busy_timeout(options.acquire_timeout)
+                .vfs(super::temp_files::NAME);
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(options.pool_max)

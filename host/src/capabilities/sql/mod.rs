@@ -16,14 +16,17 @@ mod postgres;
 pub mod roles;
 mod sqlite;
 mod structured;
+mod temp_files;
 
 use super::output::{Level, Output};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::budget::DeadlineExceeded;
+use crate::capabilities::filesystem::WriteBudget;
 use crate::manifest::DatabaseGrant;
 use connections::Pool;
 pub use connections::{Connection, ConnectionOptions, Connections};
 use guard::{Checked, Denial, Grants, Kind};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -78,6 +81,9 @@ pub struct SqlCapability {
     deadline: Instant,
     output: Output,
     limits: SqlLimits,
+    /// The run's write budget (`limits.write_bytes`), which SQLite's
+    /// temporary files are charged to.
+    writes: Option<Arc<WriteBudget>>,
 }
 
 /// One statement that passed the guard.
@@ -177,7 +183,13 @@ impl SqlCapability {
             deadline,
             output,
             limits,
+            writes: None,
         }
+    }
+
+    /// Charges SQLite's temporary files to the run's write budget.
+    pub(crate) fn charge_writes_to(&mut self, budget: Arc<WriteBudget>) {
+        self.writes = Some(budget);
     }
 
     fn access(&self) -> Result<&Access, wit::SqlError> {
@@ -295,7 +307,16 @@ impl SqlCapability {
                     postgres::run(pool, &statements, want_rows, session).await
                 }
                 Pool::Sqlite(pool) => {
-                    sqlite::run(pool, &statements, want_rows, self.dry_run, &limits, &grants).await
+                    sqlite::run(
+                        pool,
+                        &statements,
+                        want_rows,
+                        self.dry_run,
+                        &limits,
+                        &grants,
+                        self.writes.as_ref(),
+                    )
+                    .await
                 }
             }
         };

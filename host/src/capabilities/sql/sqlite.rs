@@ -15,15 +15,17 @@
 //! (`VACUUM` and `ANALYZE` are never guest SQL: the typed calls run them.)
 
 use super::guard::{self, Denial, Grants};
+use super::temp_files;
 use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
+use crate::capabilities::filesystem::WriteBudget;
 use crate::manifest::SqlVerb;
 use chrono::{DateTime, Utc};
 use libsqlite3_sys as ffi;
 use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
-use sqlx::{Connection, Executor, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{Executor, Row, Sqlite, TypeInfo, ValueRef};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,22 +37,34 @@ pub(super) async fn run(
     dry_run: bool,
     limits: &SqlLimits,
     grants: &Grants,
+    writes: Option<&Arc<WriteBudget>>,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.acquire().await.map_err(error)?;
-    // A call cancelled earlier may have left its authorizer on the
-    // connection.
+    // A call dropped earlier (at its deadline) may have left its authorizer
+    // and its transaction on the connection.
     clear(&mut conn).await?;
-    let policy = Arc::new(Policy::new(grants.clone()));
+    let policy = Arc::new(Policy::new(grants.clone(), writes.cloned()));
     let _ended = Ended(policy.clone());
-    let mut tx = (&mut *conn).begin().await.map_err(error)?;
-    let installed = install(&mut tx, &policy).await?;
-    let result = statements_in(&mut tx, statements, want_rows, limits, &policy).await;
-    remove(&mut tx, installed).await?;
-    let outcomes = result?;
+    // The call's transaction is the host's own `BEGIN`, not sqlx's: SQLite
+    // rolls a transaction back by itself on some errors (a full disk, an
+    // interrupt), after which sqlx's count of open transactions would be
+    // wrong for every later call on the connection. Whether one is open is
+    // asked of SQLite instead.
+    conn.execute("BEGIN").await.map_err(error)?;
+    let installed = install(&mut conn, &policy).await?;
+    let result = statements_in(&mut conn, statements, want_rows, limits, &policy).await;
+    remove(&mut conn, installed).await?;
+    let outcomes = match result {
+        Ok(outcomes) => outcomes,
+        Err(failure) => {
+            roll_back(&mut conn).await?;
+            return Err(failure);
+        }
+    };
     if dry_run {
-        tx.rollback().await.map_err(error)?;
+        roll_back(&mut conn).await?;
     } else {
-        tx.commit().await.map_err(error)?;
+        conn.execute("COMMIT").await.map_err(error)?;
     }
     Ok(outcomes)
 }
@@ -97,6 +111,30 @@ struct Policy {
     /// Indexes this call was allowed to create (lower-cased): SQLite asks
     /// to rebuild each one it fills, and only those.
     created_indexes: Mutex<Vec<String>>,
+    /// The run's write budget, which SQLite's temporary files are charged.
+    writes: Option<Arc<WriteBudget>>,
+}
+
+impl temp_files::TempWrites for Policy {
+    fn charge(&self, bytes: u64) -> bool {
+        // A statement still running after its call is interrupted within a
+        // few steps; the host's own statements are not the task's.
+        if self.ended.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Some(budget) = &self.writes else {
+            return true;
+        };
+        match budget.charge(bytes) {
+            Ok(()) => true,
+            Err(spent) => {
+                self.record(Denial::Refused(format!(
+                    "{spent}: SQLite's temporary files (a sort, DISTINCT or index too large for memory) are charged to it"
+                )));
+                false
+            }
+        }
+    }
 }
 
 /// Marks the policy's call as over when dropped, also when the call's
@@ -119,12 +157,13 @@ fn is_schema_table(table: &str) -> bool {
 }
 
 impl Policy {
-    fn new(grants: Grants) -> Self {
+    fn new(grants: Grants, writes: Option<Arc<WriteBudget>>) -> Self {
         Policy {
             grants,
             ended: AtomicBool::new(false),
             denied: Mutex::new(None),
             created_indexes: Mutex::new(Vec::new()),
+            writes,
         }
     }
 
@@ -293,7 +332,10 @@ unsafe extern "C" fn authorize(
     let answer = std::panic::catch_unwind(|| {
         // SAFETY: `data` is the `Policy` `install` handed to SQLite; its
         // reference count is not released while the authorizer can run.
-        let policy = unsafe { &*(data as *const Policy) };
+        let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
+        // What SQLite writes to temporary files for this statement is
+        // charged to its call.
+        temp_files::charge_to(&*policy);
         let text = |p: *const c_char| {
             // SAFETY: SQLite passes NUL-terminated strings or NULL.
             (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
@@ -387,6 +429,19 @@ async fn clear(conn: &mut PoolConnection<Sqlite>) -> Result<(), Failure> {
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
         ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
+    }
+    drop(handle);
+    roll_back(conn).await
+}
+
+/// Rolls back the connection's transaction, if SQLite has one open.
+async fn roll_back(conn: &mut SqliteConnection) -> Result<(), Failure> {
+    let mut handle = conn.lock_handle().await.map_err(error)?;
+    // SAFETY: the handle is locked for the call.
+    let open = unsafe { ffi::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) == 0 };
+    drop(handle);
+    if open {
+        conn.execute("ROLLBACK").await.map_err(error)?;
     }
     Ok(())
 }
@@ -503,6 +558,7 @@ mod tests {
             false,
             &SqlLimits::default(),
             grants,
+            None,
         )
         .await
         .map(|outcomes| outcomes.len())

@@ -1,0 +1,401 @@
+//! SQLite's temporary files on task connections, charged to the run's
+//! write budget (`limits.write_bytes`).
+//!
+//! A guest statement can make SQLite write to disk outside any granted
+//! directory: a sort or `DISTINCT` too large for memory spills to a
+//! temporary file, a statement journal backs out a failed statement. Task
+//! connections open their database through the VFS [`NAME`], a thin layer
+//! over SQLite's default VFS: every file SQLite opens as temporary (its
+//! temporary database, transient tables, sorter and statement journals) is
+//! wrapped, and each write to it is charged before it reaches the disk. A
+//! write past the budget fails with `SQLITE_FULL`, which ends the statement;
+//! the guest sees `refused`, naming the limit. Other files (the database,
+//! its journal and WAL) are the default VFS's own, untouched.
+//!
+//! Each connection runs its statements on a thread of its own, and SQLite
+//! writes a statement's temporary files on that thread while it steps the
+//! statement, so the call that is charged is the one the connection's
+//! thread last prepared a statement for ([`charge_to`], from the
+//! authorizer). A write made for no call that is still running (the host's
+//! own statements, a statement interrupted after its call ended) is not
+//! charged.
+
+use libsqlite3_sys as ffi;
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// The VFS task connections open their database with.
+pub(crate) const NAME: &str = "housekeeper-task";
+const C_NAME: &CStr = c"housekeeper-task";
+
+/// What a temporary-file write is charged to.
+pub(super) trait TempWrites: Send + Sync {
+    /// Takes `bytes` from the call's budget; `false` refuses the write.
+    fn charge(&self, bytes: u64) -> bool;
+}
+
+thread_local! {
+    /// The call this connection thread's statements are charged to.
+    static CHARGED_TO: RefCell<Option<Weak<dyn TempWrites>>> = const { RefCell::new(None) };
+}
+
+/// Charges this thread's temporary-file writes to `call` from now on.
+/// Called by the authorizer while SQLite prepares a statement, so on the
+/// connection's own thread; cheap when `call` is already the one.
+pub(super) fn charge_to<T: TempWrites + 'static>(call: &Arc<T>) {
+    CHARGED_TO.with(|current| {
+        let mut current = current.borrow_mut();
+        let same = current
+            .as_ref()
+            .is_some_and(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(call)));
+        if !same {
+            let call: Arc<dyn TempWrites> = call.clone();
+            *current = Some(Arc::downgrade(&call));
+        }
+    });
+}
+
+fn charge(bytes: u64) -> bool {
+    CHARGED_TO.with(
+        |current| match current.borrow().as_ref().and_then(Weak::upgrade) {
+            Some(call) => call.charge(bytes),
+            None => true,
+        },
+    )
+}
+
+/// Registers the VFS (once per process). Connections name it with
+/// `SqliteConnectOptions::vfs(NAME)`.
+pub(crate) fn register() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            // SAFETY: NULL asks for the default VFS, which lives for the
+            // process.
+            let inner = unsafe { ffi::sqlite3_vfs_find(std::ptr::null()) };
+            if inner.is_null() {
+                return Err("SQLite has no default VFS".to_owned());
+            }
+            // SAFETY: `inner` is a registered VFS; its fields are read only.
+            let (inner_size, max_path) = unsafe { ((*inner).szOsFile, (*inner).mxPathname) };
+            let _ = INNER.set(Inner(inner));
+            let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
+                iVersion: 2,
+                szOsFile: HEADER as c_int + inner_size,
+                mxPathname: max_path,
+                pNext: std::ptr::null_mut(),
+                zName: C_NAME.as_ptr(),
+                pAppData: std::ptr::null_mut(),
+                xOpen: Some(open),
+                xDelete: Some(delete),
+                xAccess: Some(access),
+                xFullPathname: Some(full_pathname),
+                // No loadable extensions on task connections.
+                xDlOpen: None,
+                xDlError: None,
+                xDlSym: None,
+                xDlClose: None,
+                xRandomness: Some(randomness),
+                xSleep: Some(sleep),
+                xCurrentTime: Some(current_time),
+                xGetLastError: Some(last_error),
+                xCurrentTimeInt64: Some(current_time_int64),
+                xSetSystemCall: None,
+                xGetSystemCall: None,
+                xNextSystemCall: None,
+            }));
+            // SAFETY: `vfs` is leaked, so it outlives every connection.
+            match unsafe { ffi::sqlite3_vfs_register(vfs, 0) } {
+                ffi::SQLITE_OK => Ok(()),
+                rc => Err(format!("SQLite refused the task VFS (code {rc})")),
+            }
+        })
+        .clone()
+}
+
+struct Inner(*mut ffi::sqlite3_vfs);
+// SAFETY: a registered VFS is immutable and shared by every thread.
+unsafe impl Send for Inner {}
+unsafe impl Sync for Inner {}
+static INNER: OnceLock<Inner> = OnceLock::new();
+
+fn inner() -> *mut ffi::sqlite3_vfs {
+    INNER.get().map_or(std::ptr::null_mut(), |i| i.0)
+}
+
+/// A temporary file: ours in front, the default VFS's after [`HEADER`].
+#[repr(C)]
+struct Temp {
+    base: ffi::sqlite3_file,
+    /// The file's end as far as this connection wrote it.
+    end: u64,
+}
+
+/// Where the default VFS's file starts, aligned for any field it has.
+const HEADER: usize = std::mem::size_of::<Temp>().next_multiple_of(16);
+
+/// The files SQLite opens as temporary: gone when closed, never shared.
+const TEMPORARY: c_int = ffi::SQLITE_OPEN_TEMP_DB
+    | ffi::SQLITE_OPEN_TRANSIENT_DB
+    | ffi::SQLITE_OPEN_TEMP_JOURNAL
+    | ffi::SQLITE_OPEN_SUBJOURNAL;
+
+/// The wrapped file behind `file`.
+///
+/// # Safety
+/// `file` was opened by [`open`] as a temporary file.
+unsafe fn wrapped(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    // SAFETY: the VFS's file size leaves HEADER bytes in front of it.
+    unsafe { (file as *mut u8).add(HEADER) as *mut ffi::sqlite3_file }
+}
+
+/// The wrapped file's method `$m`, called with the wrapped file first.
+macro_rules! forward {
+    ($file:expr, $m:ident $(, $arg:expr)*) => {{
+        // SAFETY: SQLite calls a temporary file's methods only between a
+        // successful `open` and `close`, so the wrapped file is open.
+        unsafe {
+            let inner = wrapped($file);
+            match (*(*inner).pMethods).$m {
+                Some(method) => method(inner $(, $arg)*),
+                None => ffi::SQLITE_IOERR,
+            }
+        }
+    }};
+}
+
+unsafe extern "C" fn open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let inner = inner();
+    // SAFETY: `inner` is the default VFS; `file` has room for ours and its.
+    unsafe {
+        let Some(inner_open) = (*inner).xOpen else {
+            (*file).pMethods = std::ptr::null();
+            return ffi::SQLITE_CANTOPEN;
+        };
+        if flags & TEMPORARY == 0 {
+            return inner_open(inner, name, file, flags, out_flags);
+        }
+        let wrapped = wrapped(file);
+        let rc = inner_open(inner, name, wrapped, flags, out_flags);
+        let temp = file as *mut Temp;
+        (*temp).end = 0;
+        // SQLite closes a file whose methods are set, even after a failed
+        // open: ours then close the wrapped one.
+        (*temp).base.pMethods = if (*wrapped).pMethods.is_null() {
+            std::ptr::null()
+        } else {
+            &TEMP_METHODS
+        };
+        rc
+    }
+}
+
+static TEMP_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    // Version 1: no shared memory and no memory mapping on temporary files.
+    iVersion: 1,
+    xClose: Some(close),
+    xRead: Some(read),
+    xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+unsafe extern "C" fn write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let temp = file as *mut Temp;
+    let (start, len) = (
+        u64::try_from(offset).unwrap_or(0),
+        u64::try_from(amount).unwrap_or(0),
+    );
+    // SAFETY: `file` is one of ours (its methods are TEMP_METHODS).
+    let end = unsafe { (*temp).end };
+    // The bytes, and the hole a write past the end leaves (as a file
+    // write is charged).
+    let cost = len.saturating_add(start.saturating_sub(end));
+    if !charge(cost) {
+        return ffi::SQLITE_FULL;
+    }
+    // SAFETY: as above.
+    unsafe { (*temp).end = end.max(start.saturating_add(len)) };
+    forward!(file, xWrite, data, amount, offset)
+}
+
+unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
+    let temp = file as *mut Temp;
+    let new_end = u64::try_from(size).unwrap_or(0);
+    // SAFETY: `file` is one of ours.
+    let end = unsafe { (*temp).end };
+    if new_end > end && !charge(new_end - end) {
+        return ffi::SQLITE_FULL;
+    }
+    // SAFETY: as above.
+    unsafe { (*temp).end = new_end };
+    forward!(file, xTruncate, size)
+}
+
+unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    let rc = forward!(file, xClose);
+    // SAFETY: `file` is one of ours; closed, it has no methods.
+    unsafe { (*file).pMethods = std::ptr::null() };
+    rc
+}
+
+unsafe extern "C" fn read(
+    file: *mut ffi::sqlite3_file,
+    data: *mut c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    forward!(file, xRead, data, amount, offset)
+}
+
+unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    forward!(file, xSync, flags)
+}
+
+unsafe extern "C" fn file_size(
+    file: *mut ffi::sqlite3_file,
+    size: *mut ffi::sqlite3_int64,
+) -> c_int {
+    forward!(file, xFileSize, size)
+}
+
+unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    forward!(file, xLock, level)
+}
+
+unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    forward!(file, xUnlock, level)
+}
+
+unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    forward!(file, xCheckReservedLock, out)
+}
+
+unsafe extern "C" fn file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    forward!(file, xFileControl, op, arg)
+}
+
+unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+    forward!(file, xSectorSize)
+}
+
+unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    forward!(file, xDeviceCharacteristics)
+}
+
+// The VFS's own methods are the default VFS's.
+
+unsafe extern "C" fn delete(
+    _: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
+    let inner = inner();
+    // SAFETY: `inner` is the default VFS, called with its own pointer.
+    unsafe {
+        (*inner)
+            .xDelete
+            .map_or(ffi::SQLITE_IOERR, |f| f(inner, name, sync_dir))
+    }
+}
+
+unsafe extern "C" fn access(
+    _: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    flags: c_int,
+    out: *mut c_int,
+) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`.
+    unsafe {
+        (*inner)
+            .xAccess
+            .map_or(ffi::SQLITE_IOERR, |f| f(inner, name, flags, out))
+    }
+}
+
+unsafe extern "C" fn full_pathname(
+    _: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    size: c_int,
+    out: *mut c_char,
+) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`.
+    unsafe {
+        (*inner)
+            .xFullPathname
+            .map_or(ffi::SQLITE_IOERR, |f| f(inner, name, size, out))
+    }
+}
+
+unsafe extern "C" fn randomness(_: *mut ffi::sqlite3_vfs, size: c_int, out: *mut c_char) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`.
+    unsafe { (*inner).xRandomness.map_or(0, |f| f(inner, size, out)) }
+}
+
+unsafe extern "C" fn sleep(_: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`.
+    unsafe { (*inner).xSleep.map_or(0, |f| f(inner, micros)) }
+}
+
+unsafe extern "C" fn current_time(_: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`.
+    unsafe {
+        (*inner)
+            .xCurrentTime
+            .map_or(ffi::SQLITE_ERROR, |f| f(inner, out))
+    }
+}
+
+unsafe extern "C" fn last_error(_: *mut ffi::sqlite3_vfs, size: c_int, out: *mut c_char) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`.
+    unsafe { (*inner).xGetLastError.map_or(0, |f| f(inner, size, out)) }
+}
+
+unsafe extern "C" fn current_time_int64(
+    _: *mut ffi::sqlite3_vfs,
+    out: *mut ffi::sqlite3_int64,
+) -> c_int {
+    let inner = inner();
+    // SAFETY: as for `delete`; the default VFS is version 2 or later.
+    unsafe {
+        match (*inner).xCurrentTimeInt64 {
+            Some(f) if (*inner).iVersion >= 2 => f(inner, out),
+            _ => ffi::SQLITE_ERROR,
+        }
+    }
+}
