@@ -1586,3 +1586,98 @@ async fn partitions_in_one_call_fail_one_by_one(pool: PgPool) {
             .unwrap()
     );
 }
+
+/// Names and bounds the host quotes itself read back exactly. For every
+/// string of a corpus of quoting hazards and their pairs (quotes,
+/// backslashes, dollar quotes, comment markers, keywords, upper case,
+/// non-ASCII), a list partition named after it and holding it as its one
+/// value is created under that exact name, and a row with that value is
+/// routed to it.
+#[sqlx::test]
+async fn partition_names_and_bounds_are_quoted_exactly(pool: PgPool) {
+    sqlx::raw_sql("CREATE TABLE tags (t text) PARTITION BY LIST (t)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let pieces = [
+        "'", "\\", "\"", "$$", "$q$", "E'", "--", "/*", ";", " ", "%I", "select", "User", "é",
+        "😀", "\t", "\\x41", "null",
+    ];
+    let mut corpus = std::collections::BTreeSet::new();
+    for a in pieces {
+        corpus.insert(a.to_owned());
+        for b in pieces {
+            corpus.insert(format!("{a}{b}"));
+        }
+    }
+    for (i, value) in corpus.iter().enumerate() {
+        let name = format!("{value}{i}");
+        let r = structured(&pool, "sql-partition", "create")
+            .config("parent", "tags")
+            .config("partition", name.as_str())
+            .config("bounds", "in")
+            .config("values", value.as_str())
+            .grant("tags", &[CreatePartition])
+            .go()
+            .await;
+        ok(&r);
+        let routed: String = sqlx::query_scalar(
+            "WITH r AS (INSERT INTO tags VALUES ($1) RETURNING tableoid)
+             SELECT c.relname::text FROM r JOIN pg_class c ON c.oid = r.tableoid",
+        )
+        .bind(value)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(routed, name, "{value:?}");
+    }
+}
+
+/// A list of drops looks its partitions up before its first statement. If
+/// a name comes to denote another table meanwhile (here an event trigger,
+/// at the first `DROP TABLE`, renames the next partition away and gives its
+/// name to a new plain table), the call fails as a whole and nothing of it
+/// is kept; without the swap the same list drops both.
+#[sqlx::test]
+async fn a_partition_replaced_during_a_list_of_drops_fails_the_whole_list(pool: PgPool) {
+    schema(&pool).await;
+    sqlx::raw_sql(
+        "CREATE TABLE events_2020_01_01 PARTITION OF events
+             FOR VALUES FROM ('2020-01-01') TO ('2020-01-02');
+         CREATE TABLE events_2020_01_02 PARTITION OF events
+             FOR VALUES FROM ('2020-01-02') TO ('2020-01-03');
+         CREATE FUNCTION swap() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF coalesce(current_setting('swap.done', true), '') = '' THEN
+                 PERFORM set_config('swap.done', 'yes', true);
+                 ALTER TABLE events_2020_01_02 RENAME TO events_2020_01_02_moved;
+                 CREATE TABLE events_2020_01_02 (id int);
+             END IF;
+         END $$;
+         CREATE EVENT TRIGGER swap ON ddl_command_start
+             WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION swap();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let drop_both = || {
+        structured(&pool, "sql-partitions", "drop")
+            .config("parent", "events")
+            .config("partitions", "events_2020_01_01\nevents_2020_01_02")
+            .grant("events", &[DropPartition])
+    };
+    let before = catalog(&pool).await;
+    let r = drop_both().go().await;
+    stopped(&r, "renamed or replaced while the call ran");
+    assert_eq!(catalog(&pool).await, before);
+
+    sqlx::raw_sql("DROP EVENT TRIGGER swap")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = drop_both().go().await;
+    ok(&r);
+    assert_eq!(r.summary.as_deref(), Some("ok | ok"));
+    assert_eq!(relation(&pool, "events_2020_01_01").await, None);
+    assert_eq!(relation(&pool, "events_2020_01_02").await, None);
+}

@@ -228,6 +228,17 @@ struct Plan {
     statement: String,
     /// The role to run it as, when the login role is not the owner.
     role: Option<String>,
+    /// The partition a drop or detach takes away from its parent, as the
+    /// catalog said when the statement was built.
+    removes: Option<Removed>,
+}
+
+/// A partition a drop (`dropped`) or detach takes away from `parent`.
+#[derive(Clone, Copy)]
+struct Removed {
+    oid: i64,
+    parent: i64,
+    dropped: bool,
 }
 
 /// What a call did.
@@ -276,6 +287,7 @@ impl SqlCapability {
                         dry_run: self.dry_run,
                         budget,
                         parents: Default::default(),
+                        known: Default::default(),
                     };
                     postgres(pool, &action, &context, &mut statement).await
                 }
@@ -398,6 +410,7 @@ impl SqlCapability {
                 dry_run: self.dry_run,
                 budget,
                 parents: Default::default(),
+                known: Default::default(),
             };
             let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
             let items = match budget.bound(postgres_many(&pool, &run, &cx)).await {

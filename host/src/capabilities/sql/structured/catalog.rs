@@ -4,8 +4,8 @@
 //! statement runs as (its owner) and the statement itself.
 
 use super::maintenance::vacuum_options;
-use super::partitions::{for_values, literals};
-use super::{Action, Plan, denied};
+use super::partitions::{for_values, literals, quote_ident, quote_literals};
+use super::{Action, Plan, Removed, denied};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::output::Output;
 use crate::capabilities::sql::guard::Grants;
@@ -22,6 +22,9 @@ pub(super) struct Context<'a> {
     /// Parents already resolved in this transaction (a list call names one
     /// parent for every partition), by name as given and verb.
     pub(super) parents: std::sync::Mutex<Vec<(ParentKey, Found)>>,
+    /// Relations a list call looked up together before its first statement
+    /// (`None`: not found).
+    pub(super) known: std::sync::Mutex<Vec<(Lookup, Option<Found>)>>,
 }
 
 type ParentKey = (Option<String>, String, SqlVerb);
@@ -59,49 +62,67 @@ impl Found {
     }
 }
 
-/// Looks a relation up by its exact names (`schema` given, or else
-/// `default_schema`, or else the search path).
+/// Looks relations up by their exact names (`schema` given, or else the
+/// search path), one row per name found, numbered by its place in the
+/// lists ($1 schemas, NULL for none; $2 names).
 const FIND: &str = "
-SELECT c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::text, c.relispartition,
+SELECT u.i::bigint, c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::text,
+       c.relispartition,
        (SELECT i.inhparent::bigint FROM pg_inherits i WHERE i.inhrelid = c.oid
         ORDER BY i.inhseqno LIMIT 1),
        r.rolname::text, format('%I.%I', n.nspname, c.relname),
        r.rolname = session_user, pg_has_role(session_user, c.relowner, 'MEMBER'),
        quote_ident(r.rolname), quote_ident(session_user)
-FROM pg_class c
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(schema, name, i)
+JOIN pg_class c
+  ON c.oid = to_regclass(CASE WHEN u.schema IS NULL THEN quote_ident(u.name)
+                              ELSE quote_ident(u.schema) || '.' || quote_ident(u.name) END)
 JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_roles r ON r.oid = c.relowner
-WHERE c.oid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2)
-                               ELSE quote_ident($1) || '.' || quote_ident($2) END)";
+JOIN pg_roles r ON r.oid = c.relowner";
 
-async fn find(
+/// A relation as looked up: the schema it was looked up in (none: the
+/// search path) and its name.
+pub(super) type Lookup = (Option<String>, String);
+
+/// What the catalog says about each of `names`, in their order.
+async fn find_all(
     conn: &mut PgConnection,
-    relation: &wit::Relation,
-    default_schema: Option<&str>,
-) -> Result<Option<Found>, sqlx::Error> {
-    let schema = relation.schema.as_deref().or(default_schema);
-    let Some(row) = sqlx::query(FIND)
-        .bind(schema)
-        .bind(&relation.name)
-        .fetch_optional(conn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Found {
-        oid: row.try_get(0)?,
-        schema: row.try_get(1)?,
-        name: row.try_get(2)?,
-        kind: row.try_get(3)?,
-        is_partition: row.try_get(4)?,
-        parent: row.try_get(5)?,
-        owner: row.try_get(6)?,
-        quoted: row.try_get(7)?,
-        owns: row.try_get(8)?,
-        may_become: row.try_get(9)?,
-        owner_quoted: row.try_get(10)?,
-        login_quoted: row.try_get(11)?,
-    }))
+    names: &[Lookup],
+) -> Result<Vec<Option<Found>>, sqlx::Error> {
+    let (schemas, relnames): (Vec<Option<&str>>, Vec<&str>) = names
+        .iter()
+        .map(|(schema, name)| (schema.as_deref(), name.as_str()))
+        .unzip();
+    let rows = sqlx::query(FIND)
+        .bind(schemas)
+        .bind(relnames)
+        .fetch_all(conn)
+        .await?;
+    let mut found = vec![None; names.len()];
+    for row in rows {
+        let place: i64 = row.try_get(0)?;
+        let Some(slot) = usize::try_from(place - 1)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+        else {
+            continue;
+        };
+        *slot = Some(Found {
+            oid: row.try_get(1)?,
+            schema: row.try_get(2)?,
+            name: row.try_get(3)?,
+            kind: row.try_get(4)?,
+            is_partition: row.try_get(5)?,
+            parent: row.try_get(6)?,
+            owner: row.try_get(7)?,
+            quoted: row.try_get(8)?,
+            owns: row.try_get(9)?,
+            may_become: row.try_get(10)?,
+            owner_quoted: row.try_get(11)?,
+            login_quoted: row.try_get(12)?,
+        });
+    }
+    Ok(found)
 }
 
 pub(super) fn refused(reason: String) -> Failure {
@@ -134,15 +155,46 @@ impl Context<'_> {
         default_schema: Option<&str>,
     ) -> Result<Found, Failure> {
         let schema = relation.schema.as_deref().or(default_schema);
-        find(conn, relation, default_schema)
-            .await
-            .map_err(self.fail())?
-            .ok_or_else(|| {
-                refused(match schema {
-                    Some(schema) => format!("`{schema}.{}` does not exist", relation.name),
-                    None => format!("`{}` does not exist on the search path", relation.name),
-                })
+        let lookup = (schema.map(str::to_owned), relation.name.clone());
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(k, _)| *k == lookup)
+            .map(|(_, found)| found.clone());
+        let found = match known {
+            Some(found) => found,
+            None => find_all(conn, std::slice::from_ref(&lookup))
+                .await
+                .map_err(self.fail())?
+                .pop()
+                .flatten(),
+        };
+        found.ok_or_else(|| {
+            refused(match schema {
+                Some(schema) => format!("`{schema}.{}` does not exist", relation.name),
+                None => format!("`{}` does not exist on the search path", relation.name),
             })
+        })
+    }
+
+    /// Looks up in one query every relation `names` lists, for
+    /// [`Context::existing`] to answer from.
+    pub(super) async fn look_up(
+        &self,
+        conn: &mut PgConnection,
+        names: Vec<Lookup>,
+    ) -> Result<(), Failure> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let found = find_all(conn, &names).await.map_err(self.fail())?;
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(names.into_iter().zip(found));
+        Ok(())
     }
 
     /// The grant again, on the name the catalog resolved: a name looked
@@ -188,20 +240,12 @@ impl Context<'_> {
                 let parent = self.parent(conn, parent, SqlVerb::CreatePartition).await?;
                 beside_parent(partition, &parent, "created")?;
                 let role = self.owner(&parent, "CREATE TABLE … PARTITION OF")?;
-                let literals = literals(bounds).map_err(refused)?;
-                // The new name and the bounds quoted in one round trip; an
-                // attach quotes the bounds alone, its table found already.
-                let (name, quoted): (String, Vec<String>) = sqlx::query_as(
-                    "SELECT format('%I.%I', $1::text, $2::text),
-                            ARRAY(SELECT quote_nullable(v)
-                                  FROM unnest($3::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i)",
-                )
-                .bind(partition.schema.as_deref().unwrap_or(&parent.schema))
-                .bind(&partition.name)
-                .bind(literals)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(self.fail())?;
+                let quoted = quote_literals(&literals(bounds).map_err(refused)?);
+                let name = format!(
+                    "{}.{}",
+                    quote_ident(partition.schema.as_deref().unwrap_or(&parent.schema)),
+                    quote_ident(&partition.name)
+                );
                 Ok(Plan {
                     statement: format!(
                         "CREATE TABLE {name} PARTITION OF {} {}",
@@ -209,6 +253,7 @@ impl Context<'_> {
                         for_values(bounds, &quoted)
                     ),
                     role,
+                    removes: None,
                 })
             }
             Action::Attach {
@@ -223,15 +268,7 @@ impl Context<'_> {
                 self.regrant(&table, &[SqlVerb::CreatePartition])?;
                 self.attachable(conn, &parent, &table).await?;
                 let role = self.owner(&parent, "ALTER TABLE … ATTACH PARTITION")?;
-                let literals = literals(bounds).map_err(refused)?;
-                let quoted: Vec<String> = sqlx::query_scalar(
-                    "SELECT ARRAY(SELECT quote_nullable(v)
-                                  FROM unnest($1::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i)",
-                )
-                .bind(literals)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(self.fail())?;
+                let quoted = quote_literals(&literals(bounds).map_err(refused)?);
                 Ok(Plan {
                     statement: format!(
                         "ALTER TABLE {} ATTACH PARTITION {} {}",
@@ -240,6 +277,7 @@ impl Context<'_> {
                         for_values(bounds, &quoted)
                     ),
                     role,
+                    removes: None,
                 })
             }
             Action::Drop { parent, partition } => {
@@ -248,6 +286,11 @@ impl Context<'_> {
                 Ok(Plan {
                     statement: format!("DROP TABLE {}", partition.quoted),
                     role: self.owner(&partition, "DROP TABLE")?,
+                    removes: Some(Removed {
+                        oid: partition.oid,
+                        parent: parent.oid,
+                        dropped: true,
+                    }),
                 })
             }
             Action::Detach {
@@ -265,6 +308,11 @@ impl Context<'_> {
                         if *concurrently { " CONCURRENTLY" } else { "" }
                     ),
                     role: self.owner(&parent, "ALTER TABLE … DETACH PARTITION")?,
+                    removes: Some(Removed {
+                        oid: partition.oid,
+                        parent: parent.oid,
+                        dropped: false,
+                    }),
                 })
             }
             Action::Vacuum { table, options } => {

@@ -40,6 +40,7 @@ impl Context<'_> {
             return Ok(Plan {
                 statement: command.to_owned(),
                 role: None,
+                removes: None,
             });
         };
         let found = self.existing(conn, table, None).await?;
@@ -51,6 +52,7 @@ impl Context<'_> {
         Ok(Plan {
             statement: format!("{command} {}", found.quoted),
             role: self.owner(&found, word)?,
+            removes: None,
         })
     }
 }

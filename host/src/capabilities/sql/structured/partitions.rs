@@ -42,6 +42,62 @@ pub(super) fn literals(bounds: &wit::PartitionBounds) -> Result<Vec<Option<Strin
     values.into_iter().map(literal).collect()
 }
 
+/// A name as PostgreSQL's `quote_ident` writes it: as it is when it reads
+/// back the same unquoted (lower-case ASCII letters, digits and `_`, not
+/// starting with a digit, not a keyword PostgreSQL reserves in any way),
+/// else in double quotes with each `"` doubled. A keyword of a later
+/// PostgreSQL than the server's is quoted too, which reads the same.
+pub(super) fn quote_ident(name: &str) -> String {
+    let plain = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let keyword = || {
+        pg_query::scan(name).map_or(true, |scanned| {
+            scanned
+                .tokens
+                .iter()
+                .any(|t| t.keyword_kind > pg_query::protobuf::KeywordKind::UnreservedKeyword as i32)
+        })
+    };
+    if plain && !keyword() {
+        name.to_owned()
+    } else {
+        crate::capabilities::sql::roles::quote_ident(name)
+    }
+}
+
+/// The literals of [`literals`] as PostgreSQL's `quote_nullable` writes
+/// them: `NULL`, or the text in single quotes with each `'` doubled, and
+/// where it holds a backslash, each `\` doubled and an `E` in front, so
+/// that it reads the same whatever `standard_conforming_strings` is.
+pub(super) fn quote_literals(literals: &[Option<String>]) -> Vec<String> {
+    literals
+        .iter()
+        .map(|literal| match literal {
+            None => "NULL".to_owned(),
+            Some(text) => {
+                let mut quoted = String::with_capacity(text.len() + 3);
+                if text.contains('\\') {
+                    quoted.push('E');
+                }
+                quoted.push('\'');
+                for c in text.chars() {
+                    if c == '\'' || c == '\\' {
+                        quoted.push(c);
+                    }
+                    quoted.push(c);
+                }
+                quoted.push('\'');
+                quoted
+            }
+        })
+        .collect()
+}
+
 /// A value as the text of a literal PostgreSQL converts to the key's type.
 fn literal(value: &wit::Value) -> Result<Option<String>, String> {
     Ok(Some(match value {
@@ -68,7 +124,7 @@ fn literal(value: &wit::Value) -> Result<Option<String>, String> {
 }
 
 /// `FOR VALUES …` of `bounds`, with `quoted` the literals of
-/// [`literals`] as the database quoted them, in the same order.
+/// [`literals`] quoted ([`quote_literals`]), in the same order.
 pub(super) fn for_values(bounds: &wit::PartitionBounds, quoted: &[String]) -> String {
     let mut quoted = quoted.iter();
     let mut next = || quoted.next().cloned().unwrap_or_default();
@@ -305,5 +361,41 @@ mod tests {
             to: vec![R::Maxvalue],
         });
         assert!(literals(&empty).is_err());
+    }
+
+    #[test]
+    fn names_are_quoted_only_where_postgresql_needs_it() {
+        for plain in ["events", "events_2026_11_26", "_x", "a1", "name", "data"] {
+            assert_eq!(quote_ident(plain), plain);
+        }
+        for (name, quoted) in [
+            ("Events", r#""Events""#),
+            ("1a", r#""1a""#),
+            ("select", r#""select""#),
+            ("user", r#""user""#),
+            ("between", r#""between""#),
+            ("a b", r#""a b""#),
+            (r#"a"b"#, r#""a""b""#),
+            ("é", r#""é""#),
+            ("a$", r#""a$""#),
+            ("", r#""""#),
+        ] {
+            assert_eq!(quote_ident(name), quoted, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn literals_are_quoted_as_quote_nullable_does() {
+        let quoted = quote_literals(&[
+            None,
+            Some("plain".into()),
+            Some("it's".into()),
+            Some(r"a\b".into()),
+            Some(r"\'".into()),
+        ]);
+        assert_eq!(
+            quoted,
+            ["NULL", "'plain'", "'it''s'", r"E'a\\b'", r"E'\\'''"]
+        );
     }
 }

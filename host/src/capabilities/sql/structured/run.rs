@@ -2,12 +2,13 @@
 //! its own (or on the session, for what cannot run in one), or a list of
 //! calls in one transaction with a savepoint each.
 
-use super::catalog::Context;
-use super::{Action, Done, Item};
+use super::catalog::{Context, refused};
+use super::{Action, Done, Item, Removed};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::sql::{self, Failure};
+use crate::manifest::SqlVerb;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection as _, Executor, Postgres};
+use sqlx::{Connection as _, Executor, PgConnection, Postgres};
 
 /// Runs `actions` in one transaction, each under a savepoint: the checks
 /// and the statement of each as for one call, and one that fails rolled
@@ -27,7 +28,9 @@ pub(super) async fn postgres_many(
         ))
         .await
         .map_err(cx.fail())?;
+    look_up_partitions(&mut tx, actions, cx).await?;
     let mut out = Vec::with_capacity(actions.len());
+    let mut removed = Vec::new();
     for action in actions {
         let plan = match cx.plan(&mut tx, action).await {
             Ok(plan) => plan,
@@ -53,11 +56,14 @@ pub(super) async fn postgres_many(
             plan.statement
         );
         match tx.execute(sqlx::raw_sql(&batch)).await {
-            Ok(_) => out.push(Ok(Done {
-                statement: plan.statement,
-                role: plan.role,
-                ran: true,
-            })),
+            Ok(_) => {
+                removed.extend(plan.removes);
+                out.push(Ok(Done {
+                    statement: plan.statement,
+                    role: plan.role,
+                    ran: true,
+                }))
+            }
             Err(e) => {
                 let failure = sql::postgres::error(e, cx.budget);
                 if matches!(failure, Failure::Deadline) {
@@ -72,12 +78,87 @@ pub(super) async fn postgres_many(
             }
         }
     }
+    still_in_place(&mut tx, &removed, cx).await?;
     if cx.dry_run {
         tx.rollback().await.map_err(cx.fail())?;
     } else {
         tx.commit().await.map_err(cx.fail())?;
     }
     Ok(out)
+}
+
+/// Looks up together, before the first statement, every partition the
+/// list drops or detaches, under each parent the grant covers.
+async fn look_up_partitions(
+    conn: &mut PgConnection,
+    actions: &[&Action],
+    cx: &Context<'_>,
+) -> Result<(), Failure> {
+    let mut names = Vec::new();
+    for action in actions {
+        let (parent, partition, verb) = match action {
+            Action::Drop { parent, partition } => (parent, partition, SqlVerb::DropPartition),
+            Action::Detach {
+                parent, partition, ..
+            } => (parent, partition, SqlVerb::DropPartition),
+            _ => continue,
+        };
+        // A parent that is not there or not granted fails each of its
+        // calls by itself.
+        match cx.parent(conn, parent, verb).await {
+            Ok(found) => names.push((
+                Some(partition.schema.clone().unwrap_or(found.schema)),
+                partition.name.clone(),
+            )),
+            Err(f @ (Failure::Deadline | Failure::Guest(wit::SqlError::Database(_)))) => {
+                return Err(f);
+            }
+            Err(_) => {}
+        }
+    }
+    cx.look_up(conn, names).await
+}
+
+/// The statements of a list name their partitions, which were looked up
+/// before the first of them ran: if a name came to denote another table
+/// meanwhile (a partition renamed and another table given its name), a
+/// partition the list dropped is still there, or one it detached still
+/// belongs to its parent. The whole list then fails, and nothing of it is
+/// kept.
+async fn still_in_place(
+    conn: &mut PgConnection,
+    removed: &[Removed],
+    cx: &Context<'_>,
+) -> Result<(), Failure> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let (oids, parents, dropped): (Vec<i64>, Vec<i64>, Vec<bool>) = removed
+        .iter()
+        .map(|r| (r.oid, r.parent, r.dropped))
+        .collect();
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT c.oid::regclass::text
+         FROM unnest($1::bigint[], $2::bigint[], $3::bool[]) AS u(oid, parent, dropped)
+         JOIN pg_class c ON c.oid = u.oid::oid
+         WHERE u.dropped
+            OR EXISTS (SELECT 1 FROM pg_inherits i
+                       WHERE i.inhrelid = c.oid AND i.inhparent = u.parent::oid)",
+    )
+    .bind(oids)
+    .bind(parents)
+    .bind(dropped)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(cx.fail())?;
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(refused(format!(
+            "partitions were renamed or replaced while the call ran ({}); nothing was dropped or detached",
+            left.join(", ")
+        )))
+    }
 }
 
 /// Runs `action` on PostgreSQL. `statement` gets the statement once built,
