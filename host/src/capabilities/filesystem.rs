@@ -29,7 +29,6 @@ use super::output::{Level, Output};
 use crate::capabilities::budget::MemoryBudget;
 use crate::manifest::ResourceLimits;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
 use wasmtime::component::{HasData, Linker, ResourceTableError};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
@@ -98,12 +97,7 @@ impl FsGuard {
             listings: 0,
             listing_bytes: HashMap::new(),
             memory: limits.memory,
-            budget: Arc::new(WriteBudget {
-                cap: resources.write_bytes,
-                used: AtomicU64::new(0),
-                output: output.clone(),
-                warned: AtomicBool::new(false),
-            }),
+            budget: Arc::new(WriteBudget::new(resources.write_bytes, output)),
             output: output.clone(),
             blocking_current_thread,
             warned_descriptors: false,

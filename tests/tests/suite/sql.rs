@@ -6,7 +6,7 @@
 use SqlVerb::*;
 use housekeeper::capabilities::sql::Connection;
 use housekeeper::manifest::SqlVerb;
-use housekeeper::model::{RunResult, RunStatus};
+use housekeeper::model::{ConfigValue, RunResult, RunStatus};
 use housekeeper::runtime::RunRequest;
 use housekeeper_tests::{
     EXAMPLE_SCHEMA, assert_each_refused, component, fixture_path, runtime, sql_request, unparsed,
@@ -883,21 +883,7 @@ async fn injection_payloads_reach_nothing_but_the_granted_table(pool: PgPool) {
 async fn sqlite_temporary_files_are_charged_to_the_write_budget() {
     use housekeeper::capabilities::sql::ConnectionOptions;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("tasks.db").display()
-    );
-    let setup = SqlitePool::connect(&url).await.unwrap();
-    // About 20 MB of distinct values: ten times what SQLite sorts in memory.
-    sqlx::raw_sql(
-        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
-         INSERT INTO big (v)
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
-             SELECT i || printf('%.200c', 'x') FROM n;",
-    )
-    .execute(&setup)
-    .await
-    .unwrap();
+    let (url, setup) = big_sqlite(dir.path()).await;
     let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
     let request = |mode: &str, sql: &str, verbs: &[SqlVerb], write_bytes: u64| {
         let mut r = sql_request("hostile", connection.clone(), mode, sql, &[("big", verbs)]);
@@ -964,28 +950,7 @@ async fn sqlite_temporary_files_are_charged_to_the_write_budget() {
 async fn a_transaction_sqlite_ends_by_itself_leaves_the_connection_clean() {
     use housekeeper::capabilities::sql::ConnectionOptions;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("tasks.db").display()
-    );
-    let other = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            url.parse::<sqlx::sqlite::SqliteConnectOptions>()
-                .unwrap()
-                .busy_timeout(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
-         INSERT INTO big (v)
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
-             SELECT i || printf('%.200c', 'x') FROM n;",
-    )
-    .execute(&other)
-    .await
-    .unwrap();
+    let (url, other) = big_sqlite(dir.path()).await;
     let options = ConnectionOptions {
         pool_max: 1,
         ..ConnectionOptions::default()
@@ -1046,4 +1011,89 @@ async fn a_transaction_sqlite_ends_by_itself_leaves_the_connection_clean() {
         );
         assert!(values[0].starts_with('1'), "{values:?}");
     }
+}
+
+/// A file-backed SQLite database of about 20 MB (table `big`, 100,000
+/// distinct 200-byte values; table `small`), its URL, and a pool on it for
+/// the test's own statements, whose writes wait at most a second.
+async fn big_sqlite(dir: &std::path::Path) -> (String, SqlitePool) {
+    let url = format!("sqlite://{}?mode=rwc", dir.join("tasks.db").display());
+    let own = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .busy_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+         INSERT INTO big (v)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             SELECT i || printf('%.200c', 'x') FROM n;
+         CREATE TABLE small (v TEXT);",
+    )
+    .execute(&own)
+    .await
+    .unwrap();
+    (url, own)
+}
+
+/// `VACUUM` on SQLite copies the whole database into a temporary file:
+/// charged to the run's write budget like a task's own statements.
+#[tokio::test]
+async fn a_sqlite_vacuum_is_charged_to_the_write_budget() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    for (write_bytes, status) in [(1 << 20, RunStatus::Error), (1 << 30, RunStatus::Success)] {
+        let mut r = sql_request(
+            "hostile",
+            connection.clone(),
+            "sql-maintenance",
+            "",
+            &[("*", &[Vacuum])],
+        );
+        r.config
+            .insert("op".into(), ConfigValue::Text("vacuum".into()));
+        r.resources.write_bytes = write_bytes;
+        let r = run(r).await;
+        assert_eq!(r.status, status, "{r:#?}");
+        if status == RunStatus::Error {
+            let error = r.error.as_deref().unwrap_or_default();
+            assert!(error.contains("limits.write_bytes"), "{error}");
+        }
+    }
+}
+
+/// A call cut off at its run's deadline while it holds a write lock (an
+/// `INSERT`, then a read that never ends) leaves no transaction behind:
+/// its connection is closed, so another connection writes at once.
+#[tokio::test]
+async fn a_sqlite_call_cut_off_at_the_deadline_leaves_no_lock() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    let mut r = sql_request(
+        "hostile",
+        connection.clone(),
+        "sql-transaction",
+        "INSERT INTO small VALUES ('lock-holder')\nSELECT count(*) FROM big a, big b",
+        &[("small", &[Select, Insert]), ("big", &[Select])],
+    );
+    r.timeout = Duration::from_secs(2);
+    let r = run(r).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    sqlx::query("INSERT INTO small VALUES ('outside')")
+        .execute(&own)
+        .await
+        .expect("the cut-off call left its lock behind");
+    let rows: Vec<String> = sqlx::query_scalar("SELECT v FROM small")
+        .fetch_all(&own)
+        .await
+        .unwrap();
+    assert_eq!(rows, ["outside"]);
 }

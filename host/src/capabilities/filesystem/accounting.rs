@@ -34,6 +34,20 @@ pub struct WriteBudgetSpent {
 }
 
 impl WriteBudget {
+    pub(crate) fn new(cap: u64, output: &Output) -> Self {
+        WriteBudget {
+            cap,
+            used: AtomicU64::new(0),
+            output: output.clone(),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The bytes charged so far.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
     /// Takes `bytes` from the budget, or refuses them all.
     pub(crate) fn charge(&self, bytes: u64) -> Result<(), WriteBudgetSpent> {
         // Calls of one run never overlap, so load-then-add cannot race.

@@ -3,12 +3,14 @@
 use super::{Budget, Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use futures_util::StreamExt;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgPool, PgRow, PgTypeInfo};
 use sqlx::query::Query;
-use sqlx::{Column, Connection, Executor, Postgres, Row, TypeInfo, ValueRef};
+use sqlx::{Column, Executor, Postgres, Row, TypeInfo, ValueRef};
 
 /// SQLSTATEs that mean a time limit ended the statement.
 const QUERY_CANCELED: &str = "57014";
@@ -36,73 +38,107 @@ pub(super) async fn run(
     want_rows: bool,
     session: Session<'_>,
 ) -> Result<Vec<Outcome>, Failure> {
-    let mut conn = pool.acquire().await.map_err(|e| error(e, session.budget))?;
-    let result = run_on(&mut conn, statements, want_rows, &session).await;
-    if conn.execute(sqlx::raw_sql(RESET_SESSION)).await.is_err() {
-        conn.close_on_drop();
+    let conn = pool.acquire().await.map_err(|e| error(e, session.budget))?;
+    let mut call = Call {
+        conn,
+        reset: false,
+        abandoned: false,
+    };
+    let result = run_on(&mut call, statements, want_rows, &session).await;
+    if call.abandoned {
+        return result;
     }
-    result
+    // One round trip ends the transaction and resets the session.
+    let commit = result.is_ok() && !session.dry_run;
+    let end = if commit { "COMMIT" } else { "ROLLBACK" };
+    let sql = format!("{end}; {RESET_SESSION}");
+    let mut ended = call.conn.execute_many(sqlx::raw_sql(&sql));
+    // The first result is the transaction's end; the rest, the reset.
+    let committed = ended.next().await;
+    let mut reset = committed.as_ref().is_some_and(Result::is_ok);
+    while let Some(step) = ended.next().await {
+        reset &= step.is_ok();
+    }
+    drop(ended);
+    call.reset = reset;
+    match committed {
+        Some(Err(e)) if commit => Err(error(e, session.budget)),
+        _ => result,
+    }
 }
 
+/// A pooled connection during a call: closed instead of going back to the
+/// pool unless its transaction ended and its session was reset, also when
+/// the call is dropped half way (at its deadline).
+struct Call {
+    conn: PoolConnection<Postgres>,
+    reset: bool,
+    /// The server is still sending rows nobody will read: the connection
+    /// is closed rather than read to the end.
+    abandoned: bool,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.reset {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Runs the statements in a transaction it leaves open.
 async fn run_on(
-    conn: &mut sqlx::pool::PoolConnection<Postgres>,
+    call: &mut Call,
     statements: &[Prepared],
     want_rows: bool,
     session: &Session<'_>,
 ) -> Result<Vec<Outcome>, Failure> {
     let Session {
         role,
-        dry_run,
         budget,
         limits,
+        ..
     } = *session;
     let fail = |e: sqlx::Error| error(e, budget);
+    let conn = &mut call.conn;
 
     // One round trip opens the transaction, sets its limits and switches to
     // the task's role (a number and a quoted name of our own, not guest
     // input).
     let millis = budget.millis();
     let role = super::roles::quote_ident(role);
-    let mut tx = (&mut **conn)
-        .begin_with(format!(
-            "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}; \
-             SET LOCAL standard_conforming_strings = on; SET LOCAL ROLE {role}"
-        ))
-        .await
-        .map_err(fail)?;
+    conn.execute(sqlx::raw_sql(&format!(
+        "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}; \
+         SET LOCAL standard_conforming_strings = on; SET LOCAL ROLE {role}"
+    )))
+    .await
+    .map_err(fail)?;
     let mut outcomes = Vec::with_capacity(statements.len());
     for (index, statement) in statements.iter().enumerate() {
         // Before every statement after the first the role is switched to
         // again: whatever an earlier statement of the call set (a
         // `set_config('role', …, true)` the parse missed) ends there.
         if index > 0 {
-            tx.execute(sqlx::raw_sql(&format!("SET LOCAL ROLE {role}")))
+            conn.execute(sqlx::raw_sql(&format!("SET LOCAL ROLE {role}")))
                 .await
                 .map_err(fail)?;
         }
         let query = bind(sqlx::query(&statement.sql), &statement.params);
         if want_rows {
-            let stream = (&mut *tx).fetch(query);
+            let stream = (&mut **conn).fetch(query);
             let read = |row: &PgRow| values(row).map_err(Failure::Guest);
             match collect(stream, read, fail, limits).await {
                 Ok(rows) => outcomes.push(Outcome::Rows(rows)),
                 Err(Collect::TooLarge) => {
-                    // Stop the server from sending the rest: drop the socket.
-                    drop(tx);
-                    conn.close_on_drop();
+                    call.abandoned = true;
                     return Err(Failure::Guest(too_large(limits)));
                 }
                 Err(Collect::Failed(e)) => return Err(e),
             }
         } else {
-            let done = tx.execute(query).await.map_err(fail)?;
+            let done = conn.execute(query).await.map_err(fail)?;
             outcomes.push(Outcome::Changed(done.rows_affected()));
         }
-    }
-    if dry_run {
-        tx.rollback().await.map_err(fail)?;
-    } else {
-        tx.commit().await.map_err(fail)?;
     }
     Ok(outcomes)
 }

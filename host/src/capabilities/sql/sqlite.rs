@@ -39,10 +39,8 @@ pub(super) async fn run(
     grants: &Grants,
     writes: Option<&Arc<WriteBudget>>,
 ) -> Result<Vec<Outcome>, Failure> {
-    let mut conn = pool.acquire().await.map_err(error)?;
-    // A call dropped earlier (at its deadline) may have left its authorizer
-    // and its transaction on the connection.
-    clear(&mut conn).await?;
+    let mut call = Call::acquire(pool).await?;
+    let conn = &mut call.conn;
     let policy = Arc::new(Policy::new(grants.clone(), writes.cloned()));
     let _ended = Ended(policy.clone());
     // The call's transaction is the host's own `BEGIN`, not sqlx's: SQLite
@@ -51,22 +49,81 @@ pub(super) async fn run(
     // wrong for every later call on the connection. Whether one is open is
     // asked of SQLite instead.
     conn.execute("BEGIN").await.map_err(error)?;
-    let installed = install(&mut conn, &policy).await?;
-    let result = statements_in(&mut conn, statements, want_rows, limits, &policy).await;
-    remove(&mut conn, installed).await?;
+    let installed = install(conn, &policy, true).await?;
+    let result = statements_in(conn, statements, want_rows, limits, &policy).await;
+    remove(conn, installed).await?;
     let outcomes = match result {
         Ok(outcomes) => outcomes,
         Err(failure) => {
-            roll_back(&mut conn).await?;
+            roll_back(conn).await?;
+            call.finished = true;
             return Err(failure);
         }
     };
     if dry_run {
-        roll_back(&mut conn).await?;
+        roll_back(conn).await?;
     } else {
         conn.execute("COMMIT").await.map_err(error)?;
     }
+    call.finished = true;
     Ok(outcomes)
+}
+
+/// A pooled connection during a call. A call dropped before it finished
+/// (at its deadline) closes it, which rolls back its transaction and frees
+/// its locks at once, instead of handing it back with them.
+pub(super) struct Call {
+    pub(super) conn: PoolConnection<Sqlite>,
+    pub(super) finished: bool,
+}
+
+impl Call {
+    /// A connection from `pool` with no authorizer and no transaction
+    /// left on it.
+    pub(super) async fn acquire(pool: &SqlitePool) -> Result<Call, Failure> {
+        let mut conn = pool.acquire().await.map_err(error)?;
+        clear(&mut conn).await?;
+        Ok(Call {
+            conn,
+            finished: false,
+        })
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Runs `statements`, built by the host (`VACUUM`, `ANALYZE`), with what
+/// they make SQLite write to temporary files charged to `writes` and
+/// interrupted once the call is over.
+pub(super) async fn host_statements(
+    call: &mut Call,
+    statements: &[String],
+    writes: Option<&Arc<WriteBudget>>,
+) -> Result<(), Failure> {
+    let policy = Arc::new(Policy::new(Grants::default(), writes.cloned()));
+    let _ended = Ended(policy.clone());
+    let installed = install(&mut call.conn, &policy, false).await?;
+    let mut result = Ok(());
+    for statement in statements {
+        result = call
+            .conn
+            .execute(sqlx::raw_sql(statement))
+            .await
+            .map(|_| ())
+            .map_err(|e| policy.error(e));
+        if result.is_err() {
+            break;
+        }
+    }
+    remove(&mut call.conn, installed).await?;
+    call.finished = true;
+    result
 }
 
 async fn statements_in(
@@ -117,10 +174,10 @@ struct Policy {
 
 impl temp_files::TempWrites for Policy {
     fn charge(&self, bytes: u64) -> bool {
-        // A statement still running after its call is interrupted within a
-        // few steps; the host's own statements are not the task's.
+        // A statement still running after its call writes nothing more:
+        // it is interrupted within a few steps, or fails here first.
         if self.ended.load(Ordering::SeqCst) {
-            return true;
+            return false;
         }
         let Some(budget) = &self.writes else {
             return true;
@@ -362,7 +419,8 @@ unsafe extern "C" fn authorize(
 unsafe extern "C" fn progress(data: *mut c_void) -> c_int {
     // SAFETY: `data` is the `Policy` `install` handed to SQLite, alive while
     // the handler is installed.
-    let policy = unsafe { &*(data as *const Policy) };
+    let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
+    temp_files::charge_to(&*policy);
     c_int::from(policy.ended.load(Ordering::SeqCst))
 }
 
@@ -373,9 +431,28 @@ const PROGRESS_STEPS: c_int = 1_000;
 /// The authorizer's policy, as handed to SQLite (an `Arc` count of its own).
 struct Installed(usize);
 
-async fn install(conn: &mut SqliteConnection, policy: &Arc<Policy>) -> Result<Installed, Failure> {
+/// Puts the policy on the connection: as its authorizer when
+/// `with_authorizer`,
+/// and as its progress handler, which also charges temporary files to it.
+async fn install(
+    conn: &mut SqliteConnection,
+    policy: &Arc<Policy>,
+    with_authorizer: bool,
+) -> Result<Installed, Failure> {
     let mut handle = conn.lock_handle().await.map_err(error)?;
     let data = Arc::into_raw(policy.clone());
+    if !with_authorizer {
+        // SAFETY: as below, for the progress handler alone.
+        unsafe {
+            ffi::sqlite3_progress_handler(
+                handle.as_raw_handle().as_ptr(),
+                PROGRESS_STEPS,
+                Some(progress),
+                data as *mut c_void,
+            );
+        }
+        return Ok(Installed(data as usize));
+    }
     // SAFETY: the handle is locked, so no statement runs meanwhile; `data`
     // stays valid until `remove` (or for ever, if the call is dropped
     // before it: the count is then never released).
@@ -571,6 +648,21 @@ mod tests {
             Failure::Guest(wit::SqlError::Timeout) => "timeout".into(),
             Failure::Deadline => "deadline".into(),
         })
+    }
+
+    /// What SQLite writes to temporary files for a statement still running
+    /// after its call is refused: the call's budget no longer covers it.
+    #[test]
+    fn a_call_that_is_over_is_charged_nothing_more() {
+        use crate::capabilities::output::Output;
+        use temp_files::TempWrites;
+        let budget = Arc::new(WriteBudget::new(1 << 20, &Output::new("t", "r", 1 << 10)));
+        let policy = Policy::new(grants(&[]), Some(budget.clone()));
+        assert!(policy.charge(4096));
+        policy.ended.store(true, Ordering::SeqCst);
+        assert!(!policy.charge(4096));
+        assert!(!policy.charge(0));
+        assert_eq!(budget.used(), 4096);
     }
 
     async fn secrets(pool: &SqlitePool) -> Vec<(i64, String)> {

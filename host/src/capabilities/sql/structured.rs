@@ -291,7 +291,9 @@ impl SqlCapability {
                     };
                     postgres(pool, &action, &context, &mut statement).await
                 }
-                Pool::Sqlite(pool) => sqlite(pool, &action, self.dry_run).await,
+                Pool::Sqlite(pool) => {
+                    sqlite(pool, &action, self.dry_run, self.writes.as_ref()).await
+                }
             }
         };
         match budget.bound(call).await {

@@ -15,10 +15,12 @@
 //! Each connection runs its statements on a thread of its own, and SQLite
 //! writes a statement's temporary files on that thread while it steps the
 //! statement, so the call that is charged is the one the connection's
-//! thread last prepared a statement for ([`charge_to`], from the
-//! authorizer). A write made for no call that is still running (the host's
-//! own statements, a statement interrupted after its call ended) is not
-//! charged.
+//! thread last prepared or stepped a statement for ([`charge_to`], from the
+//! authorizer and the progress handler). A statement still running after
+//! its call is over is refused every write. The host's `VACUUM` and
+//! `ANALYZE` are charged to their run the same way (through the progress
+//! handler); the host's own small statements (`BEGIN`, `COMMIT`) are
+//! charged to no one.
 
 use libsqlite3_sys as ffi;
 use std::cell::RefCell;

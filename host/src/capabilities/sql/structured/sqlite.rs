@@ -3,8 +3,11 @@
 
 use super::catalog::refused;
 use super::{Action, Done, display};
+use crate::capabilities::filesystem::WriteBudget;
+use crate::capabilities::sql::sqlite::{Call, host_statements};
 use crate::capabilities::sql::{self, Failure};
-use sqlx::{Executor, SqlitePool};
+use sqlx::SqlitePool;
+use std::sync::Arc;
 
 /// `"name"`: SQLite quotes identifiers as PostgreSQL does.
 fn quote_sqlite(name: &str) -> String {
@@ -17,8 +20,10 @@ pub(super) async fn sqlite(
     pool: &SqlitePool,
     action: &Action,
     dry_run: bool,
+    writes: Option<&Arc<WriteBudget>>,
 ) -> Result<Done, Failure> {
-    let mut conn = pool.acquire().await.map_err(sql::sqlite::error)?;
+    let mut call = Call::acquire(pool).await?;
+    let conn = &mut call.conn;
     let statements: Vec<String> = match action {
         Action::Create { .. }
         | Action::Attach { .. }
@@ -49,7 +54,7 @@ pub(super) async fn sqlite(
             )
             .bind(table.schema.as_deref())
             .bind(&table.name)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut **conn)
             .await
             .map_err(sql::sqlite::error)?;
             if !exists {
@@ -63,12 +68,12 @@ pub(super) async fn sqlite(
         }
     };
     let statement = statements.join("; ");
-    if !dry_run {
-        for s in &statements {
-            conn.execute(sqlx::raw_sql(s))
-                .await
-                .map_err(sql::sqlite::error)?;
-        }
+    if dry_run {
+        call.finished = true;
+    } else {
+        // SQLite's temporary files for them (VACUUM copies the whole
+        // database into one) are the run's writes.
+        host_statements(&mut call, &statements, writes).await?;
     }
     Ok(Done {
         statement,
