@@ -1152,6 +1152,31 @@ mod tests {
         ));
     }
 
+    /// On SQLite the names an `INSERT`'s `WITH` defines are its CTEs within
+    /// its query, and tables anywhere else in the statement.
+    #[test]
+    fn sqlite_insert_with_names_its_ctes() {
+        let g = with(&[("audit", &[Insert, Select, Update]), ("events", &[Select])]);
+        let lite = |sql: &str| check(Dialect::Sqlite, sql, &g);
+        for ok in [
+            "INSERT INTO audit (id) WITH x AS (SELECT id FROM events) SELECT id FROM x",
+            "INSERT INTO audit (id) WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 9) SELECT n FROM c",
+        ] {
+            assert!(lite(ok).is_ok(), "{ok}: {:?}", lite(ok));
+        }
+        for denied in [
+            "INSERT INTO audit (id) WITH x AS (SELECT id FROM secrets) SELECT id FROM x",
+            "INSERT INTO audit (id) WITH secrets AS (SELECT 1) SELECT 1 FROM secrets RETURNING (SELECT max(id) FROM secrets)",
+            "INSERT INTO audit (id) WITH secrets AS (SELECT 1) SELECT 1 FROM secrets ON CONFLICT (id) DO UPDATE SET id = (SELECT max(id) FROM secrets)",
+        ] {
+            assert!(
+                matches!(lite(denied), Err(Denial::AccessDenied { ref table, .. }) if table == "secrets"),
+                "{denied}: {:?}",
+                lite(denied)
+            );
+        }
+    }
+
     /// Every spelling of VACUUM, ANALYZE and free-text partition changes
     /// under the partition verbs is refused, naming the call to use.
     #[test]

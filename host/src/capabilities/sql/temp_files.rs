@@ -130,8 +130,6 @@ fn inner() -> *mut ffi::sqlite3_vfs {
 #[repr(C)]
 struct Temp {
     base: ffi::sqlite3_file,
-    /// The file's end as far as this connection wrote it.
-    end: u64,
 }
 
 /// Where the default VFS's file starts, aligned for any field it has.
@@ -187,7 +185,6 @@ unsafe extern "C" fn open(
         let wrapped = wrapped(file);
         let rc = inner_open(inner, name, wrapped, flags, out_flags);
         let temp = file as *mut Temp;
-        (*temp).end = 0;
         // SQLite closes a file whose methods are set, even after a failed
         // open: ours then close the wrapped one.
         (*temp).base.pMethods = if (*wrapped).pMethods.is_null() {
@@ -228,34 +225,17 @@ unsafe extern "C" fn write(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    let temp = file as *mut Temp;
-    let (start, len) = (
-        u64::try_from(offset).unwrap_or(0),
-        u64::try_from(amount).unwrap_or(0),
-    );
-    // SAFETY: `file` is one of ours (its methods are TEMP_METHODS).
-    let end = unsafe { (*temp).end };
-    // The bytes, and the hole a write past the end leaves (as a file
-    // write is charged).
-    let cost = len.saturating_add(start.saturating_sub(end));
-    if !charge(cost) {
+    // The bytes written. A hole a write leaves is not charged: SQLite
+    // writes pages of its temporary b-trees at scattered offsets, and a
+    // hole takes no disk.
+    if !charge(u64::try_from(amount).unwrap_or(0)) {
         return ffi::SQLITE_FULL;
     }
-    // SAFETY: as above.
-    unsafe { (*temp).end = end.max(start.saturating_add(len)) };
     forward!(file, xWrite, data, amount, offset)
 }
 
+/// Truncating, or growing a file without writing it, takes no disk.
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
-    let temp = file as *mut Temp;
-    let new_end = u64::try_from(size).unwrap_or(0);
-    // SAFETY: `file` is one of ours.
-    let end = unsafe { (*temp).end };
-    if new_end > end && !charge(new_end - end) {
-        return ffi::SQLITE_FULL;
-    }
-    // SAFETY: as above.
-    unsafe { (*temp).end = new_end };
     forward!(file, xTruncate, size)
 }
 

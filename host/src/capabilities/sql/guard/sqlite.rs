@@ -258,6 +258,7 @@ impl<'g> Analysis<'g> {
                     _ => (ctes, statement),
                 }
             }
+            Statement::Insert(insert) => (insert_ctes(statement, insert), statement),
             other => (BTreeSet::new(), other),
         };
 
@@ -429,6 +430,25 @@ fn cte_names(with: &sqlparser::ast::With) -> BTreeSet<String> {
         }
     }
     names.into_iter().filter(|n| !tables.contains(n)).collect()
+}
+
+/// The names the `WITH` of an `INSERT`'s query defines (`INSERT INTO t
+/// WITH c AS (…) SELECT … FROM c`), which denote its CTEs in that query
+/// only: one the rest of the statement also names (an upsert's `SET`,
+/// `RETURNING`) denotes a table there, so it is not exempt.
+fn insert_ctes(statement: &Statement, insert: &sqlparser::ast::Insert) -> BTreeSet<String> {
+    let Some(source) = &insert.source else {
+        return BTreeSet::new();
+    };
+    let Some(with) = &source.with else {
+        return BTreeSet::new();
+    };
+    let count =
+        |relations: Vec<String>, name: &str| relations.iter().filter(|r| *r == name).count();
+    cte_names(with)
+        .into_iter()
+        .filter(|name| count(relations_of(statement), name) == count(relations_of(&**source), name))
+        .collect()
 }
 
 fn with_verb(tables: Vec<String>, verb: SqlVerb) -> Vec<(String, SqlVerb)> {
