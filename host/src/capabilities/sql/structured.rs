@@ -288,6 +288,7 @@ impl SqlCapability {
                         budget,
                         parents: Default::default(),
                         known: Default::default(),
+                        locked: Default::default(),
                     };
                     postgres(pool, &action, &context, &mut statement).await
                 }
@@ -413,6 +414,7 @@ impl SqlCapability {
                 budget,
                 parents: Default::default(),
                 known: Default::default(),
+                locked: Default::default(),
             };
             let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
             let items = match budget.bound(postgres_many(&pool, &run, &cx)).await {

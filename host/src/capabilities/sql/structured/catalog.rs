@@ -11,7 +11,7 @@ use crate::capabilities::output::Output;
 use crate::capabilities::sql::guard::Grants;
 use crate::capabilities::sql::{self, Budget, Failure};
 use crate::manifest::SqlVerb;
-use sqlx::{PgConnection, Row};
+use sqlx::{Executor, PgConnection, Row};
 
 /// What a PostgreSQL call needs besides the action.
 pub(super) struct Context<'a> {
@@ -25,6 +25,8 @@ pub(super) struct Context<'a> {
     /// Relations a list call looked up together before its first statement
     /// (`None`: not found).
     pub(super) known: std::sync::Mutex<Vec<(Lookup, Option<Found>)>>,
+    /// Parents this transaction holds locked, with all their partitions.
+    pub(super) locked: std::sync::Mutex<Vec<i64>>,
 }
 
 type ParentKey = (Option<String>, String, SqlVerb);
@@ -179,6 +181,42 @@ impl Context<'_> {
         })
     }
 
+    /// Locks `parent`, and with it every partition of it, as dropping or
+    /// detaching a partition does anyway (`ACCESS EXCLUSIVE` on the parent
+    /// until the transaction ends), before its partitions are looked up:
+    /// until then no other session can rename, drop or detach one of them,
+    /// so the partition a statement names is the one that was checked.
+    pub(super) async fn lock_tree(
+        &self,
+        conn: &mut PgConnection,
+        parent: &Found,
+    ) -> Result<(), Failure> {
+        let done = self
+            .locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&parent.oid);
+        if done {
+            return Ok(());
+        }
+        let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", parent.quoted);
+        let batch = match self.owner(parent, "LOCK TABLE")? {
+            None => lock,
+            Some(owner) => format!(
+                "SET LOCAL ROLE {}; {lock}; RESET ROLE",
+                sql::roles::quote_ident(&owner)
+            ),
+        };
+        conn.execute(sqlx::raw_sql(&batch))
+            .await
+            .map_err(self.fail())?;
+        self.locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(parent.oid);
+        Ok(())
+    }
+
     /// Looks up in one query every relation `names` lists, for
     /// [`Context::existing`] to answer from.
     pub(super) async fn look_up(
@@ -282,6 +320,7 @@ impl Context<'_> {
             }
             Action::Drop { parent, partition } => {
                 let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
+                self.lock_tree(conn, &parent).await?;
                 let partition = self.partition_of(conn, &parent, partition).await?;
                 Ok(Plan {
                     statement: format!("DROP TABLE {}", partition.quoted),
@@ -299,6 +338,11 @@ impl Context<'_> {
                 concurrently,
             } => {
                 let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
+                // `CONCURRENTLY` runs outside a transaction, and exists not
+                // to take this lock.
+                if !*concurrently {
+                    self.lock_tree(conn, &parent).await?;
+                }
                 let partition = self.partition_of(conn, &parent, partition).await?;
                 Ok(Plan {
                     statement: format!(

@@ -106,10 +106,22 @@ async fn look_up_partitions(
         // A parent that is not there or not granted fails each of its
         // calls by itself.
         match cx.parent(conn, parent, verb).await {
-            Ok(found) => names.push((
-                Some(partition.schema.clone().unwrap_or(found.schema)),
-                partition.name.clone(),
-            )),
+            Ok(found) => {
+                let concurrently = matches!(
+                    action,
+                    Action::Detach {
+                        concurrently: true,
+                        ..
+                    }
+                );
+                if !concurrently {
+                    cx.lock_tree(conn, &found).await?;
+                }
+                names.push((
+                    Some(partition.schema.clone().unwrap_or(found.schema)),
+                    partition.name.clone(),
+                ));
+            }
             Err(f @ (Failure::Deadline | Failure::Guest(wit::SqlError::Database(_)))) => {
                 return Err(f);
             }
@@ -119,12 +131,12 @@ async fn look_up_partitions(
     cx.look_up(conn, names).await
 }
 
-/// The statements of a list name their partitions, which were looked up
-/// before the first of them ran: if a name came to denote another table
-/// meanwhile (a partition renamed and another table given its name), a
-/// partition the list dropped is still there, or one it detached still
-/// belongs to its parent. The whole list then fails, and nothing of it is
-/// kept.
+/// The statements name their partitions, which were looked up before the
+/// first of them ran, under a lock no other session can pass
+/// ([`Context::lock_tree`]). Should a name still have come to denote
+/// another table (renamed in this very transaction, by a trigger), a
+/// partition dropped is still there, or one detached still belongs to its
+/// parent: the whole call then fails, and nothing of it is kept.
 async fn still_in_place(
     conn: &mut PgConnection,
     removed: &[Removed],
@@ -201,6 +213,7 @@ pub(super) async fn postgres(
     tx.execute(sqlx::raw_sql(&plan.statement))
         .await
         .map_err(cx.fail())?;
+    still_in_place(&mut tx, plan.removes.as_slice(), cx).await?;
     if cx.dry_run {
         tx.rollback().await.map_err(cx.fail())?;
     } else {
