@@ -288,7 +288,6 @@ impl SqlCapability {
                         budget,
                         parents: Default::default(),
                         known: Default::default(),
-                        locked: Default::default(),
                     };
                     postgres(pool, &action, &context, &mut statement).await
                 }
@@ -414,7 +413,6 @@ impl SqlCapability {
                 budget,
                 parents: Default::default(),
                 known: Default::default(),
-                locked: Default::default(),
             };
             let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
             let items = match budget.bound(postgres_many(&pool, &run, &cx)).await {

@@ -22,11 +22,17 @@ pub(super) struct Context<'a> {
     /// Parents already resolved in this transaction (a list call names one
     /// parent for every partition), by name as given and verb.
     pub(super) parents: std::sync::Mutex<Vec<(ParentKey, Found)>>,
-    /// Relations a list call looked up together before its first statement
-    /// (`None`: not found).
-    pub(super) known: std::sync::Mutex<Vec<(Lookup, Option<Found>)>>,
-    /// Parents this transaction holds locked, with all their partitions.
-    pub(super) locked: std::sync::Mutex<Vec<i64>>,
+    /// Relations looked up before the first statement.
+    pub(super) known: std::sync::Mutex<Vec<(Lookup, Known)>>,
+}
+
+/// What an earlier lookup found under a name.
+#[derive(Clone)]
+pub(super) enum Known {
+    /// The relation (`None`: nothing).
+    Found(Option<Found>),
+    /// The name denoted another relation by the time it was locked.
+    Changed,
 }
 
 type ParentKey = (Option<String>, String, SqlVerb);
@@ -166,7 +172,13 @@ impl Context<'_> {
             .find(|(k, _)| *k == lookup)
             .map(|(_, found)| found.clone());
         let found = match known {
-            Some(found) => found,
+            Some(Known::Found(found)) => found,
+            Some(Known::Changed) => {
+                return Err(refused(format!(
+                    "`{}` was renamed or replaced while the call ran",
+                    relation.name
+                )));
+            }
             None => find_all(conn, std::slice::from_ref(&lookup))
                 .await
                 .map_err(self.fail())?
@@ -181,45 +193,13 @@ impl Context<'_> {
         })
     }
 
-    /// Locks `parent`, and with it every partition of it, as dropping or
-    /// detaching a partition does anyway (`ACCESS EXCLUSIVE` on the parent
-    /// until the transaction ends), before its partitions are looked up:
-    /// until then no other session can rename, drop or detach one of them,
-    /// so the partition a statement names is the one that was checked.
-    pub(super) async fn lock_tree(
-        &self,
-        conn: &mut PgConnection,
-        parent: &Found,
-    ) -> Result<(), Failure> {
-        let done = self
-            .locked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&parent.oid);
-        if done {
-            return Ok(());
-        }
-        let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", parent.quoted);
-        let batch = match self.owner(parent, "LOCK TABLE")? {
-            None => lock,
-            Some(owner) => format!(
-                "SET LOCAL ROLE {}; {lock}; RESET ROLE",
-                sql::roles::quote_ident(&owner)
-            ),
-        };
-        conn.execute(sqlx::raw_sql(&batch))
-            .await
-            .map_err(self.fail())?;
-        self.locked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(parent.oid);
-        Ok(())
-    }
-
-    /// Looks up in one query every relation `names` lists, for
-    /// [`Context::existing`] to answer from.
-    pub(super) async fn look_up(
+    /// Looks `names` up, locks what they denote (`ACCESS EXCLUSIVE`, which
+    /// dropping or detaching a partition takes anyway), and looks them up
+    /// again: from then until the transaction ends no other session can
+    /// rename, drop or detach them, so a statement naming one reaches the
+    /// table that was checked. A name that came to denote another table
+    /// between the two lookups is refused.
+    pub(super) async fn look_up_locked(
         &self,
         conn: &mut PgConnection,
         names: Vec<Lookup>,
@@ -227,11 +207,48 @@ impl Context<'_> {
         if names.is_empty() {
             return Ok(());
         }
-        let found = find_all(conn, &names).await.map_err(self.fail())?;
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(names.into_iter().zip(found));
+        let first = find_all(conn, &names).await.map_err(self.fail())?;
+        // One statement per owner, as that owner (only an owner, or a role
+        // with write privileges, may take the lock).
+        let mut by_owner: Vec<(Option<String>, Vec<&str>)> = Vec::new();
+        for found in first.iter().flatten() {
+            let Ok(owner) = self.owner(found, "LOCK TABLE") else {
+                continue;
+            };
+            match by_owner.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, tables)) => tables.push(&found.quoted),
+                None => by_owner.push((owner, vec![&found.quoted])),
+            }
+        }
+        for (owner, tables) in &by_owner {
+            let lock = format!(
+                "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
+                tables.join(", ONLY ")
+            );
+            let batch = match owner {
+                None => lock,
+                Some(owner) => format!(
+                    "SET LOCAL ROLE {}; {lock}; RESET ROLE",
+                    sql::roles::quote_ident(owner)
+                ),
+            };
+            conn.execute(sqlx::raw_sql(&batch))
+                .await
+                .map_err(self.fail())?;
+        }
+        let again = find_all(conn, &names).await.map_err(self.fail())?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for ((lookup, before), after) in names.into_iter().zip(first).zip(again) {
+            let same = before.as_ref().map(|f| f.oid) == after.as_ref().map(|f| f.oid);
+            known.push((
+                lookup,
+                if same {
+                    Known::Found(after)
+                } else {
+                    Known::Changed
+                },
+            ));
+        }
         Ok(())
     }
 
@@ -320,7 +337,6 @@ impl Context<'_> {
             }
             Action::Drop { parent, partition } => {
                 let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
-                self.lock_tree(conn, &parent).await?;
                 let partition = self.partition_of(conn, &parent, partition).await?;
                 Ok(Plan {
                     statement: format!("DROP TABLE {}", partition.quoted),
@@ -338,11 +354,6 @@ impl Context<'_> {
                 concurrently,
             } => {
                 let parent = self.parent(conn, parent, SqlVerb::DropPartition).await?;
-                // `CONCURRENTLY` runs outside a transaction, and exists not
-                // to take this lock.
-                if !*concurrently {
-                    self.lock_tree(conn, &parent).await?;
-                }
                 let partition = self.partition_of(conn, &parent, partition).await?;
                 Ok(Plan {
                     statement: format!(

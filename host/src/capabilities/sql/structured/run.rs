@@ -87,8 +87,10 @@ pub(super) async fn postgres_many(
     Ok(out)
 }
 
-/// Looks up together, before the first statement, every partition the
-/// list drops or detaches, under each parent the grant covers.
+/// Looks up together and locks, before the first statement, every
+/// partition the calls drop or detach (not `DETACH … CONCURRENTLY`, which
+/// runs outside a transaction and exists not to take that lock), under
+/// each parent the grant covers.
 async fn look_up_partitions(
     conn: &mut PgConnection,
     actions: &[&Action],
@@ -99,7 +101,9 @@ async fn look_up_partitions(
         let (parent, partition, verb) = match action {
             Action::Drop { parent, partition } => (parent, partition, SqlVerb::DropPartition),
             Action::Detach {
-                parent, partition, ..
+                parent,
+                partition,
+                concurrently: false,
             } => (parent, partition, SqlVerb::DropPartition),
             _ => continue,
         };
@@ -107,16 +111,6 @@ async fn look_up_partitions(
         // calls by itself.
         match cx.parent(conn, parent, verb).await {
             Ok(found) => {
-                let concurrently = matches!(
-                    action,
-                    Action::Detach {
-                        concurrently: true,
-                        ..
-                    }
-                );
-                if !concurrently {
-                    cx.lock_tree(conn, &found).await?;
-                }
                 names.push((
                     Some(partition.schema.clone().unwrap_or(found.schema)),
                     partition.name.clone(),
@@ -128,12 +122,12 @@ async fn look_up_partitions(
             Err(_) => {}
         }
     }
-    cx.look_up(conn, names).await
+    cx.look_up_locked(conn, names).await
 }
 
 /// The statements name their partitions, which were looked up before the
 /// first of them ran, under a lock no other session can pass
-/// ([`Context::lock_tree`]). Should a name still have come to denote
+/// ([`Context::look_up_locked`]). Should a name still have come to denote
 /// another table (renamed in this very transaction, by a trigger), a
 /// partition dropped is still there, or one detached still belongs to its
 /// parent: the whole call then fails, and nothing of it is kept.
@@ -193,6 +187,7 @@ pub(super) async fn postgres(
         ))
         .await
         .map_err(cx.fail())?;
+    look_up_partitions(&mut tx, &[action], cx).await?;
     let plan = cx.plan(&mut tx, action).await?;
     *statement = Some(plan.statement.clone());
     if cx.dry_run && action.recorded_in_dry_run() {
