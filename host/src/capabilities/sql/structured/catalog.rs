@@ -72,9 +72,7 @@ impl Found {
 
 /// Looks relations up by their exact names (`schema` given, or else the
 /// search path), one row per name found, numbered by its place in the
-/// lists ($1 schemas, NULL for none; $2 names). Written as a nested loop
-/// of index lookups, a plan the server keeps for the connection instead of
-/// planning a hash join over `pg_class` at every call.
+/// lists ($1 schemas, NULL for none; $2 names).
 const FIND: &str = "
 SELECT u.i::bigint, c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::text,
        c.relispartition,
@@ -83,12 +81,12 @@ SELECT u.i::bigint, c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::
        r.rolname::text, format('%I.%I', n.nspname, c.relname),
        r.rolname = session_user, pg_has_role(session_user, c.relowner, 'MEMBER'),
        quote_ident(r.rolname), quote_ident(session_user)
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(schema, name, i),
-     LATERAL (SELECT * FROM pg_class c
-              WHERE c.oid = to_regclass(CASE WHEN u.schema IS NULL THEN quote_ident(u.name)
-                                             ELSE quote_ident(u.schema) || '.' || quote_ident(u.name) END)) c,
-     LATERAL (SELECT * FROM pg_namespace n WHERE n.oid = c.relnamespace) n,
-     LATERAL (SELECT * FROM pg_roles r WHERE r.oid = c.relowner) r";
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(schema, name, i)
+JOIN pg_class c
+  ON c.oid = to_regclass(CASE WHEN u.schema IS NULL THEN quote_ident(u.name)
+                              ELSE quote_ident(u.schema) || '.' || quote_ident(u.name) END)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_roles r ON r.oid = c.relowner";
 
 /// A relation as looked up: the schema it was looked up in (none: the
 /// search path) and its name.
