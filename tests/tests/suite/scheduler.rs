@@ -564,6 +564,19 @@ async fn claimed(h: &Harness, run: NewRun<'_>) -> Lease {
         .expect("the claim is won")
 }
 
+/// The claim of `task`'s scheduled occurrence at `at`, won.
+async fn claimed_fire(h: &Harness, task: &str, at: DateTime<Utc>) -> Lease {
+    claimed(
+        h,
+        NewRun {
+            scheduled_for: Some(at),
+            exclusive: true,
+            ..new_run(task, Trigger::Schedule)
+        },
+    )
+    .await
+}
+
 async fn rows(h: &Harness, task: &str) -> Vec<RunRecord> {
     let mut rows = h.ledger.runs(task);
     rows.sort_by_key(|r| r.id);
@@ -749,15 +762,7 @@ async fn a_run_left_by_a_previous_process_is_retried() {
     h.fake
         .plan("flaky", Duration::from_millis(10), &[RunStatus::Success]);
     let at = t0() - chrono::Duration::minutes(1);
-    let left = claimed(
-        &h,
-        NewRun {
-            scheduled_for: Some(at),
-            exclusive: true,
-            ..new_run("flaky", Trigger::Schedule)
-        },
-    )
-    .await;
+    let left = claimed_fire(&h, "flaky", at).await;
     wait(1.0).await;
     start(
         &h,
@@ -1017,15 +1022,7 @@ async fn misfire_run_once_runs_the_latest_missed_fire() {
     let h = harness().await;
     // The last recorded occurrence was five hours ago.
     let last = t0() - chrono::Duration::hours(5);
-    let lease = claimed(
-        &h,
-        NewRun {
-            scheduled_for: Some(last),
-            exclusive: true,
-            ..new_run("hourly", Trigger::Schedule)
-        },
-    )
-    .await;
+    let lease = claimed_fire(&h, "hourly", last).await;
     h.ledger
         .end_run(lease, RunStatus::Success, "")
         .await

@@ -441,32 +441,22 @@ async fn install(
 ) -> Result<Installed, Failure> {
     let mut handle = conn.lock_handle().await.map_err(error)?;
     let data = Arc::into_raw(policy.clone());
-    if !with_authorizer {
-        // SAFETY: as below, for the progress handler alone.
-        unsafe {
-            ffi::sqlite3_progress_handler(
+    if with_authorizer {
+        // SAFETY: the handle is locked, so no statement runs meanwhile;
+        // `data` stays valid until `remove` (or for ever, if the call is
+        // dropped before it: the count is then never released).
+        let rc = unsafe {
+            ffi::sqlite3_set_authorizer(
                 handle.as_raw_handle().as_ptr(),
-                PROGRESS_STEPS,
-                Some(progress),
+                Some(authorize),
                 data as *mut c_void,
-            );
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            // SAFETY: SQLite did not take the pointer.
+            unsafe { drop(Arc::from_raw(data)) };
+            return Err(refused_failure("the database refused the authorizer"));
         }
-        return Ok(Installed(data as usize));
-    }
-    // SAFETY: the handle is locked, so no statement runs meanwhile; `data`
-    // stays valid until `remove` (or for ever, if the call is dropped
-    // before it: the count is then never released).
-    let rc = unsafe {
-        ffi::sqlite3_set_authorizer(
-            handle.as_raw_handle().as_ptr(),
-            Some(authorize),
-            data as *mut c_void,
-        )
-    };
-    if rc != ffi::SQLITE_OK {
-        // SAFETY: SQLite did not take the pointer.
-        unsafe { drop(Arc::from_raw(data)) };
-        return Err(refused_failure("the database refused the authorizer"));
     }
     // SAFETY: as for the authorizer, with the same pointer and lifetime.
     unsafe {

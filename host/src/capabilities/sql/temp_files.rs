@@ -296,18 +296,22 @@ unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_i
 
 // The VFS's own methods are the default VFS's.
 
+/// The default VFS's method `$m`, called with its own pointer first, or
+/// `$none` when it has none.
+macro_rules! forward_vfs {
+    ($m:ident, $none:expr $(, $arg:expr)*) => {{
+        let inner = inner();
+        // SAFETY: `inner` is the default VFS, registered for the process.
+        unsafe { (*inner).$m.map_or($none, |f| f(inner $(, $arg)*)) }
+    }};
+}
+
 unsafe extern "C" fn delete(
     _: *mut ffi::sqlite3_vfs,
     name: *const c_char,
     sync_dir: c_int,
 ) -> c_int {
-    let inner = inner();
-    // SAFETY: `inner` is the default VFS, called with its own pointer.
-    unsafe {
-        (*inner)
-            .xDelete
-            .map_or(ffi::SQLITE_IOERR, |f| f(inner, name, sync_dir))
-    }
+    forward_vfs!(xDelete, ffi::SQLITE_IOERR, name, sync_dir)
 }
 
 unsafe extern "C" fn access(
@@ -316,13 +320,7 @@ unsafe extern "C" fn access(
     flags: c_int,
     out: *mut c_int,
 ) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`.
-    unsafe {
-        (*inner)
-            .xAccess
-            .map_or(ffi::SQLITE_IOERR, |f| f(inner, name, flags, out))
-    }
+    forward_vfs!(xAccess, ffi::SQLITE_IOERR, name, flags, out)
 }
 
 unsafe extern "C" fn full_pathname(
@@ -331,53 +329,32 @@ unsafe extern "C" fn full_pathname(
     size: c_int,
     out: *mut c_char,
 ) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`.
-    unsafe {
-        (*inner)
-            .xFullPathname
-            .map_or(ffi::SQLITE_IOERR, |f| f(inner, name, size, out))
-    }
+    forward_vfs!(xFullPathname, ffi::SQLITE_IOERR, name, size, out)
 }
 
 unsafe extern "C" fn randomness(_: *mut ffi::sqlite3_vfs, size: c_int, out: *mut c_char) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`.
-    unsafe { (*inner).xRandomness.map_or(0, |f| f(inner, size, out)) }
+    forward_vfs!(xRandomness, 0, size, out)
 }
 
 unsafe extern "C" fn sleep(_: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`.
-    unsafe { (*inner).xSleep.map_or(0, |f| f(inner, micros)) }
+    forward_vfs!(xSleep, 0, micros)
 }
 
 unsafe extern "C" fn current_time(_: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`.
-    unsafe {
-        (*inner)
-            .xCurrentTime
-            .map_or(ffi::SQLITE_ERROR, |f| f(inner, out))
-    }
+    forward_vfs!(xCurrentTime, ffi::SQLITE_ERROR, out)
 }
 
 unsafe extern "C" fn last_error(_: *mut ffi::sqlite3_vfs, size: c_int, out: *mut c_char) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`.
-    unsafe { (*inner).xGetLastError.map_or(0, |f| f(inner, size, out)) }
+    forward_vfs!(xGetLastError, 0, size, out)
 }
 
 unsafe extern "C" fn current_time_int64(
     _: *mut ffi::sqlite3_vfs,
     out: *mut ffi::sqlite3_int64,
 ) -> c_int {
-    let inner = inner();
-    // SAFETY: as for `delete`; the default VFS is version 2 or later.
-    unsafe {
-        match (*inner).xCurrentTimeInt64 {
-            Some(f) if (*inner).iVersion >= 2 => f(inner, out),
-            _ => ffi::SQLITE_ERROR,
-        }
+    // SAFETY: the default VFS's version says whether it has the method.
+    if unsafe { (*inner()).iVersion } < 2 {
+        return ffi::SQLITE_ERROR;
     }
+    forward_vfs!(xCurrentTimeInt64, ffi::SQLITE_ERROR, out)
 }

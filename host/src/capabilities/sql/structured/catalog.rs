@@ -133,6 +133,19 @@ async fn find_all(
     Ok(found)
 }
 
+/// What `cache` holds under `key`, from an earlier lookup of this call.
+pub(super) fn cached<K: PartialEq, V: Clone>(
+    cache: &std::sync::Mutex<Vec<(K, V)>>,
+    key: &K,
+) -> Option<V> {
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, value)| value.clone())
+}
+
 pub(super) fn refused(reason: String) -> Failure {
     Failure::Guest(wit::SqlError::Refused(reason))
 }
@@ -164,14 +177,7 @@ impl Context<'_> {
     ) -> Result<Found, Failure> {
         let schema = relation.schema.as_deref().or(default_schema);
         let lookup = (schema.map(str::to_owned), relation.name.clone());
-        let known = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(k, _)| *k == lookup)
-            .map(|(_, found)| found.clone());
-        let found = match known {
+        let found = match cached(&self.known, &lookup) {
             Some(Known::Found(found)) => found,
             Some(Known::Changed) => {
                 return Err(refused(format!(

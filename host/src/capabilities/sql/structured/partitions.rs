@@ -3,7 +3,7 @@
 //! partition (a partitioned table the grant covers, a partition of
 //! exactly that parent, a table that may be attached to it).
 
-use super::catalog::{Context, Found, refused};
+use super::catalog::{Context, Found, cached, refused};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::output::Level;
 use crate::capabilities::sql::Failure;
@@ -166,14 +166,7 @@ impl Context<'_> {
         verb: SqlVerb,
     ) -> Result<Found, Failure> {
         let key = (parent.schema.clone(), parent.name.clone(), verb);
-        let known = self
-            .parents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, found)| found.clone());
-        if let Some(found) = known {
+        if let Some(found) = cached(&self.parents, &key) {
             return Ok(found);
         }
         let found = self.existing(conn, parent, None).await?;
