@@ -91,6 +91,13 @@ pub async fn run(
     let drained = CancellationToken::new();
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
+    // Said with the address, before anything else can take long.
+    let api_token = args.api_token.clone().filter(|t| !t.is_empty());
+    if api_token.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(
+            "HOUSEKEEPER_API_TOKEN is not set and the API listens beyond loopback: anyone who can reach it can trigger and toggle tasks"
+        );
+    }
     let http = {
         let drained = drained.clone();
         tokio::spawn(
@@ -213,13 +220,6 @@ pub async fn run(
         });
     }
 
-    let api_token = args.api_token.clone().filter(|t| !t.is_empty());
-    let loopback = address.ip().is_loopback();
-    if api_token.is_none() && !loopback {
-        tracing::warn!(
-            "HOUSEKEEPER_API_TOKEN is not set and the API listens beyond loopback: anyone who can reach it can trigger and toggle tasks"
-        );
-    }
     let state = AppState {
         store,
         scheduler: scheduler.clone(),
