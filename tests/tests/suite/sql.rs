@@ -1040,6 +1040,53 @@ async fn big_sqlite(dir: &std::path::Path) -> (String, SqlitePool) {
     (url, own)
 }
 
+/// One call of `trim` or `LIKE` is one step for SQLite, however long it
+/// takes (SQLite's own take hours over values of a megabyte, comparing every
+/// character with every character of the set or pattern): the host's
+/// versions stop when their run ends, so the lock the run's transaction
+/// took is free as soon as the run is over. `instr` and `replace`, which
+/// took as long, are linear.
+#[tokio::test]
+async fn a_long_function_call_stops_with_its_run() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    let values = "FROM (SELECT printf('%.*c', 1000000, 'a') AS s, printf('%.*c', 500000, 'b') || 'a' AS set_, '%' || printf('%.*c', 20000, 'a') || 'b' AS pattern)";
+    let grants: &[(&str, &[SqlVerb])] = &[("small", &[Select, Insert])];
+    for (select, ends) in [
+        (
+            format!("SELECT length(trim(s, set_)) {values}"),
+            RunStatus::Timeout,
+        ),
+        (
+            format!("SELECT s LIKE pattern {values}"),
+            RunStatus::Timeout,
+        ),
+        (
+            format!(
+                "SELECT instr(s, substr(s, 500000) || 'b'), length(replace(s, substr(s, 500000) || 'b', 'c')) {values}"
+            ),
+            RunStatus::Success,
+        ),
+    ] {
+        let mut r = sql_request(
+            "hostile",
+            connection.clone(),
+            "sql-transaction",
+            &format!("INSERT INTO small VALUES ('lock-holder')\n{select}"),
+            grants,
+        );
+        r.timeout = Duration::from_secs(2);
+        let r = run(r).await;
+        assert_eq!(r.status, ends, "{select}: {r:#?}");
+        sqlx::query("INSERT INTO small VALUES ('outside')")
+            .execute(&own)
+            .await
+            .unwrap_or_else(|e| panic!("{select}: the run's statement still holds its lock: {e}"));
+    }
+}
+
 /// `VACUUM` on SQLite copies the whole database into a temporary file:
 /// charged to the run's write budget like a task's own statements.
 #[tokio::test]

@@ -74,16 +74,18 @@ impl Connection {
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             let mut handle = conn.lock_handle().await?;
+                            let db = handle.as_raw_handle().as_ptr();
                             // SAFETY: the handle is this connection's open
                             // database, locked for the call.
                             unsafe {
                                 libsqlite3_sys::sqlite3_limit(
-                                    handle.as_raw_handle().as_ptr(),
+                                    db,
                                     libsqlite3_sys::SQLITE_LIMIT_LENGTH,
                                     SQLITE_MAX_VALUE as i32,
                                 );
+                                super::functions::register(db)
                             }
-                            Ok(())
+                            .map_err(|e| sqlx::Error::Configuration(e.into()))
                         })
                     })
                     .connect_lazy_with(connect),

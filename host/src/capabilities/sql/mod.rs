@@ -10,6 +10,7 @@
 //! recorded in the output instead of run.
 
 pub mod connections;
+mod functions;
 pub mod guard;
 mod host;
 mod postgres;

@@ -15,8 +15,8 @@
 //! (`VACUUM` and `ANALYZE` are never guest SQL: the typed calls run them.)
 
 use super::guard::{self, Denial, Grants};
-use super::temp_files;
 use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
+use super::{functions, temp_files};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::filesystem::WriteBudget;
 use crate::manifest::SqlVerb;
@@ -170,6 +170,12 @@ struct Policy {
     created_indexes: Mutex<Vec<String>>,
     /// The run's write budget, which SQLite's temporary files are charged.
     writes: Option<Arc<WriteBudget>>,
+}
+
+impl functions::CallEnd for Policy {
+    fn is_over(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
 }
 
 impl temp_files::TempWrites for Policy {
@@ -459,13 +465,12 @@ async fn install(
         }
     }
     // SAFETY: as for the authorizer, with the same pointer and lifetime.
+    // The host's versions of the functions that can run long ask the same
+    // policy whether their call is over.
     unsafe {
-        ffi::sqlite3_progress_handler(
-            handle.as_raw_handle().as_ptr(),
-            PROGRESS_STEPS,
-            Some(progress),
-            data as *mut c_void,
-        );
+        let db = handle.as_raw_handle().as_ptr();
+        ffi::sqlite3_progress_handler(db, PROGRESS_STEPS, Some(progress), data as *mut c_void);
+        functions::serve(db, Some(policy.clone()));
     }
     Ok(Installed(data as usize))
 }
@@ -481,6 +486,7 @@ async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(),
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
         ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
+        functions::serve(db, None);
     }
     drop(handle);
     // SAFETY: SQLite no longer holds the pointer `install` gave it.
@@ -496,6 +502,7 @@ async fn clear(conn: &mut PoolConnection<Sqlite>) -> Result<(), Failure> {
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
         ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
+        functions::serve(db, None);
     }
     drop(handle);
     roll_back(conn).await

@@ -202,7 +202,10 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "current_database",
     // only for the settings `pg.rs` names
     "current_setting",
-    // what the grammar turns SQL syntax into
+    // what the grammar turns SQL syntax into (SQLite's LIKE and GLOB
+    // operators are calls of `like` and `glob`)
+    "like",
+    "glob",
     "overlay",
     "like_escape",
     "similar_to_escape",
