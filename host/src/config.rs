@@ -84,6 +84,12 @@ pub struct DbArgs {
     #[arg(long, env = "HOUSEKEEPER_SQL_MAX_STATEMENT", value_name = "HOUSEKEEPER_SQL_MAX_STATEMENT",
           default_value = "256KiB", value_parser = parse_statement_size)]
     pub sql_max_statement: u64,
+    /// Largest string or blob a task's statement reads or makes on a SQLite
+    /// connection. A statement runs on past its run's end for as long as a
+    /// straight line of steps over values this large takes.
+    #[arg(long, env = "HOUSEKEEPER_SQLITE_MAX_VALUE", value_name = "HOUSEKEEPER_SQLITE_MAX_VALUE",
+          default_value = "1MiB", value_parser = parse_sqlite_value_size)]
+    pub sqlite_max_value: u64,
     /// Name of this process in the run history (default: the host name).
     /// Each replica sharing a database needs its own.
     #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
@@ -132,6 +138,7 @@ impl DbArgs {
         let options = ConnectionOptions {
             pool_max: self.db_pool_max,
             acquire_timeout: Duration::from_millis(self.db_connect_timeout),
+            sqlite_max_value: self.sqlite_max_value as usize,
         };
         // Variables that are not Unicode cannot name a connection.
         let env = std::env::vars_os()
@@ -266,6 +273,15 @@ fn parse_statement_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+fn parse_sqlite_value_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    // SQLite's own ceiling on a value is 1,000,000,000 bytes.
+    if !(1 << 10..=1_000_000_000).contains(&bytes) {
+        return Err(format!("{text:?}: expected a size from 1KiB to 1GB"));
+    }
+    Ok(bytes)
+}
+
 fn parse_bytes(text: &str) -> Result<u64, String> {
     match parse_size::parse_size(text) {
         Ok(0) => Err("must be more than 0 bytes".into()),
@@ -387,6 +403,7 @@ mod tests {
             sql_max_rows: 100_000,
             sql_call_timeout: Duration::from_secs(900),
             sql_max_statement: 256 << 10,
+            sqlite_max_value: 1 << 20,
             replica: None,
             lease: Duration::from_secs(15),
             adopt_timezone: None,

@@ -1087,6 +1087,90 @@ async fn a_long_function_call_stops_with_its_run() {
     }
 }
 
+/// On SQLite a task statement reads and makes values of at most
+/// `HOUSEKEEPER_SQLITE_MAX_VALUE` and compiles to at most 10,000
+/// instructions, and the errors say which cap it met; `VACUUM`, which the
+/// host builds, still copies rows of any size.
+#[tokio::test]
+async fn sqlite_caps_on_values_and_programs_are_named() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, own) = big_sqlite(dir.path()).await;
+    sqlx::raw_sql("CREATE TABLE blobs (b BLOB); INSERT INTO blobs VALUES (zeroblob(2000000))")
+        .execute(&own)
+        .await
+        .unwrap();
+    let options = ConnectionOptions {
+        sqlite_max_value: 1 << 20,
+        ..ConnectionOptions::default()
+    };
+    let connection = Connection::open(&url, &options).unwrap();
+    let grants: &[(&str, &[SqlVerb])] = &[("blobs", &[Select]), ("small", &[Select])];
+    // Three instructions per element of the list, to build its index.
+    let in_list = |n: usize| {
+        let names: Vec<String> = (0..n).map(|i| format!("'v{i}'")).collect();
+        format!(
+            "SELECT count(*) FROM small WHERE v IN ({})",
+            names.join(", ")
+        )
+    };
+    for (mode, sql, cap) in [
+        (
+            "sql-query",
+            "SELECT b FROM blobs".to_owned(),
+            "HOUSEKEEPER_SQLITE_MAX_VALUE",
+        ),
+        (
+            "sql-query",
+            "SELECT length(replace(printf('%.*c', 1000000, 'x'), 'x', 'yy'))".to_owned(),
+            "HOUSEKEEPER_SQLITE_MAX_VALUE",
+        ),
+        ("sql-query", in_list(4_000), "SQLite instructions"),
+    ] {
+        let r = run(sql_request(
+            "hostile",
+            connection.clone(),
+            mode,
+            &sql,
+            grants,
+        ))
+        .await;
+        assert_eq!(r.status, RunStatus::Error, "{r:#?}");
+        let error = r.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains(cap),
+            "{}: {error}",
+            &sql[..40.min(sql.len())]
+        );
+    }
+    // Within the caps, the same shapes run.
+    let r = run(sql_request(
+        "hostile",
+        connection.clone(),
+        "sql-query",
+        &in_list(1_000),
+        grants,
+    ))
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let mut r = sql_request(
+        "hostile",
+        connection.clone(),
+        "sql-maintenance",
+        "",
+        &[("*", &[Vacuum])],
+    );
+    r.config
+        .insert("op".into(), ConfigValue::Text("vacuum".into()));
+    let r = run(r).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let size: i64 = sqlx::query_scalar("SELECT length(b) FROM blobs")
+        .fetch_one(&own)
+        .await
+        .unwrap();
+    assert_eq!(size, 2_000_000);
+}
+
 /// `VACUUM` on SQLite copies the whole database into a temporary file:
 /// charged to the run's write budget like a task's own statements.
 #[tokio::test]

@@ -18,11 +18,22 @@ use std::time::Duration;
 /// Prefix and suffix of the environment variables that name connections.
 const ENV_PREFIX: &str = "HOUSEKEEPER_DB_";
 const ENV_SUFFIX: &str = "_URL";
-/// Largest string or blob SQLite makes on a task connection: the memory
-/// for a value lives in the host, outside the run's memory limit, so one
+/// Default of the largest string or blob SQLite reads or makes on a task
+/// connection (`HOUSEKEEPER_SQLITE_MAX_VALUE`). The memory for a value lives
+/// in the host, outside the run's memory limit, so one
 /// `printf('%.*c', 999999999, 'x')` must fail instead of allocating a
-/// gigabyte. The same as the cap on a whole result.
-pub const SQLITE_MAX_VALUE: usize = 32 << 20;
+/// gigabyte; and one step of a statement (a function call, a comparison, a
+/// copy) costs time in proportion to its values, with no chance for the
+/// deadline to interrupt it until the statement loops.
+pub const SQLITE_MAX_VALUE: usize = 1 << 20;
+
+/// Most instructions SQLite's compiled program for one task statement may
+/// hold (`SQLITE_LIMIT_VDBE_OP`): a statement without a loop runs from its
+/// first instruction to its last without looking at the progress handler,
+/// so this, times the cost of a step over the largest value, bounds how
+/// long it runs on once its call is over. Maintenance statements compile to
+/// tens or hundreds; a 1,000-row `INSERT … VALUES` to about 8,000.
+pub const SQLITE_MAX_PROGRAM: usize = 10_000;
 
 /// Suffix of the variables that let a connection log in as a superuser.
 const ENV_UNSAFE_SUFFIX: &str = "_UNSAFE_SUPERUSER";
@@ -64,6 +75,7 @@ impl Connection {
             // SQLite's temporary files go through the task VFS, which
             // charges them to the run's write budget.
             super::temp_files::register().map_err(anyhow::Error::msg)?;
+            let max_value = i32::try_from(options.sqlite_max_value).unwrap_or(i32::MAX);
             let connect = SqliteConnectOptions::from_str(url)?
                 .busy_timeout(options.acquire_timeout)
                 .vfs(super::temp_files::NAME);
@@ -71,7 +83,7 @@ impl Connection {
                 SqlitePoolOptions::new()
                     .max_connections(options.pool_max)
                     .acquire_timeout(options.acquire_timeout)
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
                             let mut handle = conn.lock_handle().await?;
                             let db = handle.as_raw_handle().as_ptr();
@@ -81,7 +93,12 @@ impl Connection {
                                 libsqlite3_sys::sqlite3_limit(
                                     db,
                                     libsqlite3_sys::SQLITE_LIMIT_LENGTH,
-                                    SQLITE_MAX_VALUE as i32,
+                                    max_value,
+                                );
+                                libsqlite3_sys::sqlite3_limit(
+                                    db,
+                                    libsqlite3_sys::SQLITE_LIMIT_VDBE_OP,
+                                    SQLITE_MAX_PROGRAM as i32,
                                 );
                                 super::functions::register(db)
                             }
@@ -140,6 +157,8 @@ impl Connection {
 pub struct ConnectionOptions {
     pub pool_max: u32,
     pub acquire_timeout: Duration,
+    /// Largest string or blob a task statement reads or makes on SQLite.
+    pub sqlite_max_value: usize,
 }
 
 impl Default for ConnectionOptions {
@@ -147,6 +166,7 @@ impl Default for ConnectionOptions {
         ConnectionOptions {
             pool_max: 4,
             acquire_timeout: Duration::from_secs(10),
+            sqlite_max_value: SQLITE_MAX_VALUE,
         }
     }
 }

@@ -109,6 +109,11 @@ pub(super) async fn host_statements(
     let policy = Arc::new(Policy::new(Grants::default(), writes.cloned()));
     let _ended = Ended(policy.clone());
     let installed = install(&mut call.conn, &policy, false).await?;
+    // `VACUUM` copies every row whole: the cap on a task statement's values
+    // (`HOUSEKEEPER_SQLITE_MAX_VALUE`) is not the host's, so SQLite's own
+    // ceiling holds while they run. Every row is a loop step, which the
+    // progress handler sees.
+    let task_cap = value_cap(&mut call.conn, SQLITE_CEILING).await?;
     let mut result = Ok(());
     for statement in statements {
         result = call
@@ -121,9 +126,27 @@ pub(super) async fn host_statements(
             break;
         }
     }
+    value_cap(&mut call.conn, task_cap).await?;
     remove(&mut call.conn, installed).await?;
     call.finished = true;
     result
+}
+
+/// SQLite's largest value, whatever a connection's cap.
+const SQLITE_CEILING: c_int = 1_000_000_000;
+
+/// Sets the connection's cap on a value's size (`SQLITE_LIMIT_LENGTH`) and
+/// returns the one it had.
+async fn value_cap(conn: &mut SqliteConnection, bytes: c_int) -> Result<c_int, Failure> {
+    let mut handle = conn.lock_handle().await.map_err(error)?;
+    // SAFETY: the handle is locked for the call.
+    Ok(unsafe {
+        ffi::sqlite3_limit(
+            handle.as_raw_handle().as_ptr(),
+            ffi::SQLITE_LIMIT_LENGTH,
+            bytes,
+        )
+    })
 }
 
 async fn statements_in(
@@ -532,9 +555,19 @@ pub(super) fn error(e: sqlx::Error) -> Failure {
         ),
         other => (String::new(), other.to_string()),
     };
+    // SQLite's words for two caps of the host's.
+    let hint = match code.as_str() {
+        "18" => {
+            " (a value larger than a task statement may read or make on SQLite: HOUSEKEEPER_SQLITE_MAX_VALUE)"
+        }
+        "7" => {
+            " (or the statement compiles to more SQLite instructions than a task statement may hold)"
+        }
+        _ => "",
+    };
     Failure::Guest(wit::SqlError::Database(wit::DatabaseError {
         code,
-        message,
+        message: message + hint,
     }))
 }
 
