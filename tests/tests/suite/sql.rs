@@ -1087,8 +1087,82 @@ async fn a_long_function_call_stops_with_its_run() {
     }
 }
 
+/// One step that counts a whole table does not look at the progress
+/// handler; the host interrupts it (`sqlite3_interrupt`) when its call is
+/// dropped, so the lock its run took is free right after the run.
+#[tokio::test]
+async fn a_count_of_a_whole_table_ends_with_its_run() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    // A row a page: counting the table reads each of its 20,000 pages.
+    sqlx::raw_sql(
+        "CREATE TABLE wide (b BLOB);
+         INSERT INTO wide
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             SELECT zeroblob(3900) FROM n;",
+    )
+    .execute(&own)
+    .await
+    .unwrap();
+    let grants: &[(&str, &[SqlVerb])] = &[("small", &[Select, Insert]), ("wide", &[Select])];
+    let counts = vec!["(SELECT count(*) FROM wide)"; 200].join(", ");
+    let mut r = sql_request(
+        "hostile",
+        connection.clone(),
+        "sql-transaction",
+        &format!("INSERT INTO small VALUES ('lock-holder')\nSELECT {counts}"),
+        grants,
+    );
+    r.timeout = Duration::from_secs(1);
+    let r = run(r).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    sqlx::query("INSERT INTO small VALUES ('outside')")
+        .execute(&own)
+        .await
+        .expect("the counting statement still holds its lock");
+}
+
+/// A statement waiting for another connection's lock when its run ends
+/// does not write once the other connection lets go: the host's busy
+/// handler stops waiting, and were it to get the lock, the statement is
+/// interrupted.
+#[tokio::test]
+async fn a_statement_waiting_for_a_lock_does_not_write_after_its_run() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    let grants: &[(&str, &[SqlVerb])] = &[("small", &[Select, Insert])];
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO small VALUES ('holder')")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut r = sql_request(
+        "hostile",
+        connection.clone(),
+        "sql-execute",
+        "INSERT INTO small VALUES ('late')",
+        grants,
+    );
+    r.timeout = Duration::from_secs(1);
+    let r = run(r).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows: Vec<String> = sqlx::query_scalar("SELECT v FROM small ORDER BY v")
+        .fetch_all(&own)
+        .await
+        .unwrap();
+    assert_eq!(rows, ["holder"], "a statement of an ended run wrote");
+}
+
 /// On SQLite a task statement reads and makes values of at most
-/// `HOUSEKEEPER_SQLITE_MAX_VALUE` and compiles to at most 10,000
+/// `HOUSEKEEPER_SQLITE_MAX_VALUE` and compiles to at most 5,376
 /// instructions, and the errors say which cap it met; `VACUUM`, which the
 /// host builds, still copies rows of any size.
 #[tokio::test]

@@ -32,8 +32,10 @@ pub const SQLITE_MAX_VALUE: usize = 1 << 20;
 /// first instruction to its last without looking at the progress handler,
 /// so this, times the cost of a step over the largest value, bounds how
 /// long it runs on once its call is over. Maintenance statements compile to
-/// tens or hundreds; a 1,000-row `INSERT … VALUES` to about 8,000.
-pub const SQLITE_MAX_PROGRAM: usize = 10_000;
+/// tens or hundreds of instructions; an `IN` list of n literals to about
+/// 3n. SQLite grows a program by doubling (42, 84, … 5,376), so the cap is
+/// one of those sizes.
+pub const SQLITE_MAX_PROGRAM: usize = 5_376;
 
 /// Suffix of the variables that let a connection log in as a superuser.
 const ENV_UNSAFE_SUFFIX: &str = "_UNSAFE_SUPERUSER";
@@ -76,6 +78,7 @@ impl Connection {
             // charges them to the run's write budget.
             super::temp_files::register().map_err(anyhow::Error::msg)?;
             let max_value = i32::try_from(options.sqlite_max_value).unwrap_or(i32::MAX);
+            let busy_timeout = options.acquire_timeout;
             let connect = SqliteConnectOptions::from_str(url)?
                 .busy_timeout(options.acquire_timeout)
                 .vfs(super::temp_files::NAME);
@@ -100,7 +103,7 @@ impl Connection {
                                     libsqlite3_sys::SQLITE_LIMIT_VDBE_OP,
                                     SQLITE_MAX_PROGRAM as i32,
                                 );
-                                super::functions::register(db)
+                                super::functions::register(db, busy_timeout)
                             }
                             .map_err(|e| sqlx::Error::Configuration(e.into()))
                         })

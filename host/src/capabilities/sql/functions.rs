@@ -18,19 +18,59 @@
 use libsqlite3_sys as ffi;
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Whether the call a connection is serving is over.
 pub(super) trait CallEnd: Send + Sync {
     fn is_over(&self) -> bool;
 }
 
-/// What a connection's functions ask: the call it serves, if any.
+/// What a connection's functions ask (the call it serves, if any), and
+/// the connection itself for as long as it is open.
 #[derive(Default)]
-struct Slot(Mutex<Option<Arc<dyn CallEnd>>>);
+struct Slot {
+    call: Mutex<Option<Arc<dyn CallEnd>>>,
+    /// The open connection (`*mut sqlite3`); `None` once it closes.
+    db: Mutex<Option<usize>>,
+    /// Longest wait for another connection's lock.
+    busy_timeout: Duration,
+}
+
+/// SQLite's busy handler for task connections: SQLite's own schedule of
+/// sleeps (`sqliteDefaultBusyCallback`), up to the slot's timeout, and none
+/// once the call is over: a statement of a run that has ended gets
+/// `SQLITE_BUSY` instead of the lock it waited for.
+unsafe extern "C" fn busy(slot: *mut c_void, count: c_int) -> c_int {
+    // SAFETY: `register` gave SQLite the slot, alive while the connection is.
+    let slot = unsafe { &*(slot as *const Slot) };
+    if slot.over() {
+        return 0;
+    }
+    match busy_delay(count.max(0) as u64, slot.busy_timeout) {
+        Some(delay) => {
+            std::thread::sleep(delay);
+            c_int::from(!slot.over())
+        }
+        None => 0,
+    }
+}
+
+/// How long the `count`th wait for a lock sleeps, or `None` once `timeout`
+/// has been slept: SQLite's delays of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50,
+/// 50 ms, then 100 ms each.
+fn busy_delay(count: u64, timeout: Duration) -> Option<Duration> {
+    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    let (delay, prior) = match DELAYS.get(count as usize) {
+        Some(delay) => (*delay, DELAYS[..count as usize].iter().sum::<u64>()),
+        None => (100, 328 + 100 * (count - 12)),
+    };
+    let timeout = timeout.as_millis() as u64;
+    (prior < timeout).then(|| Duration::from_millis(delay.min(timeout - prior)))
+}
 
 impl Slot {
     fn over(&self) -> bool {
-        let call = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let call = self.call.lock().unwrap_or_else(|p| p.into_inner());
         call.as_ref().is_some_and(|c| c.is_over())
     }
 }
@@ -40,29 +80,75 @@ const SLOT: &CStr = c"housekeeper-call";
 
 unsafe extern "C" fn drop_slot(slot: *mut c_void) {
     // SAFETY: `register` made this pointer with `Box::into_raw`, and SQLite
-    // calls this once, when the connection closes.
-    drop(unsafe { Box::from_raw(slot as *mut Slot) });
+    // calls this once, while the connection closes and before it frees it.
+    let slot = unsafe { Box::from_raw(slot as *mut Arc<Slot>) };
+    // Waits for an `Interrupter::interrupt` under way: the connection is
+    // not freed while one runs.
+    *slot.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// Interrupts a connection's running statement (`sqlite3_interrupt`) from
+/// any thread, and does nothing once the connection is closed.
+pub(super) struct Interrupter(Arc<Slot>);
+
+impl Interrupter {
+    /// The interrupter of `db`, if it has the host's functions.
+    ///
+    /// # Safety
+    /// `db` is an open connection.
+    pub(super) unsafe fn of(db: *mut ffi::sqlite3) -> Option<Interrupter> {
+        // SAFETY: `db` is open; the slot, if any, lives as long as it.
+        let slot = unsafe { ffi::sqlite3_get_clientdata(db, SLOT.as_ptr()) } as *const Arc<Slot>;
+        // SAFETY: as above.
+        unsafe { slot.as_ref() }.map(|slot| Interrupter(slot.clone()))
+    }
+
+    /// Stops the statement the connection runs at its next step, or
+    /// within the step when it is a long one SQLite checks (counting a
+    /// table's rows); the next statement starts afresh.
+    pub(super) fn interrupt(&self) {
+        let db = self.0.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = *db {
+            // SAFETY: the connection is open: it clears `db` (under this
+            // lock) before it is freed. `sqlite3_interrupt` may be called
+            // from any thread.
+            unsafe { ffi::sqlite3_interrupt(db as *mut ffi::sqlite3) };
+        }
+    }
 }
 
 type Function =
     unsafe extern "C" fn(*mut ffi::sqlite3_context, c_int, *mut *mut ffi::sqlite3_value);
 
-/// Puts the host versions on `db`, in place of SQLite's own. Once per
-/// connection, before its first statement.
+/// Puts the host versions on `db`, in place of SQLite's own, and a busy
+/// handler that waits up to `busy_timeout` for another connection's lock,
+/// but no longer than its call lasts. Once per connection, before its
+/// first statement.
 ///
 /// # Safety
 /// `db` is an open connection no other thread uses meanwhile.
-pub(super) unsafe fn register(db: *mut ffi::sqlite3) -> Result<(), String> {
-    let slot = Box::into_raw(Box::<Slot>::default());
-    // SAFETY: `db` is open; SQLite owns `slot` from here and frees it with
+pub(super) unsafe fn register(db: *mut ffi::sqlite3, busy_timeout: Duration) -> Result<(), String> {
+    let shared = Arc::new(Slot {
+        db: Mutex::new(Some(db as usize)),
+        busy_timeout,
+        ..Slot::default()
+    });
+    let slot = Arc::as_ptr(&shared);
+    let data = Box::into_raw(Box::new(shared));
+    // SAFETY: `db` is open; SQLite owns `data` from here and frees it with
     // `drop_slot` when the connection closes.
     let rc = unsafe {
-        ffi::sqlite3_set_clientdata(db, SLOT.as_ptr(), slot as *mut c_void, Some(drop_slot))
+        ffi::sqlite3_set_clientdata(db, SLOT.as_ptr(), data as *mut c_void, Some(drop_slot))
     };
     if rc != ffi::SQLITE_OK {
         // SAFETY: SQLite did not take the pointer.
-        drop(unsafe { Box::from_raw(slot) });
+        drop(unsafe { Box::from_raw(data) });
         return Err(format!("cannot attach the call slot (SQLite error {rc})"));
+    }
+    // SAFETY: as for the functions below.
+    let rc = unsafe { ffi::sqlite3_busy_handler(db, Some(busy), slot as *mut c_void) };
+    if rc != ffi::SQLITE_OK {
+        return Err(format!("cannot set the busy handler (SQLite error {rc})"));
     }
     let functions: [(&CStr, c_int, Function); 10] = [
         (c"instr", 2, instr),
@@ -113,10 +199,10 @@ pub(super) unsafe fn register(db: *mut ffi::sqlite3) -> Result<(), String> {
 /// `db` is an open connection.
 pub(super) unsafe fn serve(db: *mut ffi::sqlite3, call: Option<Arc<dyn CallEnd>>) {
     // SAFETY: `db` is open; the slot, if any, lives as long as it.
-    let slot = unsafe { ffi::sqlite3_get_clientdata(db, SLOT.as_ptr()) } as *const Slot;
+    let slot = unsafe { ffi::sqlite3_get_clientdata(db, SLOT.as_ptr()) } as *const Arc<Slot>;
     // SAFETY: as above.
     if let Some(slot) = unsafe { slot.as_ref() } {
-        *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = call;
+        *slot.call.lock().unwrap_or_else(|p| p.into_inner()) = call;
     }
 }
 
@@ -886,7 +972,7 @@ mod tests {
         if host {
             let mut handle = conn.lock_handle().await.unwrap();
             // SAFETY: the connection is open and locked.
-            unsafe { register(handle.as_raw_handle().as_ptr()) }.unwrap();
+            unsafe { register(handle.as_raw_handle().as_ptr(), Duration::from_secs(5)) }.unwrap();
         }
         conn
     }
@@ -1106,7 +1192,10 @@ mod tests {
             }
         }
         // Over at its third look: the start, one while running, then over.
-        let slot = || Slot(Mutex::new(Some(Arc::new(AfterChecks(0.into())))));
+        let slot = || Slot {
+            call: Mutex::new(Some(Arc::new(AfterChecks(0.into())))),
+            ..Slot::default()
+        };
         let long = "a".repeat(1 << 20);
         let set: Vec<u8> = "b".repeat(1 << 12).into_bytes();
         let mut set: Vec<&[u8]> = set.chunks(1).collect();
@@ -1118,5 +1207,36 @@ mod tests {
         let slot_b = slot();
         let mut meter = Meter::start(&slot_b).unwrap();
         assert!(matches(pattern.as_bytes(), long.as_bytes(), LIKE, 0, &mut meter).is_err());
+    }
+
+    #[test]
+    fn the_busy_schedule_is_sqlites_up_to_the_timeout() {
+        let second = Duration::from_secs(1);
+        let slept: Vec<u64> = (0..)
+            .map_while(|n| busy_delay(n, second))
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(slept[..12], [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100]);
+        assert_eq!(slept.iter().sum::<u64>(), 1000);
+        assert_eq!(busy_delay(0, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn the_busy_handler_stops_waiting_once_the_call_is_over() {
+        let slot = |call: Option<Arc<dyn CallEnd>>| Slot {
+            call: Mutex::new(call),
+            busy_timeout: Duration::from_secs(1),
+            ..Slot::default()
+        };
+        let waiting = slot(None);
+        let over = slot(Some(Arc::new(Ended)));
+        let ask = |slot: &Slot, count| {
+            // SAFETY: `slot` outlives the call, as SQLite's argument would.
+            unsafe { busy(slot as *const Slot as *mut c_void, count) }
+        };
+        assert_eq!(ask(&waiting, 0), 1);
+        assert_eq!(ask(&over, 0), 0);
+        // Past the timeout even a call that is not over stops waiting.
+        assert_eq!(ask(&waiting, 30), 0);
     }
 }

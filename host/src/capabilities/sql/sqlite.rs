@@ -75,6 +75,7 @@ pub(super) async fn run(
 pub(super) struct Call {
     pub(super) conn: PoolConnection<Sqlite>,
     pub(super) finished: bool,
+    interrupter: Option<functions::Interrupter>,
 }
 
 impl Call {
@@ -83,16 +84,29 @@ impl Call {
     pub(super) async fn acquire(pool: &SqlitePool) -> Result<Call, Failure> {
         let mut conn = pool.acquire().await.map_err(error)?;
         clear(&mut conn).await?;
+        let interrupter = {
+            let mut handle = conn.lock_handle().await.map_err(error)?;
+            // SAFETY: the handle is this connection's, open and locked.
+            unsafe { functions::Interrupter::of(handle.as_raw_handle().as_ptr()) }
+        };
         Ok(Call {
             conn,
             finished: false,
+            interrupter,
         })
     }
 }
 
 impl Drop for Call {
+    /// A call dropped before it finished (at its deadline) stops what its
+    /// statement is doing (some single steps, such as counting a table's
+    /// rows, take long without looking at the progress handler, but do
+    /// look at `sqlite3_interrupt`) and closes its connection.
     fn drop(&mut self) {
         if !self.finished {
+            if let Some(interrupter) = &self.interrupter {
+                interrupter.interrupt();
+            }
             self.conn.close_on_drop();
         }
     }
