@@ -1397,6 +1397,78 @@ mod tests {
     /// stack, references that double per step take gigabytes, and both
     /// hide inside nested scopes. All refused before SQLite sees them;
     /// ordinary CTEs pass.
+    /// SQLite merges a subquery in `FROM` (or a CTE named there) into the
+    /// query around it by copying the subquery's column into every
+    /// reference to it, while it prepares the statement: nested subqueries
+    /// that each use their column several times grow four-fold per level
+    /// (twelve levels of `x+x+x+x` took gigabytes). Every shape of that
+    /// nesting is refused before SQLite sees it; real queries pass.
+    #[test]
+    fn sqlite_subquery_flattening_is_bounded() {
+        let g = with(&[("events", &[Select, Delete])]);
+        let lite = |sql: &str| check(Dialect::Sqlite, sql, &g);
+        let uses = |n: usize| vec!["x"; n].join("+");
+        let derived = |levels: usize, n: usize| {
+            let mut sql = "SELECT id AS x FROM events".to_owned();
+            for _ in 0..levels {
+                sql = format!("SELECT {} AS x FROM ({sql})", uses(n));
+            }
+            sql
+        };
+        let ctes = |levels: usize, n: usize| {
+            let mut sql = "WITH c0 AS (SELECT id AS x FROM events)".to_owned();
+            for i in 1..=levels {
+                sql.push_str(&format!(
+                    ", c{i} AS (SELECT {} AS x FROM c{})",
+                    uses(n),
+                    i - 1
+                ));
+            }
+            sql + &format!(" SELECT x FROM c{levels}")
+        };
+        let joined = |levels: usize| {
+            let mut sql = "SELECT id AS x FROM events".to_owned();
+            for _ in 0..levels {
+                sql = format!(
+                    "SELECT a.x * b.x + a.x AS x FROM ({sql}) a JOIN (SELECT 1 AS y) b ON 1"
+                );
+            }
+            sql
+        };
+        let star = |levels: usize| {
+            let mut sql = format!("SELECT {} AS x FROM events", uses(4));
+            for _ in 0..levels {
+                sql = format!("SELECT *, (SELECT 1) AS y FROM (SELECT x+x+x+x AS x FROM ({sql}))");
+            }
+            sql
+        };
+        for (what, sql) in [
+            ("12 levels of four uses", derived(12, 4)),
+            ("10 levels of four uses", derived(10, 4)),
+            ("7 levels of eight uses", derived(7, 8)),
+            ("12 levels of CTEs", ctes(12, 4)),
+            ("a join at every level", joined(14)),
+            ("stars between the levels", star(11)),
+            (
+                "a subquery in WHERE",
+                format!("SELECT 1 FROM events WHERE id IN ({})", derived(11, 4)),
+            ),
+        ] {
+            let e = lite(&sql).expect_err(what).to_string();
+            assert!(e.contains("subqueries expand"), "{what}: {e}");
+        }
+        for sql in [
+            derived(3, 4),
+            derived(8, 2),
+            ctes(3, 3),
+            "SELECT x, count(*) FROM (SELECT id AS x FROM events WHERE id > 10) GROUP BY x".to_owned(),
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) SELECT i FROM n".to_owned(),
+            "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id DESC) AS r FROM events) WHERE r > 1000)".to_owned(),
+        ] {
+            lite(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
     #[test]
     fn sqlite_cte_expansions_are_bounded() {
         let g = with(&[("events", &[Select, Delete])]);

@@ -161,7 +161,6 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "json_extract",
     "json_object",
     "json_array",
-    "json_group_array",
     // aggregates and windows
     "count",
     "sum",

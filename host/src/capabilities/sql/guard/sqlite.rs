@@ -53,6 +53,12 @@ pub(super) fn check(sql: &str, grants: &Grants) -> Result<Checked, Denial> {
             "the statement's common table expressions expand to {expanded} bytes or more, over the cap of {MAX_EXPANDED_BYTES} (SQLite copies a CTE's query for every reference to it while it prepares the statement)"
         )));
     }
+    let flattened = flattened_bytes(statement);
+    if flattened > MAX_EXPANDED_BYTES {
+        return Err(refused(format!(
+            "the statement's subqueries expand to {flattened} bytes or more, over the cap of {MAX_EXPANDED_BYTES} (SQLite copies the columns of a subquery or CTE into every reference to them when it merges it into the query around it, while it prepares the statement)"
+        )));
+    }
     Analysis::new(dialect, grants).statement(statement)
 }
 
@@ -127,6 +133,168 @@ fn expanded_bytes(statement: &Statement) -> u64 {
     relations_of(statement).iter().fold(0u64, |sum, r| {
         sum.saturating_add(size.get(r.as_str()).copied().unwrap_or(0))
     })
+}
+
+/// The expression text SQLite may make while it flattens `statement`'s
+/// subqueries (in `FROM`, and CTEs named there) into the queries that
+/// select from them, counted from above: every column reference in a query
+/// may become a copy of the largest column of what it selects from, so
+/// nested subqueries that each use a column several times multiply.
+fn flattened_bytes(statement: &Statement) -> u64 {
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    #[derive(Default)]
+    struct Flatten {
+        ctes: HashMap<String, Rc<Query>>,
+        /// A CTE's largest column; `None` while it is being measured (a
+        /// recursive CTE counts nothing more for itself).
+        widths: HashMap<String, Option<u64>>,
+        /// Queries already measured (by address: each node is measured
+        /// once, however deep it lies).
+        measured: HashMap<usize, u64>,
+        largest: u64,
+    }
+    impl Flatten {
+        /// The largest column `query` yields, once flattened.
+        fn width(&mut self, query: &Query) -> u64 {
+            let at = query as *const Query as usize;
+            if let Some(width) = self.measured.get(&at) {
+                return *width;
+            }
+            let width = self.body_width(&query.body);
+            self.measured.insert(at, width);
+            width
+        }
+
+        fn body_width(&mut self, body: &SetExpr) -> u64 {
+            match body {
+                SetExpr::Select(select) => self.select_width(select),
+                SetExpr::Query(query) => self.width(query),
+                SetExpr::SetOperation { left, right, .. } => {
+                    self.body_width(left).max(self.body_width(right))
+                }
+                other => other.to_string().len() as u64,
+            }
+        }
+
+        /// Measures one `SELECT`: its columns' sizes once every reference
+        /// is a copy of the widest column it selects from; records the
+        /// whole in `largest`, and returns the widest column.
+        fn select_width(&mut self, select: &Select) -> u64 {
+            let mut from = 0u64;
+            for table in &select.from {
+                from = from.max(self.factor_width(&table.relation));
+                for join in &table.joins {
+                    from = from.max(self.factor_width(&join.relation));
+                }
+            }
+            let expand = |node: &dyn VisitNode| {
+                (node.text_len()).saturating_add(node.references().saturating_mul(from))
+            };
+            let mut widest = 0u64;
+            let mut total = 0u64;
+            for item in &select.projection {
+                let size = match item {
+                    sqlparser::ast::SelectItem::Wildcard(_)
+                    | sqlparser::ast::SelectItem::QualifiedWildcard(..) => from.max(1),
+                    other => expand(other),
+                };
+                widest = widest.max(size);
+                total = total.saturating_add(size);
+            }
+            for clause in [&select.selection, &select.having].into_iter().flatten() {
+                total = total.saturating_add(expand(clause));
+            }
+            total = total.saturating_add(expand(&select.group_by));
+            self.largest = self.largest.max(total);
+            widest
+        }
+
+        fn factor_width(&mut self, factor: &TableFactor) -> u64 {
+            match factor {
+                TableFactor::Derived { subquery, .. } => self.width(subquery),
+                TableFactor::NestedJoin {
+                    table_with_joins, ..
+                } => {
+                    let mut widest = self.factor_width(&table_with_joins.relation);
+                    for join in &table_with_joins.joins {
+                        widest = widest.max(self.factor_width(&join.relation));
+                    }
+                    widest
+                }
+                TableFactor::Table { name: object, .. } => {
+                    let key = name(object);
+                    match self.widths.get(&key) {
+                        Some(Some(width)) => *width,
+                        Some(None) => 0,
+                        None => match self.ctes.get(&key).cloned() {
+                            Some(query) => {
+                                self.widths.insert(key.clone(), None);
+                                let width = self.width(&query);
+                                self.widths.insert(key, Some(width));
+                                width
+                            }
+                            None => 0,
+                        },
+                    }
+                }
+                _ => 0,
+            }
+        }
+    }
+    impl Visitor for Flatten {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            self.width(query);
+            ControlFlow::Continue(())
+        }
+    }
+    // The CTEs by name (a name defined in several scopes: its first
+    // definition), then every query of the statement measured.
+    struct Ctes(HashMap<String, Rc<Query>>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                self.0
+                    .entry(cte.alias.name.value.to_ascii_lowercase())
+                    .or_insert_with(|| Rc::new((*cte.query).clone()));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(HashMap::new());
+    let _ = statement.visit(&mut ctes);
+    let mut flatten = Flatten {
+        ctes: ctes.0,
+        ..Flatten::default()
+    };
+    let _ = statement.visit(&mut flatten);
+    flatten.largest
+}
+
+/// What `flattened_bytes` measures of a node: its text, and how many
+/// column references it holds (each may become a copy).
+trait VisitNode {
+    fn text_len(&self) -> u64;
+    fn references(&self) -> u64;
+}
+
+impl<T: Visit + std::fmt::Display> VisitNode for T {
+    fn text_len(&self) -> u64 {
+        self.to_string().len() as u64
+    }
+
+    fn references(&self) -> u64 {
+        let mut n = 0u64;
+        let _ = sqlparser::ast::visit_expressions(self, |e| {
+            if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                n += 1;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        n
+    }
 }
 
 /// The first two words, lowercased, to refuse what the parser may not know.
