@@ -1453,6 +1453,54 @@ mod tests {
                 "a subquery in WHERE",
                 format!("SELECT 1 FROM events WHERE id IN ({})", derived(11, 4)),
             ),
+            (
+                "an alias named 600 times in WHERE",
+                format!(
+                    "SELECT substr('{}', id) AS a FROM events WHERE {}",
+                    "x".repeat(200_000),
+                    vec!["a"; 600].join(" = ")
+                ),
+            ),
+            (
+                "an alias named 600 times in GROUP BY",
+                format!(
+                    "SELECT substr('{}', id) AS a FROM events GROUP BY {}",
+                    "x".repeat(200_000),
+                    vec!["a"; 600].join(", ")
+                ),
+            ),
+            (
+                "a derived column named 600 times in ON",
+                format!(
+                    "SELECT 1 FROM events JOIN (SELECT substr('{}', id) AS a FROM events) s ON s.a IN ({})",
+                    "x".repeat(200_000),
+                    vec!["a"; 600].join(", ")
+                ),
+            ),
+            (
+                "a derived column named 600 times by UPDATE … FROM",
+                format!(
+                    "UPDATE events SET id = s.a FROM (SELECT substr('{}', id) AS a FROM events) AS s WHERE s.a IN ({})",
+                    "x".repeat(200_000),
+                    vec!["a"; 600].join(", ")
+                ),
+            ),
+            (
+                "a window named 600 times",
+                format!(
+                    "SELECT {} FROM events WINDOW w AS (PARTITION BY substr('{}', id))",
+                    vec!["count(*) OVER w"; 600].join(", "),
+                    "x".repeat(200_000)
+                ),
+            ),
+            (
+                "an alias named 600 times in ORDER BY",
+                format!(
+                    "SELECT substr('{}', id) AS a FROM events ORDER BY {}",
+                    "x".repeat(200_000),
+                    vec!["a"; 600].join(", ")
+                ),
+            ),
         ] {
             let e = lite(&sql).expect_err(what).to_string();
             assert!(e.contains("subqueries expand"), "{what}: {e}");

@@ -162,6 +162,14 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                 return *width;
             }
             let width = self.body_width(&query.body);
+            // `ORDER BY` may name result columns: each such reference is a
+            // copy of one.
+            if let Some(order_by) = &query.order_by {
+                let copies = order_by
+                    .text_len()
+                    .saturating_add(order_by.references().saturating_mul(width));
+                self.largest = self.largest.max(copies);
+            }
             self.measured.insert(at, width);
             width
         }
@@ -181,33 +189,84 @@ fn flattened_bytes(statement: &Statement) -> u64 {
         /// is a copy of the widest column it selects from; records the
         /// whole in `largest`, and returns the widest column.
         fn select_width(&mut self, select: &Select) -> u64 {
-            let mut from = 0u64;
-            for table in &select.from {
-                from = from.max(self.factor_width(&table.relation));
-                for join in &table.joins {
-                    from = from.max(self.factor_width(&join.relation));
-                }
-            }
-            let expand = |node: &dyn VisitNode| {
-                (node.text_len()).saturating_add(node.references().saturating_mul(from))
+            let from = self.tables_width(&select.from);
+            let expand = |node: &dyn VisitNode, copy: u64| {
+                (node.text_len()).saturating_add(node.references().saturating_mul(copy))
             };
             let mut widest = 0u64;
+            let mut aliased = 0u64;
             let mut total = 0u64;
             for item in &select.projection {
                 let size = match item {
                     sqlparser::ast::SelectItem::Wildcard(_)
                     | sqlparser::ast::SelectItem::QualifiedWildcard(..) => from.max(1),
-                    other => expand(other),
+                    other => expand(other, from),
                 };
+                if matches!(item, sqlparser::ast::SelectItem::ExprWithAlias { .. }) {
+                    aliased = aliased.max(size);
+                }
                 widest = widest.max(size);
                 total = total.saturating_add(size);
             }
+            // `WHERE`, `GROUP BY` and `HAVING` may name a result column's
+            // alias: SQLite copies the aliased expression there.
+            let copy = from.max(aliased);
             for clause in [&select.selection, &select.having].into_iter().flatten() {
-                total = total.saturating_add(expand(clause));
+                total = total.saturating_add(expand(clause, copy));
             }
-            total = total.saturating_add(expand(&select.group_by));
+            total = total.saturating_add(expand(&select.group_by, copy));
+            // A join's `ON` may name the columns of a subquery it joins.
+            for table in &select.from {
+                for join in &table.joins {
+                    total =
+                        total.saturating_add(references(&join.join_operator).saturating_mul(copy));
+                }
+            }
+            // Every `OVER name` is a copy of the named window.
+            if !select.named_window.is_empty() {
+                let windows: u64 = select.named_window.iter().map(|w| w.text_len()).sum();
+                let mut uses = 0u64;
+                let _ = sqlparser::ast::visit_expressions(&select.projection, |e| {
+                    if matches!(e, Expr::Function(f) if f.over.is_some()) {
+                        uses += 1;
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+                total = total.saturating_add(uses.saturating_mul(windows));
+            }
             self.largest = self.largest.max(total);
             widest
+        }
+
+        /// The widest column of what `tables` (with their joins) select from.
+        fn tables_width(&mut self, tables: &[sqlparser::ast::TableWithJoins]) -> u64 {
+            let mut from = 0u64;
+            for table in tables {
+                from = from.max(self.factor_width(&table.relation));
+                for join in &table.joins {
+                    from = from.max(self.factor_width(&join.relation));
+                }
+            }
+            from
+        }
+
+        /// `UPDATE … FROM`: its `SET`, `WHERE` and `RETURNING` may name the
+        /// columns of what it updates from.
+        fn update(&mut self, update: &sqlparser::ast::Update) {
+            let mut from = self.tables_width(std::slice::from_ref(&update.table));
+            if let Some(
+                sqlparser::ast::UpdateTableFromKind::BeforeSet(tables)
+                | sqlparser::ast::UpdateTableFromKind::AfterSet(tables),
+            ) = &update.from
+            {
+                from = from.max(self.tables_width(tables));
+            }
+            let total = references(&update.assignments)
+                .saturating_add(references(&update.selection))
+                .saturating_add(references(&update.returning))
+                .saturating_add(references(&update.table))
+                .saturating_mul(from.max(1));
+            self.largest = self.largest.max(total);
         }
 
         fn factor_width(&mut self, factor: &TableFactor) -> u64 {
@@ -248,6 +307,13 @@ fn flattened_bytes(statement: &Statement) -> u64 {
             self.width(query);
             ControlFlow::Continue(())
         }
+
+        fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+            if let Statement::Update(update) = statement {
+                self.update(update);
+            }
+            ControlFlow::Continue(())
+        }
     }
     // The CTEs by name (a name defined in several scopes: its first
     // definition), then every query of the statement measured.
@@ -286,15 +352,20 @@ impl<T: Visit + std::fmt::Display> VisitNode for T {
     }
 
     fn references(&self) -> u64 {
-        let mut n = 0u64;
-        let _ = sqlparser::ast::visit_expressions(self, |e| {
-            if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
-                n += 1;
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        n
+        references(self)
     }
+}
+
+/// How many column references `node` holds, nested queries included.
+fn references<V: Visit>(node: &V) -> u64 {
+    let mut n = 0u64;
+    let _ = sqlparser::ast::visit_expressions(node, |e| {
+        if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            n += 1;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    n
 }
 
 /// The first two words, lowercased, to refuse what the parser may not know.
