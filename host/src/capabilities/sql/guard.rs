@@ -1494,6 +1494,33 @@ mod tests {
                 ),
             ),
             (
+                "arms under the cap one by one, over it together",
+                vec![
+                    format!(
+                        "SELECT x IN ({0}) AS a FROM events WHERE a IN ({0})",
+                        vec!["x"; 400].join(",")
+                    );
+                    20
+                ]
+                .join(" UNION ALL "),
+            ),
+            (
+                "a window named 1,000 times in ORDER BY",
+                format!(
+                    "SELECT 1 FROM events WINDOW w AS (PARTITION BY {}) ORDER BY {}",
+                    vec!["id"; 10_000].join(","),
+                    vec!["count(*) OVER w"; 1_000].join(", ")
+                ),
+            ),
+            (
+                "a CTE of alias copies named 200 times",
+                format!(
+                    "WITH c AS (SELECT x IN ({0}) AS a FROM events WHERE a IN ({0})) SELECT 1 FROM {1}",
+                    vec!["x"; 300].join(","),
+                    vec!["c"; 200].join(", ")
+                ),
+            ),
+            (
                 "an alias named 600 times in ORDER BY",
                 format!(
                     "SELECT substr('{}', id) AS a FROM events ORDER BY {}",

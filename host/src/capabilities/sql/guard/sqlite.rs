@@ -146,21 +146,30 @@ fn flattened_bytes(statement: &Statement) -> u64 {
     #[derive(Default)]
     struct Flatten {
         ctes: HashMap<String, Rc<Query>>,
-        /// A CTE's largest column; `None` while it is being measured (a
-        /// recursive CTE counts nothing more for itself).
-        widths: HashMap<String, Option<u64>>,
+        /// A CTE's largest column and what it copies; `None` while it is
+        /// being measured (a recursive CTE counts nothing more for itself).
+        widths: HashMap<String, Option<(u64, u64)>>,
         /// Queries already measured (by address: each node is measured
-        /// once, however deep it lies).
-        measured: HashMap<usize, u64>,
-        largest: u64,
+        /// once, however deep it lies): their widest column, and what
+        /// they copy in all.
+        measured: HashMap<usize, (u64, u64)>,
+        /// What the whole statement copies: the sum over every query.
+        total: u64,
     }
     impl Flatten {
         /// The largest column `query` yields, once flattened.
         fn width(&mut self, query: &Query) -> u64 {
+            self.measure(query).0
+        }
+
+        /// `query`'s widest column and what it copies in all (counted into
+        /// `total` the first time only).
+        fn measure(&mut self, query: &Query) -> (u64, u64) {
             let at = query as *const Query as usize;
-            if let Some(width) = self.measured.get(&at) {
-                return *width;
+            if let Some(measured) = self.measured.get(&at) {
+                return *measured;
             }
+            let before = self.total;
             let width = self.body_width(&query.body);
             // `ORDER BY` may name result columns: each such reference is a
             // copy of one.
@@ -168,10 +177,27 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                 let copies = order_by
                     .text_len()
                     .saturating_add(order_by.references().saturating_mul(width));
-                self.largest = self.largest.max(copies);
+                self.total = self.total.saturating_add(copies);
             }
-            self.measured.insert(at, width);
-            width
+            // Every `OVER name`, wherever it is, copies the named window,
+            // which may copy the windows it is built on.
+            if let SetExpr::Select(select) = &*query.body
+                && !select.named_window.is_empty()
+            {
+                let windows: u64 = select.named_window.iter().map(|w| w.text_len()).sum();
+                let windows = windows.saturating_mul(select.named_window.len() as u64);
+                let mut uses = 0u64;
+                let _ = sqlparser::ast::visit_expressions(query, |e| {
+                    if matches!(e, Expr::Function(f) if f.over.is_some()) {
+                        uses += 1;
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+                self.total = self.total.saturating_add(uses.saturating_mul(windows));
+            }
+            let measured = (width, self.total.saturating_sub(before));
+            self.measured.insert(at, measured);
+            measured
         }
 
         fn body_width(&mut self, body: &SetExpr) -> u64 {
@@ -186,8 +212,8 @@ fn flattened_bytes(statement: &Statement) -> u64 {
         }
 
         /// Measures one `SELECT`: its columns' sizes once every reference
-        /// is a copy of the widest column it selects from; records the
-        /// whole in `largest`, and returns the widest column.
+        /// is a copy of the widest column it selects from; adds the whole
+        /// to `total`, and returns the widest column.
         fn select_width(&mut self, select: &Select) -> u64 {
             let from = self.tables_width(&select.from);
             let expand = |node: &dyn VisitNode, copy: u64| {
@@ -222,19 +248,7 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                         total.saturating_add(references(&join.join_operator).saturating_mul(copy));
                 }
             }
-            // Every `OVER name` is a copy of the named window.
-            if !select.named_window.is_empty() {
-                let windows: u64 = select.named_window.iter().map(|w| w.text_len()).sum();
-                let mut uses = 0u64;
-                let _ = sqlparser::ast::visit_expressions(&select.projection, |e| {
-                    if matches!(e, Expr::Function(f) if f.over.is_some()) {
-                        uses += 1;
-                    }
-                    ControlFlow::<()>::Continue(())
-                });
-                total = total.saturating_add(uses.saturating_mul(windows));
-            }
-            self.largest = self.largest.max(total);
+            self.total = self.total.saturating_add(total);
             widest
         }
 
@@ -266,7 +280,7 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                 .saturating_add(references(&update.returning))
                 .saturating_add(references(&update.table))
                 .saturating_mul(from.max(1));
-            self.largest = self.largest.max(total);
+            self.total = self.total.saturating_add(total);
         }
 
         fn factor_width(&mut self, factor: &TableFactor) -> u64 {
@@ -283,15 +297,21 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                 }
                 TableFactor::Table { name: object, .. } => {
                     let key = name(object);
+                    // Every reference to a CTE is a copy of its query, with
+                    // all that query copies in turn.
                     match self.widths.get(&key) {
-                        Some(Some(width)) => *width,
+                        Some(Some((width, copies))) => {
+                            let (width, copies) = (*width, *copies);
+                            self.total = self.total.saturating_add(copies);
+                            width
+                        }
                         Some(None) => 0,
                         None => match self.ctes.get(&key).cloned() {
                             Some(query) => {
                                 self.widths.insert(key.clone(), None);
-                                let width = self.width(&query);
-                                self.widths.insert(key, Some(width));
-                                width
+                                let measured = self.measure(&query);
+                                self.widths.insert(key, Some(measured));
+                                measured.0
                             }
                             None => 0,
                         },
@@ -336,7 +356,7 @@ fn flattened_bytes(statement: &Statement) -> u64 {
         ..Flatten::default()
     };
     let _ = statement.visit(&mut flatten);
-    flatten.largest
+    flatten.total
 }
 
 /// What `flattened_bytes` measures of a node: its text, and how many
