@@ -14,6 +14,11 @@
 //! few thousand comparisons, whether its call is over, and fails with
 //! `SQLITE_INTERRUPT` if it is. Each returns exactly what SQLite's own does
 //! (a property test holds them to it), ported from SQLite 3.46's `func.c`.
+//!
+//! The same per-connection slot serves the connection's busy handler,
+//! which stops waiting for another connection's lock once the call is
+//! over, and an [`Interrupter`] that calls `sqlite3_interrupt` from another
+//! thread without ever touching a closed connection.
 
 use libsqlite3_sys as ffi;
 use std::ffi::{CStr, c_int, c_void};
@@ -34,38 +39,6 @@ struct Slot {
     db: Mutex<Option<usize>>,
     /// Longest wait for another connection's lock.
     busy_timeout: Duration,
-}
-
-/// SQLite's busy handler for task connections: SQLite's own schedule of
-/// sleeps (`sqliteDefaultBusyCallback`), up to the slot's timeout, and none
-/// once the call is over: a statement of a run that has ended gets
-/// `SQLITE_BUSY` instead of the lock it waited for.
-unsafe extern "C" fn busy(slot: *mut c_void, count: c_int) -> c_int {
-    // SAFETY: `register` gave SQLite the slot, alive while the connection is.
-    let slot = unsafe { &*(slot as *const Slot) };
-    if slot.over() {
-        return 0;
-    }
-    match busy_delay(count.max(0) as u64, slot.busy_timeout) {
-        Some(delay) => {
-            std::thread::sleep(delay);
-            c_int::from(!slot.over())
-        }
-        None => 0,
-    }
-}
-
-/// How long the `count`th wait for a lock sleeps, or `None` once `timeout`
-/// has been slept: SQLite's delays of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50,
-/// 50 ms, then 100 ms each.
-fn busy_delay(count: u64, timeout: Duration) -> Option<Duration> {
-    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
-    let (delay, prior) = match DELAYS.get(count as usize) {
-        Some(delay) => (*delay, DELAYS[..count as usize].iter().sum::<u64>()),
-        None => (100, 328 + 100 * (count - 12)),
-    };
-    let timeout = timeout.as_millis() as u64;
-    (prior < timeout).then(|| Duration::from_millis(delay.min(timeout - prior)))
 }
 
 impl Slot {
@@ -115,6 +88,38 @@ impl Interrupter {
             unsafe { ffi::sqlite3_interrupt(db as *mut ffi::sqlite3) };
         }
     }
+}
+
+/// SQLite's busy handler for task connections: SQLite's own schedule of
+/// sleeps (`sqliteDefaultBusyCallback`), up to the slot's timeout, and none
+/// once the call is over: a statement of a run that has ended gets
+/// `SQLITE_BUSY` instead of the lock it waited for.
+unsafe extern "C" fn busy(slot: *mut c_void, count: c_int) -> c_int {
+    // SAFETY: `register` gave SQLite the slot, alive while the connection is.
+    let slot = unsafe { &*(slot as *const Slot) };
+    if slot.over() {
+        return 0;
+    }
+    match busy_delay(count.max(0) as u64, slot.busy_timeout) {
+        Some(delay) => {
+            std::thread::sleep(delay);
+            c_int::from(!slot.over())
+        }
+        None => 0,
+    }
+}
+
+/// How long the `count`th wait for a lock sleeps, or `None` once `timeout`
+/// has been slept: SQLite's delays of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50,
+/// 50 ms, then 100 ms each.
+fn busy_delay(count: u64, timeout: Duration) -> Option<Duration> {
+    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    let (delay, prior) = match DELAYS.get(count as usize) {
+        Some(delay) => (*delay, DELAYS[..count as usize].iter().sum::<u64>()),
+        None => (100, 328 + 100 * (count - 12)),
+    };
+    let timeout = timeout.as_millis() as u64;
+    (prior < timeout).then(|| Duration::from_millis(delay.min(timeout - prior)))
 }
 
 type Function =
