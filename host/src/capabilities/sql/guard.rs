@@ -1521,6 +1521,30 @@ mod tests {
                 ),
             ),
             (
+                "a query merged into each of 200 UNION ALL arms",
+                format!(
+                    "SELECT x IN ({}) AS a FROM ({})",
+                    vec!["x"; 20_000].join(","),
+                    vec!["SELECT id AS x FROM events"; 200].join(" UNION ALL ")
+                ),
+            ),
+            (
+                "a WHERE pushed into each of 100 UNION ALL arms",
+                format!(
+                    "SELECT DISTINCT x FROM ({}) WHERE x IN ({})",
+                    vec!["SELECT id AS x FROM events"; 100].join(" UNION ALL "),
+                    vec!["x"; 20_000].join(",")
+                ),
+            ),
+            (
+                "a constant propagated to 30,000 references",
+                format!(
+                    "SELECT id FROM events WHERE id = '{}' AND id IN ({})",
+                    "a".repeat(50_000),
+                    vec!["id"; 30_000].join(",")
+                ),
+            ),
+            (
                 "an alias named 600 times in ORDER BY",
                 format!(
                     "SELECT substr('{}', id) AS a FROM events ORDER BY {}",

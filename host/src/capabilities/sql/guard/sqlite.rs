@@ -215,7 +215,7 @@ fn flattened_bytes(statement: &Statement) -> u64 {
         /// is a copy of the widest column it selects from; adds the whole
         /// to `total`, and returns the widest column.
         fn select_width(&mut self, select: &Select) -> u64 {
-            let from = self.tables_width(&select.from);
+            let (from, arms) = self.tables_width(&select.from);
             let expand = |node: &dyn VisitNode, copy: u64| {
                 (node.text_len()).saturating_add(node.references().saturating_mul(copy))
             };
@@ -238,7 +238,9 @@ fn flattened_bytes(statement: &Statement) -> u64 {
             // alias: SQLite copies the aliased expression there.
             let copy = from.max(aliased);
             for clause in [&select.selection, &select.having].into_iter().flatten() {
-                total = total.saturating_add(expand(clause, copy));
+                total = total
+                    .saturating_add(expand(clause, copy))
+                    .saturating_add(propagated(clause));
             }
             total = total.saturating_add(expand(&select.group_by, copy));
             // A join's `ON` may name the columns of a subquery it joins.
@@ -248,58 +250,65 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                         total.saturating_add(references(&join.join_operator).saturating_mul(copy));
                 }
             }
-            self.total = self.total.saturating_add(total);
+            // Merged into a compound subquery (`UNION ALL`), or pushed into
+            // one, the query is copied once per arm.
+            self.total = self.total.saturating_add(total.saturating_mul(arms));
             widest
         }
 
-        /// The widest column of what `tables` (with their joins) select from.
-        fn tables_width(&mut self, tables: &[sqlparser::ast::TableWithJoins]) -> u64 {
-            let mut from = 0u64;
+        /// The widest column of what `tables` (with their joins) select
+        /// from, and the most arms of a compound among them.
+        fn tables_width(&mut self, tables: &[sqlparser::ast::TableWithJoins]) -> (u64, u64) {
+            let (mut from, mut arms) = (0u64, 1u64);
             for table in tables {
-                from = from.max(self.factor_width(&table.relation));
-                for join in &table.joins {
-                    from = from.max(self.factor_width(&join.relation));
+                let factors =
+                    std::iter::once(&table.relation).chain(table.joins.iter().map(|j| &j.relation));
+                for factor in factors {
+                    let (width, n) = self.factor_width(factor);
+                    from = from.max(width);
+                    arms = arms.max(n);
                 }
             }
-            from
+            (from, arms)
         }
 
         /// `UPDATE … FROM`: its `SET`, `WHERE` and `RETURNING` may name the
         /// columns of what it updates from.
         fn update(&mut self, update: &sqlparser::ast::Update) {
-            let mut from = self.tables_width(std::slice::from_ref(&update.table));
+            let (mut from, mut arms) = self.tables_width(std::slice::from_ref(&update.table));
             if let Some(
                 sqlparser::ast::UpdateTableFromKind::BeforeSet(tables)
                 | sqlparser::ast::UpdateTableFromKind::AfterSet(tables),
             ) = &update.from
             {
-                from = from.max(self.tables_width(tables));
+                let (width, n) = self.tables_width(tables);
+                from = from.max(width);
+                arms = arms.max(n);
             }
             let total = references(&update.assignments)
                 .saturating_add(references(&update.selection))
                 .saturating_add(references(&update.returning))
                 .saturating_add(references(&update.table))
-                .saturating_mul(from.max(1));
-            self.total = self.total.saturating_add(total);
+                .saturating_mul(from.max(1))
+                .saturating_add(update.selection.as_ref().map_or(0, propagated));
+            self.total = self.total.saturating_add(total.saturating_mul(arms));
         }
 
-        fn factor_width(&mut self, factor: &TableFactor) -> u64 {
+        /// The widest column `factor` yields and its arms (1 unless it is
+        /// a compound query).
+        fn factor_width(&mut self, factor: &TableFactor) -> (u64, u64) {
             match factor {
-                TableFactor::Derived { subquery, .. } => self.width(subquery),
+                TableFactor::Derived { subquery, .. } => {
+                    (self.width(subquery), arms(&subquery.body))
+                }
                 TableFactor::NestedJoin {
                     table_with_joins, ..
-                } => {
-                    let mut widest = self.factor_width(&table_with_joins.relation);
-                    for join in &table_with_joins.joins {
-                        widest = widest.max(self.factor_width(&join.relation));
-                    }
-                    widest
-                }
+                } => self.tables_width(std::slice::from_ref(table_with_joins)),
                 TableFactor::Table { name: object, .. } => {
                     let key = name(object);
                     // Every reference to a CTE is a copy of its query, with
                     // all that query copies in turn.
-                    match self.widths.get(&key) {
+                    let width = match self.widths.get(&key) {
                         Some(Some((width, copies))) => {
                             let (width, copies) = (*width, *copies);
                             self.total = self.total.saturating_add(copies);
@@ -310,14 +319,16 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                             Some(query) => {
                                 self.widths.insert(key.clone(), None);
                                 let measured = self.measure(&query);
-                                self.widths.insert(key, Some(measured));
+                                self.widths.insert(key.clone(), Some(measured));
                                 measured.0
                             }
                             None => 0,
                         },
-                    }
+                    };
+                    let arms = self.ctes.get(&key).map_or(1, |q| arms(&q.body));
+                    (width, arms)
                 }
-                _ => 0,
+                _ => (0, 1),
             }
         }
     }
@@ -374,6 +385,29 @@ impl<T: Visit + std::fmt::Display> VisitNode for T {
     fn references(&self) -> u64 {
         references(self)
     }
+}
+
+/// The arms of a compound query (`UNION ALL` …); 1 for any other.
+fn arms(body: &SetExpr) -> u64 {
+    match body {
+        SetExpr::SetOperation { left, right, .. } => arms(left).saturating_add(arms(right)),
+        SetExpr::Query(query) => arms(&query.body),
+        _ => 1,
+    }
+}
+
+/// What SQLite's constant propagation may copy in a `WHERE` or `HAVING`:
+/// a `column = constant` term puts the constant in place of every other
+/// reference to the column.
+fn propagated(clause: &Expr) -> u64 {
+    let mut largest = 0u64;
+    let _ = sqlparser::ast::visit_expressions(clause, |e| {
+        if let Expr::Value(v) = e {
+            largest = largest.max(v.to_string().len() as u64);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    largest.saturating_mul(references(clause))
 }
 
 /// How many column references `node` holds, nested queries included.
