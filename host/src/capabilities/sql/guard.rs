@@ -1556,7 +1556,24 @@ mod tests {
             let e = lite(&sql).expect_err(what).to_string();
             assert!(e.contains("subqueries expand"), "{what}: {e}");
         }
+        // A reporting pipeline: a 250-branch CASE in its first stage, and
+        // the later stages naming only the small columns beside it.
+        let regions: Vec<String> = (0..250)
+            .map(|i| format!("WHEN v = {i} THEN 'region_{}'", i % 17))
+            .collect();
+        let pipeline = format!(
+            "WITH base AS (SELECT id, t, v, CASE {} ELSE 'other' END AS region, t / 86400 AS day, v * 1.0 AS fv FROM events), \
+             enriched AS (SELECT id, day, region, fv, fv * fv AS sq, fv - (fv / 10) * 10 AS rem, day % 7 AS dow, \
+               CASE WHEN fv > 100 AND day > 3 THEN 1 ELSE 0 END AS flag FROM base), \
+             summary AS (SELECT day, dow, region, count(*) AS n, sum(fv) AS s, sum(sq) AS ss, avg(rem) AS ar, \
+               sum(flag) AS nf, min(fv) AS mn, max(fv) AS mx, sum(CASE WHEN flag = 1 THEN fv ELSE 0 END) AS sf \
+               FROM enriched GROUP BY day, dow, region) \
+             SELECT day, dow, region, n, s, ss, ar, nf, mn, mx, sf, s / n AS mean, ss / n - (s / n) * (s / n) AS var \
+             FROM summary WHERE n > 0 ORDER BY day, region",
+            regions.join(" ")
+        );
         for sql in [
+            pipeline,
             derived(3, 4),
             derived(8, 2),
             ctes(3, 3),

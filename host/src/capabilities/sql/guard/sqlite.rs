@@ -146,37 +146,37 @@ fn flattened_bytes(statement: &Statement) -> u64 {
     #[derive(Default)]
     struct Flatten {
         ctes: HashMap<String, Rc<Query>>,
-        /// A CTE's largest column and what it copies; `None` while it is
-        /// being measured (a recursive CTE counts nothing more for itself).
-        widths: HashMap<String, Option<(u64, u64)>>,
+        /// A CTE's columns and what it copies; `None` while it is being
+        /// measured (a recursive CTE counts nothing more for itself).
+        widths: HashMap<String, Option<(Columns, u64)>>,
         /// Queries already measured (by address: each node is measured
-        /// once, however deep it lies): their widest column, and what
-        /// they copy in all.
-        measured: HashMap<usize, (u64, u64)>,
+        /// once, however deep it lies): their columns, and what they copy
+        /// in all.
+        measured: HashMap<usize, (Columns, u64)>,
         /// What the whole statement copies: the sum over every query.
         total: u64,
     }
     impl Flatten {
-        /// The largest column `query` yields, once flattened.
-        fn width(&mut self, query: &Query) -> u64 {
+        /// The columns `query` yields, once flattened.
+        fn width(&mut self, query: &Query) -> Columns {
             self.measure(query).0
         }
 
-        /// `query`'s widest column and what it copies in all (counted into
+        /// `query`'s columns and what it copies in all (counted into
         /// `total` the first time only).
-        fn measure(&mut self, query: &Query) -> (u64, u64) {
+        fn measure(&mut self, query: &Query) -> (Columns, u64) {
             let at = query as *const Query as usize;
             if let Some(measured) = self.measured.get(&at) {
-                return *measured;
+                return measured.clone();
             }
             let before = self.total;
-            let width = self.body_width(&query.body);
+            let columns = self.body_width(&query.body);
             // `ORDER BY` may name result columns: each such reference is a
             // copy of one.
             if let Some(order_by) = &query.order_by {
                 let copies = order_by
                     .text_len()
-                    .saturating_add(order_by.references().saturating_mul(width));
+                    .saturating_add(copies(order_by, &columns));
                 self.total = self.total.saturating_add(copies);
             }
             // Every `OVER name`, wherever it is, copies the named window,
@@ -195,77 +195,98 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                 });
                 self.total = self.total.saturating_add(uses.saturating_mul(windows));
             }
-            let measured = (width, self.total.saturating_sub(before));
-            self.measured.insert(at, measured);
+            let measured = (columns, self.total.saturating_sub(before));
+            self.measured.insert(at, measured.clone());
             measured
         }
 
-        fn body_width(&mut self, body: &SetExpr) -> u64 {
+        fn body_width(&mut self, body: &SetExpr) -> Columns {
             match body {
                 SetExpr::Select(select) => self.select_width(select),
                 SetExpr::Query(query) => self.width(query),
                 SetExpr::SetOperation { left, right, .. } => {
-                    self.body_width(left).max(self.body_width(right))
+                    let mut columns = self.body_width(left);
+                    columns.merge(&self.body_width(right));
+                    columns
                 }
-                other => other.to_string().len() as u64,
+                other => Columns::unnamed(other.to_string().len() as u64),
             }
         }
 
         /// Measures one `SELECT`: its columns' sizes once every reference
-        /// is a copy of the widest column it selects from; adds the whole
-        /// to `total`, and returns the widest column.
-        fn select_width(&mut self, select: &Select) -> u64 {
+        /// is a copy of the column it names in what it selects from (the
+        /// widest, when the name is not known); adds the whole to `total`,
+        /// and returns its columns.
+        fn select_width(&mut self, select: &Select) -> Columns {
             let (from, arms) = self.tables_width(&select.from);
-            let expand = |node: &dyn VisitNode, copy: u64| {
-                (node.text_len()).saturating_add(node.references().saturating_mul(copy))
+            let expand = |node: &dyn VisitNode, columns: &Columns| {
+                node.text_len().saturating_add(node.copies(columns))
             };
-            let mut widest = 0u64;
-            let mut aliased = 0u64;
+            let mut out = Columns::default();
+            let mut aliased = Columns::default();
             let mut total = 0u64;
             for item in &select.projection {
+                use sqlparser::ast::SelectItem;
                 let size = match item {
-                    sqlparser::ast::SelectItem::Wildcard(_)
-                    | sqlparser::ast::SelectItem::QualifiedWildcard(..) => from.max(1),
-                    other => expand(other, from),
+                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                        out.merge(&from);
+                        from.widest.max(1)
+                    }
+                    SelectItem::ExprWithAlias { alias, .. } => {
+                        let size = expand(item, &from);
+                        out.name(&alias.value, size);
+                        aliased.name(&alias.value, size);
+                        size
+                    }
+                    SelectItem::UnnamedExpr(expr) => {
+                        let size = expand(item, &from);
+                        match column_name(expr) {
+                            Some(name) => out.name(name, size),
+                            None => out.widest = out.widest.max(size),
+                        }
+                        size
+                    }
+                    other => {
+                        let size = expand(other, &from);
+                        out.widest = out.widest.max(size);
+                        aliased.widest = aliased.widest.max(size);
+                        size
+                    }
                 };
-                if matches!(item, sqlparser::ast::SelectItem::ExprWithAlias { .. }) {
-                    aliased = aliased.max(size);
-                }
-                widest = widest.max(size);
                 total = total.saturating_add(size);
             }
             // `WHERE`, `GROUP BY` and `HAVING` may name a result column's
             // alias: SQLite copies the aliased expression there.
-            let copy = from.max(aliased);
+            let mut copy = from.clone();
+            copy.merge(&aliased);
             for clause in [&select.selection, &select.having].into_iter().flatten() {
                 total = total
-                    .saturating_add(expand(clause, copy))
+                    .saturating_add(expand(clause, &copy))
                     .saturating_add(propagated(clause));
             }
-            total = total.saturating_add(expand(&select.group_by, copy));
+            total = total.saturating_add(expand(&select.group_by, &copy));
             // A join's `ON` may name the columns of a subquery it joins.
             for table in &select.from {
                 for join in &table.joins {
-                    total =
-                        total.saturating_add(references(&join.join_operator).saturating_mul(copy));
+                    total = total.saturating_add(copies(&join.join_operator, &copy));
                 }
             }
             // Merged into a compound subquery (`UNION ALL`), or pushed into
             // one, the query is copied once per arm.
             self.total = self.total.saturating_add(total.saturating_mul(arms));
-            widest
+            out
         }
 
-        /// The widest column of what `tables` (with their joins) select
-        /// from, and the most arms of a compound among them.
-        fn tables_width(&mut self, tables: &[sqlparser::ast::TableWithJoins]) -> (u64, u64) {
-            let (mut from, mut arms) = (0u64, 1u64);
+        /// The columns of what `tables` (with their joins) select from, and
+        /// the most arms of a compound among them.
+        fn tables_width(&mut self, tables: &[sqlparser::ast::TableWithJoins]) -> (Columns, u64) {
+            let (mut from, mut arms) = (Columns::default(), 1u64);
             for table in tables {
                 let factors =
                     std::iter::once(&table.relation).chain(table.joins.iter().map(|j| &j.relation));
                 for factor in factors {
-                    let (width, n) = self.factor_width(factor);
-                    from = from.max(width);
+                    let (columns, n) = self.factor_width(factor);
+                    from.merge(&columns);
                     arms = arms.max(n);
                 }
             }
@@ -281,22 +302,20 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                 | sqlparser::ast::UpdateTableFromKind::AfterSet(tables),
             ) = &update.from
             {
-                let (width, n) = self.tables_width(tables);
-                from = from.max(width);
+                let (columns, n) = self.tables_width(tables);
+                from.merge(&columns);
                 arms = arms.max(n);
             }
-            let total = references(&update.assignments)
-                .saturating_add(references(&update.selection))
-                .saturating_add(references(&update.returning))
-                .saturating_add(references(&update.table))
-                .saturating_mul(from.max(1))
+            let total = copies(&update.assignments, &from)
+                .saturating_add(copies(&update.selection, &from))
+                .saturating_add(copies(&update.returning, &from))
                 .saturating_add(update.selection.as_ref().map_or(0, propagated));
             self.total = self.total.saturating_add(total.saturating_mul(arms));
         }
 
-        /// The widest column `factor` yields and its arms (1 unless it is
-        /// a compound query).
-        fn factor_width(&mut self, factor: &TableFactor) -> (u64, u64) {
+        /// The columns `factor` yields and its arms (1 unless it is a
+        /// compound query).
+        fn factor_width(&mut self, factor: &TableFactor) -> (Columns, u64) {
             match factor {
                 TableFactor::Derived { subquery, .. } => {
                     (self.width(subquery), arms(&subquery.body))
@@ -308,27 +327,27 @@ fn flattened_bytes(statement: &Statement) -> u64 {
                     let key = name(object);
                     // Every reference to a CTE is a copy of its query, with
                     // all that query copies in turn.
-                    let width = match self.widths.get(&key) {
-                        Some(Some((width, copies))) => {
-                            let (width, copies) = (*width, *copies);
+                    let columns = match self.widths.get(&key) {
+                        Some(Some((columns, copies))) => {
+                            let (columns, copies) = (columns.clone(), *copies);
                             self.total = self.total.saturating_add(copies);
-                            width
+                            columns
                         }
-                        Some(None) => 0,
+                        Some(None) => Columns::default(),
                         None => match self.ctes.get(&key).cloned() {
                             Some(query) => {
                                 self.widths.insert(key.clone(), None);
                                 let measured = self.measure(&query);
-                                self.widths.insert(key.clone(), Some(measured));
+                                self.widths.insert(key.clone(), Some(measured.clone()));
                                 measured.0
                             }
-                            None => 0,
+                            None => Columns::default(),
                         },
                     };
                     let arms = self.ctes.get(&key).map_or(1, |q| arms(&q.body));
-                    (width, arms)
+                    (columns, arms)
                 }
-                _ => (0, 1),
+                _ => (Columns::default(), 1),
             }
         }
     }
@@ -370,11 +389,60 @@ fn flattened_bytes(statement: &Statement) -> u64 {
     flatten.total
 }
 
-/// What `flattened_bytes` measures of a node: its text, and how many
-/// column references it holds (each may become a copy).
+/// The columns a query yields, as the text SQLite may copy into each
+/// reference to one: by name where the name is known, the widest for any
+/// other name.
+#[derive(Clone, Default)]
+struct Columns {
+    widest: u64,
+    named: std::collections::HashMap<String, u64>,
+}
+
+impl Columns {
+    fn unnamed(size: u64) -> Self {
+        Columns {
+            widest: size,
+            named: Default::default(),
+        }
+    }
+
+    fn name(&mut self, name: &str, size: u64) {
+        let slot = self.named.entry(name.to_ascii_lowercase()).or_insert(0);
+        *slot = (*slot).max(size);
+        self.widest = self.widest.max(size);
+    }
+
+    fn merge(&mut self, other: &Columns) {
+        self.widest = self.widest.max(other.widest);
+        for (name, size) in &other.named {
+            let slot = self.named.entry(name.clone()).or_insert(0);
+            *slot = (*slot).max(*size);
+        }
+    }
+
+    /// What a reference to `name` may copy.
+    fn get(&self, name: &str) -> u64 {
+        self.named
+            .get(&name.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(self.widest)
+    }
+}
+
+/// The name SQLite gives a result column that is a bare column reference.
+fn column_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Identifier(ident) => Some(&ident.value),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.as_str()),
+        _ => None,
+    }
+}
+
+/// What `flattened_bytes` measures of a node: its text, and what its
+/// column references may copy.
 trait VisitNode {
     fn text_len(&self) -> u64;
-    fn references(&self) -> u64;
+    fn copies(&self, columns: &Columns) -> u64;
 }
 
 impl<T: Visit + std::fmt::Display> VisitNode for T {
@@ -382,9 +450,22 @@ impl<T: Visit + std::fmt::Display> VisitNode for T {
         self.to_string().len() as u64
     }
 
-    fn references(&self) -> u64 {
-        references(self)
+    fn copies(&self, columns: &Columns) -> u64 {
+        copies(self, columns)
     }
+}
+
+/// What the column references in `node` (nested queries included) may
+/// copy of `columns`.
+fn copies<V: Visit>(node: &V, columns: &Columns) -> u64 {
+    let mut n = 0u64;
+    let _ = sqlparser::ast::visit_expressions(node, |e| {
+        if let Some(name) = column_name(e) {
+            n = n.saturating_add(columns.get(name));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    n
 }
 
 /// The arms of a compound query (`UNION ALL` …); 1 for any other.
