@@ -1161,6 +1161,29 @@ async fn a_statement_waiting_for_a_lock_does_not_write_after_its_run() {
     assert_eq!(rows, ["holder"], "a statement of an ended run wrote");
 }
 
+/// SQLite's own small helpers run on a task connection: through the guard
+/// and SQLite's authorizer both.
+#[tokio::test]
+async fn sqlite_helpers_a_user_expects_run() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    let sql = "SELECT typeof(v), total(id), json_valid('{}'), json_type('[1]'), \
+               json_array_length('[1,2]'), likely(1), unlikely(0) FROM big \
+               WHERE v LIKE '1%' AND v GLOB '1*' GROUP BY typeof(v)";
+    let r = run(sql_request(
+        "hostile",
+        connection,
+        "sql-query",
+        sql,
+        &[("big", &[Select])],
+    ))
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(r.output.matches("refused").count(), 0, "{}", r.output);
+}
+
 /// On SQLite a task statement reads and makes values of at most
 /// `HOUSEKEEPER_SQLITE_MAX_VALUE` and compiles to at most 5,376
 /// instructions, and the errors say which cap it met; `VACUUM`, which the

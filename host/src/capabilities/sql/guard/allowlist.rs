@@ -161,6 +161,14 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "json_extract",
     "json_object",
     "json_array",
+    "json_valid",
+    "json_type",
+    "json_array_length",
+    // SQLite's small helpers
+    "typeof",
+    "total",
+    "likely",
+    "unlikely",
     // aggregates and windows
     "count",
     "sum",
