@@ -135,15 +135,20 @@ impl DbArgs {
     /// `HOUSEKEEPER_DB_<NAME>_URL`.
     pub fn connections(&self) -> anyhow::Result<Connections> {
         let main = (self.database_url.is_some() || self.db_host.is_some()).then(|| self.url());
-        let options = ConnectionOptions {
-            pool_max: self.db_pool_max,
-            acquire_timeout: Duration::from_millis(self.db_connect_timeout),
-            sqlite_max_value: self.sqlite_max_value as usize,
-        };
+        let options = self.connection_options();
         // Variables that are not Unicode cannot name a connection.
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         Connections::from_env(main.as_deref(), self.db_config.as_deref(), env, &options)
+    }
+
+    /// How each task connection's pool is opened.
+    pub fn connection_options(&self) -> ConnectionOptions {
+        ConnectionOptions {
+            pool_max: self.db_pool_max,
+            acquire_timeout: Duration::from_millis(self.db_connect_timeout),
+            sqlite_max_value: self.sqlite_max_value as usize,
+        }
     }
 
     /// Caps on each SQL call of a task.
@@ -418,6 +423,18 @@ mod tests {
         assert_eq!(d.sql_limits().max_statement_bytes, 1 << 20);
         for bad in ["0", "10", "1GiB", "lots"] {
             assert!(parse_statement_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_sqlite_value_cap_reaches_the_connections_and_refuses_odd_sizes() {
+        let mut d = db();
+        assert_eq!(d.connection_options().sqlite_max_value, 1 << 20);
+        d.sqlite_max_value = parse_sqlite_value_size("64MiB").unwrap();
+        assert_eq!(d.connection_options().sqlite_max_value, 64 << 20);
+        for bad in ["0", "100", "2GB", "lots", "-1MiB"] {
+            let err = parse_sqlite_value_size(bad).unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
         }
     }
 

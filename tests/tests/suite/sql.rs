@@ -1250,6 +1250,17 @@ async fn sqlite_caps_on_values_and_programs_are_named() {
     ))
     .await;
     assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let r = run(vacuum_request(&connection)).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let size: i64 = sqlx::query_scalar("SELECT length(b) FROM blobs")
+        .fetch_one(&own)
+        .await
+        .unwrap();
+    assert_eq!(size, 2_000_000);
+}
+
+/// A run of `sql::vacuum()` on the whole database of `connection`.
+fn vacuum_request(connection: &Connection) -> housekeeper::runtime::RunRequest {
     let mut r = sql_request(
         "hostile",
         connection.clone(),
@@ -1259,13 +1270,7 @@ async fn sqlite_caps_on_values_and_programs_are_named() {
     );
     r.config
         .insert("op".into(), ConfigValue::Text("vacuum".into()));
-    let r = run(r).await;
-    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
-    let size: i64 = sqlx::query_scalar("SELECT length(b) FROM blobs")
-        .fetch_one(&own)
-        .await
-        .unwrap();
-    assert_eq!(size, 2_000_000);
+    r
 }
 
 /// `VACUUM` on SQLite copies the whole database into a temporary file:
@@ -1277,15 +1282,7 @@ async fn a_sqlite_vacuum_is_charged_to_the_write_budget() {
     let (url, _own) = big_sqlite(dir.path()).await;
     let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
     for (write_bytes, status) in [(1 << 20, RunStatus::Error), (1 << 30, RunStatus::Success)] {
-        let mut r = sql_request(
-            "hostile",
-            connection.clone(),
-            "sql-maintenance",
-            "",
-            &[("*", &[Vacuum])],
-        );
-        r.config
-            .insert("op".into(), ConfigValue::Text("vacuum".into()));
+        let mut r = vacuum_request(&connection);
         r.resources.write_bytes = write_bytes;
         let r = run(r).await;
         assert_eq!(r.status, status, "{r:#?}");

@@ -155,23 +155,21 @@ pub(super) unsafe fn register(db: *mut ffi::sqlite3, busy_timeout: Duration) -> 
     if rc != ffi::SQLITE_OK {
         return Err(format!("cannot set the busy handler (SQLite error {rc})"));
     }
-    let functions: [(&CStr, c_int, Function); 10] = [
+    let functions: [(&CStr, c_int, Function); 11] = [
         (c"instr", 2, instr),
         (c"replace", 3, replace),
-        (c"trim", 1, trim_both),
-        (c"trim", 2, trim_both),
-        (c"ltrim", 1, trim_left),
-        (c"ltrim", 2, trim_left),
-        (c"rtrim", 1, trim_right),
-        (c"rtrim", 2, trim_right),
-        (c"like", 2, like),
-        (c"like", 3, like),
+        (c"trim", 1, trim::<true, true>),
+        (c"trim", 2, trim::<true, true>),
+        (c"ltrim", 1, trim::<true, false>),
+        (c"ltrim", 2, trim::<true, false>),
+        (c"rtrim", 1, trim::<false, true>),
+        (c"rtrim", 2, trim::<false, true>),
+        (c"like", 2, pattern::<false>),
+        (c"like", 3, pattern::<false>),
+        (c"glob", 2, pattern::<true>),
     ];
     let flags = ffi::SQLITE_UTF8 | ffi::SQLITE_DETERMINISTIC | ffi::SQLITE_INNOCUOUS;
-    for (name, args, function) in functions
-        .into_iter()
-        .chain([(c"glob", 2, glob as Function)])
-    {
+    for (name, args, function) in functions {
         // SAFETY: `db` is open; the slot outlives every function on it.
         let rc = unsafe {
             ffi::sqlite3_create_function_v2(
@@ -433,44 +431,12 @@ unsafe extern "C" fn replace(
     result_text(ctx, &out);
 }
 
-unsafe extern "C" fn trim_both(
+/// `trim(X[, Y])` (`LEFT` and `RIGHT`), `ltrim` and `rtrim`: `X` without
+/// the characters of `Y` (a space when there is no `Y`) at those ends.
+unsafe extern "C" fn trim<const LEFT: bool, const RIGHT: bool>(
     ctx: *mut ffi::sqlite3_context,
     argc: c_int,
     argv: *mut *mut ffi::sqlite3_value,
-) {
-    // SAFETY: SQLite's arguments.
-    unsafe { trim(ctx, argc, argv, true, true) }
-}
-
-unsafe extern "C" fn trim_left(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-) {
-    // SAFETY: SQLite's arguments.
-    unsafe { trim(ctx, argc, argv, true, false) }
-}
-
-unsafe extern "C" fn trim_right(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-) {
-    // SAFETY: SQLite's arguments.
-    unsafe { trim(ctx, argc, argv, false, true) }
-}
-
-/// `trim(X[, Y])` and its one-sided forms: `X` without the characters of
-/// `Y` (a space when there is no `Y`) at its ends.
-///
-/// # Safety
-/// SQLite's arguments.
-unsafe fn trim(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-    left: bool,
-    right: bool,
 ) {
     // SAFETY: SQLite's arguments.
     let Some((mut meter, args)) = (unsafe { enter(ctx, argc, argv) }) else {
@@ -492,7 +458,7 @@ unsafe fn trim(
         };
         characters(until_nul(set))
     };
-    match trimmed(input, &set, left, right, &mut meter) {
+    match trimmed(input, &set, LEFT, RIGHT, &mut meter) {
         Ok(kept) => result_text(ctx, kept),
         Err(Over) => interrupted(ctx),
     }
@@ -585,35 +551,14 @@ const LIKE: Pattern = Pattern {
     no_case: true,
 };
 
-unsafe extern "C" fn like(
+/// `like(P, S[, E])` and (`IS_GLOB`) `glob(P, S)`: whether `S` matches
+/// pattern `P` (`S LIKE P ESCAPE E` in SQL).
+unsafe extern "C" fn pattern<const IS_GLOB: bool>(
     ctx: *mut ffi::sqlite3_context,
     argc: c_int,
     argv: *mut *mut ffi::sqlite3_value,
 ) {
-    // SAFETY: SQLite's arguments.
-    unsafe { pattern_function(ctx, argc, argv, LIKE) }
-}
-
-unsafe extern "C" fn glob(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-) {
-    // SAFETY: SQLite's arguments.
-    unsafe { pattern_function(ctx, argc, argv, GLOB) }
-}
-
-/// `like(P, S[, E])` and `glob(P, S)`: whether `S` matches pattern `P`
-/// (`S LIKE P ESCAPE E` in SQL).
-///
-/// # Safety
-/// SQLite's arguments.
-unsafe fn pattern_function(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-    mut info: Pattern,
-) {
+    let mut info = if IS_GLOB { GLOB } else { LIKE };
     // SAFETY: SQLite's arguments.
     let Some((mut meter, args)) = (unsafe { enter(ctx, argc, argv) }) else {
         return;
@@ -1243,5 +1188,28 @@ mod tests {
         assert_eq!(ask(&over, 0), 0);
         // Past the timeout even a call that is not over stops waiting.
         assert_eq!(ask(&waiting, 30), 0);
+    }
+
+    /// An interrupter outlives its connection safely: once the connection
+    /// closes, it no longer holds it, and interrupting does nothing.
+    #[tokio::test]
+    async fn an_interrupter_lets_go_of_a_closed_connection() {
+        let mut conn = open(true).await;
+        let interrupter = {
+            let mut handle = conn.lock_handle().await.unwrap();
+            // SAFETY: the connection is open and locked.
+            unsafe { Interrupter::of(handle.as_raw_handle().as_ptr()) }
+        }
+        .expect("a task connection has an interrupter");
+        let held = || interrupter.0.db.lock().unwrap().is_some();
+        assert!(held());
+        conn.close().await.unwrap();
+        assert!(!held());
+        interrupter.interrupt();
+        // A connection without the host's functions has none.
+        let mut plain = open(false).await;
+        let mut handle = plain.lock_handle().await.unwrap();
+        // SAFETY: as above.
+        assert!(unsafe { Interrupter::of(handle.as_raw_handle().as_ptr()) }.is_none());
     }
 }
