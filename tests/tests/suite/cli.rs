@@ -10,13 +10,18 @@ fn housekeeper(args: &[&str], tasks_dir: Option<&Path>) -> Output {
     // database the environment points at.
     static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let data = DATA.get_or_init(|| tempfile::tempdir().unwrap());
+    housekeeper_in(data.path(), args, tasks_dir)
+}
+
+/// `housekeeper` with its store in `data`.
+fn housekeeper_in(data: &Path, args: &[&str], tasks_dir: Option<&Path>) -> Output {
     let mut cmd = Command::new(binary());
     cmd.args(args)
         .env_remove("HOUSEKEEPER_TASKS_DIR")
         .env_remove("LOG_LEVEL")
         .env_remove("DATABASE_URL")
         .env_remove("DB_HOST")
-        .env("HOUSEKEEPER_DATA_DIR", data.path());
+        .env("HOUSEKEEPER_DATA_DIR", data);
     if let Some(dir) = tasks_dir {
         cmd.env("HOUSEKEEPER_TASKS_DIR", dir);
     }
@@ -31,11 +36,20 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A tasks directory with cleanup-old-logs and a manifest granting `logs/`.
+/// A tasks directory with cleanup-old-logs and a manifest granting `logs/`,
+/// and a store of its own: tests that run the same task at once would
+/// otherwise see each other's runs (and skip, by its overlap policy).
 struct Setup {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     tasks: std::path::PathBuf,
     logs: std::path::PathBuf,
+}
+
+impl Setup {
+    /// `housekeeper` with this setup's own store.
+    fn housekeeper(&self, args: &[&str], tasks_dir: Option<&Path>) -> Output {
+        housekeeper_in(&self.tmp.path().join("data"), args, tasks_dir)
+    }
 }
 
 fn setup() -> Setup {
@@ -80,11 +94,7 @@ keep_newest = 2
             .set_modified(when)
             .unwrap();
     }
-    Setup {
-        _tmp: tmp,
-        tasks,
-        logs,
-    }
+    Setup { tmp, tasks, logs }
 }
 
 fn count(dir: &Path) -> usize {
@@ -94,7 +104,7 @@ fn count(dir: &Path) -> usize {
 #[test]
 fn run_by_name_resolves_through_manifests_and_applies_grants() {
     let s = setup();
-    let dry = housekeeper(&["run", "app-logs", "--dry-run"], Some(&s.tasks));
+    let dry = s.housekeeper(&["run", "app-logs", "--dry-run"], Some(&s.tasks));
     assert!(dry.status.success(), "{}{}", stdout(&dry), stderr(&dry));
     assert!(stdout(&dry).contains("(dry run)"));
     assert!(
@@ -104,7 +114,7 @@ fn run_by_name_resolves_through_manifests_and_applies_grants() {
     );
     assert_eq!(count(&s.logs), 5);
 
-    let real = housekeeper(
+    let real = s.housekeeper(
         &["run", "app-logs", "--tasks-dir", s.tasks.to_str().unwrap()],
         None,
     );
@@ -118,7 +128,7 @@ fn run_by_name_resolves_through_manifests_and_applies_grants() {
 #[test]
 fn config_overrides_apply_to_one_run() {
     let s = setup();
-    let o = housekeeper(
+    let o = s.housekeeper(
         &["run", "app-logs", "--config", "keep_newest=4", "--json"],
         Some(&s.tasks),
     );
@@ -130,7 +140,7 @@ fn config_overrides_apply_to_one_run() {
     assert_eq!(json["metrics"][0]["value"], 1.0);
     assert_eq!(count(&s.logs), 4);
 
-    let bad = housekeeper(
+    let bad = s.housekeeper(
         &["run", "app-logs", "--config", "keep_newest"],
         Some(&s.tasks),
     );
@@ -141,7 +151,7 @@ fn config_overrides_apply_to_one_run() {
 #[test]
 fn a_component_without_a_manifest_runs_with_no_grants() {
     let s = setup();
-    let o = housekeeper(
+    let o = s.housekeeper(
         &[
             "run",
             task_path("cleanup-old-logs").to_str().unwrap(),
@@ -165,7 +175,7 @@ fn a_component_file_with_a_sidecar_manifest_uses_it() {
     )
     .unwrap();
     let path = s.tasks.join("cleanup-old-logs.wasm");
-    let o = housekeeper(&["run", path.to_str().unwrap()], None);
+    let o = s.housekeeper(&["run", path.to_str().unwrap()], None);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(count(&s.logs), 2);
 }
@@ -211,7 +221,7 @@ fn exit_codes_name_the_outcome() {
 #[test]
 fn unknown_tasks_and_bad_files_fail_clearly() {
     let s = setup();
-    let o = housekeeper(&["run", "nope"], Some(&s.tasks));
+    let o = s.housekeeper(&["run", "nope"], Some(&s.tasks));
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("no task named \"nope\""),
@@ -220,7 +230,7 @@ fn unknown_tasks_and_bad_files_fail_clearly() {
     );
     assert!(stderr(&o).contains("app-logs"), "{}", stderr(&o));
 
-    let o = housekeeper(&["run", "missing.wasm"], None);
+    let o = s.housekeeper(&["run", "missing.wasm"], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("missing.wasm does not exist"),
@@ -229,7 +239,7 @@ fn unknown_tasks_and_bad_files_fail_clearly() {
     );
 
     std::fs::write(s.tasks.join("broken.toml"), "schedule = \"every day\"").unwrap();
-    let o = housekeeper(&["run", "broken"], Some(&s.tasks));
+    let o = s.housekeeper(&["run", "broken"], Some(&s.tasks));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("broken.toml"), "{}", stderr(&o));
     assert!(stderr(&o).contains("`schedule`"), "{}", stderr(&o));
@@ -266,7 +276,7 @@ fn not_a_task_is_refused_by_run_and_check() {
 #[test]
 fn check_prints_describe_and_grants_for_a_directory() {
     let s = setup();
-    let o = housekeeper(&["check", s.tasks.to_str().unwrap()], None);
+    let o = s.housekeeper(&["check", s.tasks.to_str().unwrap()], None);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}{}", stderr(&o));
     assert!(out.contains("ok   app-logs"), "{out}");
@@ -291,7 +301,7 @@ fn check_prints_describe_and_grants_for_a_directory() {
         s.tasks.join("describe-loop.wasm"),
     )
     .unwrap();
-    let o = housekeeper(&["check", s.tasks.to_str().unwrap()], None);
+    let o = s.housekeeper(&["check", s.tasks.to_str().unwrap()], None);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(out.contains("ok   app-logs"), "{out}");
@@ -308,13 +318,13 @@ fn check_prints_describe_and_grants_for_a_directory() {
 #[test]
 fn check_a_single_manifest_or_component() {
     let s = setup();
-    let o = housekeeper(
+    let o = s.housekeeper(
         &["check", s.tasks.join("app-logs.toml").to_str().unwrap()],
         None,
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("ok   app-logs"));
-    let o = housekeeper(&["check", fixture_path("noop").to_str().unwrap()], None);
+    let o = s.housekeeper(&["check", fixture_path("noop").to_str().unwrap()], None);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("manifest:     (none: no grants)"));
 }
@@ -337,9 +347,9 @@ fn help_is_available_everywhere() {
 #[test]
 fn runs_and_tasks_read_what_run_recorded() {
     let s = setup();
-    let o = housekeeper(&["run", "app-logs", "--dry-run"], Some(&s.tasks));
+    let o = s.housekeeper(&["run", "app-logs", "--dry-run"], Some(&s.tasks));
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = housekeeper(&["runs", "app-logs", "--json"], None);
+    let o = s.housekeeper(&["runs", "app-logs", "--json"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let runs: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let run = runs
@@ -352,10 +362,10 @@ fn runs_and_tasks_read_what_run_recorded() {
     assert_eq!(run["triggered_by"], "cli");
     assert_eq!(run["metrics"]["files_deleted"], 3.0);
 
-    let o = housekeeper(&["runs", "app-logs", "--limit", "1"], None);
+    let o = s.housekeeper(&["runs", "app-logs", "--limit", "1"], None);
     assert!(stdout(&o).contains("cli"), "{}", stdout(&o));
 
-    let o = housekeeper(&["tasks"], Some(&s.tasks));
+    let o = s.housekeeper(&["tasks"], Some(&s.tasks));
     assert!(o.status.success(), "{}", stderr(&o));
     let line = stdout(&o)
         .lines()
@@ -367,7 +377,7 @@ fn runs_and_tasks_read_what_run_recorded() {
     assert!(line.contains("yes"), "{line}");
     assert!(line.ends_with("success"), "{line}");
 
-    let o = housekeeper(&["runs", "app-logs", "--limit", "0"], None);
+    let o = s.housekeeper(&["runs", "app-logs", "--limit", "0"], None);
     assert_eq!(o.status.code(), Some(2));
 }
 
