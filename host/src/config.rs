@@ -90,6 +90,13 @@ pub struct DbArgs {
     #[arg(long, env = "HOUSEKEEPER_SQLITE_MAX_VALUE", value_name = "HOUSEKEEPER_SQLITE_MAX_VALUE",
           default_value = "1MiB", value_parser = parse_sqlite_value_size)]
     pub sqlite_max_value: u64,
+    /// Most of SQLite's heap one SQL call of a task may hold at once on a
+    /// SQLite connection (what preparing its statements copies, the values
+    /// in its registers, caches and sorts); a statement that needs more
+    /// fails, naming this variable.
+    #[arg(long, env = "HOUSEKEEPER_SQLITE_MEMORY", value_name = "HOUSEKEEPER_SQLITE_MEMORY",
+          default_value = "64MiB", value_parser = parse_sqlite_memory)]
+    pub sqlite_memory: u64,
     /// Name of this process in the run history (default: the host name).
     /// Each replica sharing a database needs its own.
     #[arg(long, env = "HOUSEKEEPER_REPLICA", value_name = "HOUSEKEEPER_REPLICA")]
@@ -157,6 +164,7 @@ impl DbArgs {
             max_rows: self.sql_max_rows as usize,
             call_timeout: self.sql_call_timeout,
             max_statement_bytes: self.sql_max_statement as usize,
+            sqlite_memory: self.sqlite_memory as usize,
             ..SqlLimits::default()
         }
     }
@@ -287,6 +295,14 @@ fn parse_sqlite_value_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+fn parse_sqlite_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    if !(1 << 20..=1 << 40).contains(&bytes) {
+        return Err(format!("{text:?}: expected a size from 1MiB to 1TiB"));
+    }
+    Ok(bytes)
+}
+
 fn parse_bytes(text: &str) -> Result<u64, String> {
     match parse_size::parse_size(text) {
         Ok(0) => Err("must be more than 0 bytes".into()),
@@ -409,6 +425,7 @@ mod tests {
             sql_call_timeout: Duration::from_secs(900),
             sql_max_statement: 256 << 10,
             sqlite_max_value: 1 << 20,
+            sqlite_memory: 64 << 20,
             replica: None,
             lease: Duration::from_secs(15),
             adopt_timezone: None,
@@ -423,6 +440,17 @@ mod tests {
         assert_eq!(d.sql_limits().max_statement_bytes, 1 << 20);
         for bad in ["0", "10", "1GiB", "lots"] {
             assert!(parse_statement_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_sqlite_memory_cap_reaches_the_sql_limits_and_refuses_odd_sizes() {
+        let mut d = db();
+        assert_eq!(d.sql_limits().sqlite_memory, 64 << 20);
+        d.sqlite_memory = parse_sqlite_memory("2GiB").unwrap();
+        assert_eq!(d.sql_limits().sqlite_memory, 2 << 30);
+        for bad in ["0", "100KiB", "2TiB", "lots"] {
+            assert!(parse_sqlite_memory(bad).is_err(), "{bad}");
         }
     }
 

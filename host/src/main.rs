@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // SQLite takes the host's allocator only before its first use.
+    housekeeper::capabilities::sql::heap::install();
     // Compiling in a bounded child process (see `runtime::compile`).
     if std::env::args_os().nth(1).as_deref() == Some(compile::WORKER_ARG.as_ref()) {
         return compile::worker_main();

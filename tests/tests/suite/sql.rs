@@ -1259,6 +1259,93 @@ async fn sqlite_caps_on_values_and_programs_are_named() {
     assert_eq!(size, 2_000_000);
 }
 
+/// What one call's statements make SQLite hold is bounded
+/// (`HOUSEKEEPER_SQLITE_MEMORY`, 64 MiB by default) by the host's allocator
+/// for SQLite: a row too wide for it, and a statement whose preparing would
+/// copy gigabytes (with the parse layer off, so SQLite itself is what meets
+/// it), are refused naming the variable, quickly, and the connection serves
+/// the next call.
+#[tokio::test]
+async fn sqlite_memory_is_bounded_per_call() {
+    use housekeeper::capabilities::sql::ConnectionOptions;
+    assert!(
+        housekeeper::capabilities::sql::heap::installed(),
+        "SQLite started before the host's allocator"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _own) = big_sqlite(dir.path()).await;
+    let connection = Connection::open(&url, &ConnectionOptions::default()).unwrap();
+    let grants: &[(&str, &[SqlVerb])] = &[("big", &[Select, Delete])];
+    // 100 values of 900 KB in one row: 90 MB in SQLite's registers, none
+    // of it returned (`execute` drops the rows).
+    let wide = (0..100)
+        .map(|i| format!("printf('%.*c', 900000, 'x') AS c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Twelve levels of four uses each: SQLite's flattening copies the
+    // innermost expression 4^12 times while it prepares (gigabytes).
+    let mut nested = "SELECT id AS x FROM big".to_owned();
+    for _ in 0..12 {
+        nested = format!("SELECT x+x+x+x AS x FROM ({nested})");
+    }
+    let (unparsed, hostile) = unparsed();
+    for (mode, sql, parsed) in [
+        ("sql-execute", format!("SELECT {wide}"), true),
+        ("sql-query", format!("SELECT {wide}"), true),
+        ("sql-query", nested.clone(), false),
+        (
+            "sql-execute",
+            format!("DELETE FROM big WHERE id IN ({nested})"),
+            false,
+        ),
+    ] {
+        let request = sql_request("hostile", connection.clone(), mode, &sql, grants);
+        let started = std::time::Instant::now();
+        let r = if parsed {
+            run(request).await
+        } else {
+            unparsed.run(hostile, request).await
+        };
+        assert_eq!(r.status, RunStatus::Error, "{mode} {}: {r:#?}", &sql[..60]);
+        let error = r.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("HOUSEKEEPER_SQLITE_MEMORY"),
+            "{mode} {}: {error}",
+            &sql[..60]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Within the bound the same shapes run, on the same connection.
+    let narrow = (0..20)
+        .map(|i| format!("length(printf('%.*c', 900000, 'x')) AS c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let r = run(sql_request(
+        "hostile",
+        connection.clone(),
+        "sql-query",
+        &format!("SELECT {narrow}"),
+        grants,
+    ))
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let mut nested = "SELECT id AS x FROM big".to_owned();
+    for _ in 0..3 {
+        nested = format!("SELECT x+x+x+x AS x FROM ({nested})");
+    }
+    let r = unparsed
+        .run(
+            hostile,
+            sql_request("hostile", connection.clone(), "sql-query", &nested, grants),
+        )
+        .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+}
+
 /// A run of `sql::vacuum()` on the whole database of `connection`.
 fn vacuum_request(connection: &Connection) -> housekeeper::runtime::RunRequest {
     let mut r = sql_request(

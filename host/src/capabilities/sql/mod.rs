@@ -12,6 +12,7 @@
 pub mod connections;
 mod functions;
 pub mod guard;
+pub mod heap;
 mod host;
 mod postgres;
 pub mod roles;
@@ -31,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 
+/// Default of `HOUSEKEEPER_SQLITE_MEMORY`.
+pub const DEFAULT_SQLITE_MEMORY: usize = 64 << 20;
+
 /// Caps on what one SQL call may take.
 #[derive(Debug, Clone)]
 pub struct SqlLimits {
@@ -42,6 +46,8 @@ pub struct SqlLimits {
     pub call_timeout: Duration,
     /// Longest statement the guard parses; a longer one is refused unparsed.
     pub max_statement_bytes: usize,
+    /// Most SQLite heap one call's statements may hold at once.
+    pub sqlite_memory: usize,
     /// For tests only, and set by nothing else (no flag, no variable):
     /// statements reach the database unparsed, so that a test can show what
     /// the database's own privileges stop on their own.
@@ -56,6 +62,7 @@ impl Default for SqlLimits {
             max_bytes: 32 << 20,
             call_timeout: Duration::from_secs(15 * 60),
             max_statement_bytes: guard::DEFAULT_MAX_STATEMENT_BYTES,
+            sqlite_memory: DEFAULT_SQLITE_MEMORY,
             skip_parse: false,
         }
     }
@@ -133,14 +140,21 @@ impl Budget {
         }
     }
 
-    /// `call`, given the budget and a grace period. The database enforces
-    /// the budget; this also bounds waiting for a connection and a
-    /// database that stops answering.
+    /// `call`, given the budget. PostgreSQL enforces the budget itself (its
+    /// statement timeout) and has a short grace to say so, which keeps its
+    /// session usable; this also bounds waiting for a connection and a
+    /// database that stops answering. SQLite has no timeout of its own:
+    /// its call ends at the budget, and its statement is interrupted then.
     pub async fn bound<T>(
         &self,
         call: impl Future<Output = Result<T, Failure>>,
+        database_enforces: bool,
     ) -> Result<T, Failure> {
-        let grace = Duration::from_millis(250);
+        let grace = if database_enforces {
+            Duration::from_millis(250)
+        } else {
+            Duration::ZERO
+        };
         tokio::time::timeout(self.limit + grace, call)
             .await
             .unwrap_or_else(|_| Err(self.expired()))
@@ -321,7 +335,8 @@ impl SqlCapability {
                 }
             }
         };
-        match budget.bound(call).await {
+        let enforces = matches!(connection.pool, Pool::Postgres(_));
+        match budget.bound(call, enforces).await {
             Ok(outcomes) => {
                 self.record(&statements, &outcomes);
                 Ok(Ok(outcomes))

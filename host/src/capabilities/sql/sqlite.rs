@@ -16,7 +16,7 @@
 
 use super::guard::{self, Denial, Grants};
 use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
-use super::{functions, temp_files};
+use super::{functions, heap, temp_files};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::filesystem::WriteBudget;
 use crate::manifest::SqlVerb;
@@ -39,9 +39,19 @@ pub(super) async fn run(
     grants: &Grants,
     writes: Option<&Arc<WriteBudget>>,
 ) -> Result<Vec<Outcome>, Failure> {
+    if !heap::installed() {
+        return Err(refused_failure(
+            "SQLite's memory cannot be bounded in this process (SQLite was started before the host's allocator)",
+        ));
+    }
     let mut call = Call::acquire(pool).await?;
     let conn = &mut call.conn;
-    let policy = Arc::new(Policy::new(grants.clone(), writes.cloned()));
+    let mut policy = Policy::new(grants.clone(), writes.cloned());
+    policy.heap = Some((
+        heap::Window::new(limits.sqlite_memory),
+        limits.sqlite_memory,
+    ));
+    let policy = Arc::new(policy);
     let _ended = Ended(policy.clone());
     // The call's transaction is the host's own `BEGIN`, not sqlx's: SQLite
     // rolls a transaction back by itself on some errors (a full disk, an
@@ -207,6 +217,9 @@ struct Policy {
     created_indexes: Mutex<Vec<String>>,
     /// The run's write budget, which SQLite's temporary files are charged.
     writes: Option<Arc<WriteBudget>>,
+    /// What the call's statements may hold of SQLite's heap, and its limit
+    /// in bytes (task calls only: the host's `VACUUM` copies rows whole).
+    heap: Option<(Arc<heap::Window>, usize)>,
 }
 
 impl functions::CallEnd for Policy {
@@ -243,6 +256,10 @@ struct Ended(Arc<Policy>);
 
 impl Drop for Ended {
     fn drop(&mut self) {
+        // The heap window stays open: a statement still running (the call
+        // was dropped at its deadline) stays within it until its
+        // connection closes. A call that ends normally closes it first
+        // (`remove`).
         self.0.ended.store(true, Ordering::SeqCst);
     }
 }
@@ -264,6 +281,22 @@ impl Policy {
             denied: Mutex::new(None),
             created_indexes: Mutex::new(Vec::new()),
             writes,
+            heap: None,
+        }
+    }
+
+    /// Charges this connection thread's SQLite allocations to the call.
+    fn charge_heap(&self) {
+        if let Some((window, _)) = &self.heap {
+            heap::charge_to(window);
+        }
+    }
+
+    /// Ends the call's heap window: the host's statements that follow are
+    /// charged to no one.
+    fn close_heap(&self) {
+        if let Some((window, _)) = &self.heap {
+            window.close();
         }
     }
 
@@ -394,6 +427,19 @@ impl Policy {
     /// A statement's error: the authorizer's refusal if it made one.
     fn error(&self, e: sqlx::Error) -> Failure {
         let denial = self.denied.lock().ok().and_then(|mut d| d.take());
+        if let Some((window, limit)) = &self.heap
+            && window.exceeded()
+            && denial.is_none()
+        {
+            return Failure::Guest(wit::SqlError::Refused(format!(
+                "the statement needs more than {} MiB of SQLite's memory (HOUSEKEEPER_SQLITE_MEMORY){}",
+                limit >> 20,
+                match e {
+                    sqlx::Error::Database(db) => format!(": {}", db.message()),
+                    _ => String::new(),
+                }
+            )));
+        }
         match denial {
             Some(Denial::AccessDenied { table, verb }) => {
                 Failure::Guest(wit::SqlError::AccessDenied(wit::Denial {
@@ -433,9 +479,10 @@ unsafe extern "C" fn authorize(
         // SAFETY: `data` is the `Policy` `install` handed to SQLite; its
         // reference count is not released while the authorizer can run.
         let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
-        // What SQLite writes to temporary files for this statement is
-        // charged to its call.
+        // What SQLite writes to temporary files and allocates for this
+        // statement is charged to its call.
         temp_files::charge_to(&*policy);
+        policy.charge_heap();
         let text = |p: *const c_char| {
             // SAFETY: SQLite passes NUL-terminated strings or NULL.
             (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
@@ -464,7 +511,29 @@ unsafe extern "C" fn progress(data: *mut c_void) -> c_int {
     // the handler is installed.
     let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
     temp_files::charge_to(&*policy);
+    policy.charge_heap();
+    if let Some((window, _)) = &policy.heap {
+        heap::stepping(window);
+    }
     c_int::from(policy.ended.load(Ordering::SeqCst))
+}
+
+/// SQLite's trace callback, for `SQLITE_TRACE_ROW` only: the row about to
+/// be handed over may be copied whole, past the heap's limit.
+unsafe extern "C" fn row(
+    _mask: std::ffi::c_uint,
+    data: *mut c_void,
+    stmt: *mut c_void,
+    _: *mut c_void,
+) -> c_int {
+    // SAFETY: `data` is the `Policy` `install` handed to SQLite, alive while
+    // the callback is installed; `stmt` is the statement whose row it is.
+    let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
+    if let Some((window, _)) = &policy.heap {
+        // SAFETY: SQLite's row announcement, on the stepping thread.
+        unsafe { heap::row_ready(window, stmt as *mut ffi::sqlite3_stmt) };
+    }
+    0
 }
 
 /// How many virtual-machine steps SQLite takes between two calls of the
@@ -507,6 +576,14 @@ async fn install(
     unsafe {
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_progress_handler(db, PROGRESS_STEPS, Some(progress), data as *mut c_void);
+        if policy.heap.is_some() {
+            ffi::sqlite3_trace_v2(
+                db,
+                ffi::SQLITE_TRACE_ROW as std::ffi::c_uint,
+                Some(row),
+                data as *mut c_void,
+            );
+        }
         functions::serve(db, Some(policy.clone()));
     }
     Ok(Installed(data as usize))
@@ -516,6 +593,8 @@ async fn install(
 /// worker is gone this fails and the policy stays alive; the next call on
 /// the connection clears the authorizer before anything else (`clear`).
 async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(), Failure> {
+    // SAFETY: the pointer `install` made, whose count is still held.
+    unsafe { (*(installed.0 as *const Policy)).close_heap() };
     let mut handle = conn.lock_handle().await.map_err(error)?;
     // SAFETY: the handle is locked; NULL callbacks remove the authorizer
     // and the progress handler.
@@ -523,6 +602,7 @@ async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(),
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
         ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
+        ffi::sqlite3_trace_v2(db, 0, None, std::ptr::null_mut());
         functions::serve(db, None);
     }
     drop(handle);
@@ -539,6 +619,7 @@ async fn clear(conn: &mut PoolConnection<Sqlite>) -> Result<(), Failure> {
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut());
         ffi::sqlite3_progress_handler(db, 0, None, std::ptr::null_mut());
+        ffi::sqlite3_trace_v2(db, 0, None, std::ptr::null_mut());
         functions::serve(db, None);
     }
     drop(handle);

@@ -296,7 +296,8 @@ impl SqlCapability {
                 }
             }
         };
-        match budget.bound(call).await {
+        let enforces = matches!(connection.pool, Pool::Postgres(_));
+        match budget.bound(call, enforces).await {
             Ok(done) => {
                 self.record_done(&done);
                 Ok(Ok(()))
@@ -415,7 +416,7 @@ impl SqlCapability {
                 known: Default::default(),
             };
             let run = todo.iter().map(|(_, a)| *a).collect::<Vec<_>>();
-            let items = match budget.bound(postgres_many(&pool, &run, &cx)).await {
+            let items = match budget.bound(postgres_many(&pool, &run, &cx), true).await {
                 Err(failure) => return self.fail(failure, &[]),
                 Ok(items) => items,
             };
