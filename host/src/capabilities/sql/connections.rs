@@ -76,11 +76,15 @@ impl Connection {
         } else if url.starts_with("sqlite:") {
             // SQLite's temporary files go through the task VFS, which
             // charges them to the run's write budget.
+            super::heap::install();
             super::temp_files::register().map_err(anyhow::Error::msg)?;
             let max_value = i32::try_from(options.sqlite_max_value).unwrap_or(i32::MAX);
             let busy_timeout = options.acquire_timeout;
+            // Rows the driver has copied and not yet handed over count
+            // against the call's SQLite heap (`heap.rs`): a few at a time.
             let connect = SqliteConnectOptions::from_str(url)?
                 .busy_timeout(options.acquire_timeout)
+                .row_buffer_size(16)
                 .vfs(super::temp_files::NAME);
             Pool::Sqlite(
                 SqlitePoolOptions::new()

@@ -289,19 +289,22 @@ unsafe fn text<'a>(value: *mut ffi::sqlite3_value) -> Option<&'a [u8]> {
     }
 }
 
-/// A value as a blob (`sqlite3_value_blob`); empty for a zero-length blob.
+/// A value as a blob (`sqlite3_value_blob`); empty for a zero-length blob,
+/// `None` when SQLite cannot make it (a `zeroblob` it could not expand).
 ///
 /// # Safety
 /// As for [`text`].
-unsafe fn blob<'a>(value: *mut ffi::sqlite3_value) -> &'a [u8] {
+unsafe fn blob<'a>(value: *mut ffi::sqlite3_value) -> Option<&'a [u8]> {
     // SAFETY: as the function says.
     unsafe {
         let p = ffi::sqlite3_value_blob(value) as *const u8;
         let n = ffi::sqlite3_value_bytes(value);
-        if p.is_null() || n <= 0 {
-            &[]
+        if n <= 0 {
+            Some(&[])
+        } else if p.is_null() {
+            None
         } else {
-            std::slice::from_raw_parts(p, n as usize)
+            Some(std::slice::from_raw_parts(p, n as usize))
         }
     }
 }
@@ -344,13 +347,14 @@ unsafe extern "C" fn instr(
     let is_text = !(h_type == ffi::SQLITE_BLOB && n_type == ffi::SQLITE_BLOB);
     // SAFETY: the arguments of this call; each converted once.
     let (hay, nee) = unsafe {
-        if is_text {
-            match (text(haystack), text(needle)) {
-                (Some(h), Some(n)) => (h, n),
-                _ => return ffi::sqlite3_result_error_nomem(ctx),
-            }
+        let both = if is_text {
+            (text(haystack), text(needle))
         } else {
             (blob(haystack), blob(needle))
+        };
+        match both {
+            (Some(h), Some(n)) => (h, n),
+            _ => return ffi::sqlite3_result_error_nomem(ctx),
         }
     };
     let position = instr_position(hay, nee, is_text);

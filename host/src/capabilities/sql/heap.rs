@@ -1,4 +1,4 @@
-//! SQLite's heap, bounded per task call (`HOUSEKEEPER_SQLITE_MEMORY`).
+//! SQLite's heap, bounded per run (`HOUSEKEEPER_SQLITE_MEMORY`).
 //!
 //! What a guest statement makes SQLite hold is not bounded by the size of
 //! the statement or of its values alone: preparing a statement copies
@@ -7,8 +7,12 @@
 //! in SQLite's registers. The process's allocator for SQLite is therefore
 //! the host's (`SQLITE_CONFIG_MALLOC`): a thin layer over SQLite's default
 //! one that tags every allocation with the [`Window`] it is charged to, if
-//! any, and keeps each window's live total. An allocation that would take a
-//! task call's window past its limit fails; SQLite handles a failed
+//! any, and keeps each window's live total. A run has one window, open
+//! while one of its SQL calls runs; what its statements allocate stays
+//! charged to it until freed, also after the call (the schema of a table
+//! it created, pages in a connection's cache), so that many calls cannot
+//! together hold more. An allocation that would take a run's window past
+//! its limit fails; SQLite handles a failed
 //! allocation anywhere in preparing or stepping a statement by failing the
 //! statement (`SQLITE_NOMEM`), which the guest sees as `refused`, naming
 //! the limit.
@@ -17,8 +21,9 @@
 //! statements on a thread of its own, so it is the one the connection's
 //! thread last prepared or stepped a task statement for ([`charge_to`],
 //! from the authorizer and the progress handler), while that call lasts.
-//! The host's own statements (`BEGIN`, `COMMIT`, `VACUUM`) and the store's
-//! connections are charged to no window. A tagged allocation freed later,
+//! The host's own statements (`BEGIN`, `COMMIT`, `VACUUM`), its loading
+//! of the database's schema before the guest's statements, and the
+//! store's connections are charged to no window. A tagged allocation freed later,
 //! on any thread, is taken off its own window's total.
 //!
 //! One kind of allocation must not fail: the copy of each value of a result
@@ -39,7 +44,9 @@ use std::sync::{Arc, OnceLock};
 /// `Arc<Window>` count), or NULL. Keeps SQLite's 8-byte alignment.
 const TAG: usize = 8;
 
-/// What one task call's statements may hold of SQLite's heap at once.
+/// What one run's statements may hold of SQLite's heap at once: open while
+/// one of its calls runs, and charged for what its statements allocated
+/// until that is freed, also after the call.
 pub(super) struct Window {
     /// Bytes charged and not yet freed.
     used: AtomicIsize,
@@ -64,9 +71,27 @@ impl Window {
         })
     }
 
-    /// Ends the call: later allocations are charged to no window.
+    /// Starts a call: its statements' allocations are charged from now on.
+    pub(super) fn open(&self) {
+        self.exceeded.store(false, Ordering::SeqCst);
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a call: later allocations are charged to no window. What the
+    /// call's statements left allocated (the schema of a table it created,
+    /// pages in the connection's cache) stays charged until it is freed.
     pub(super) fn close(&self) {
         self.open.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether allocations are charged to it now.
+    fn charging(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The limit, in bytes.
+    pub(super) fn limit(&self) -> usize {
+        self.limit as usize
     }
 
     /// Whether an allocation was refused for this window's limit.
@@ -85,7 +110,7 @@ impl Window {
     /// connection's thread) and no row copies are due.
     fn charge(&self, bytes: isize, strict: bool) -> bool {
         let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if bytes <= 0 || used <= self.limit || !strict || !self.open.load(Ordering::Relaxed) {
+        if bytes <= 0 || used <= self.limit || !strict || !self.charging() {
             return true;
         }
         if self.row_copies.fetch_sub(bytes, Ordering::Relaxed) >= bytes {
@@ -124,10 +149,7 @@ fn current() -> Option<Arc<Window>> {
     CURRENT
         .try_with(|current| {
             let current = current.try_borrow().ok()?;
-            current
-                .as_ref()
-                .filter(|w| w.open.load(Ordering::Relaxed))
-                .cloned()
+            current.as_ref().filter(|w| w.charging()).cloned()
         })
         .ok()
         .flatten()

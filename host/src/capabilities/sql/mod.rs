@@ -92,6 +92,8 @@ pub struct SqlCapability {
     /// The run's write budget (`limits.write_bytes`), which SQLite's
     /// temporary files are charged to.
     writes: Option<Arc<WriteBudget>>,
+    /// What the run's statements make SQLite hold (`HOUSEKEEPER_SQLITE_MEMORY`).
+    heap: Arc<heap::Window>,
 }
 
 /// One statement that passed the guard.
@@ -197,6 +199,7 @@ impl SqlCapability {
             dry_run,
             deadline,
             output,
+            heap: heap::Window::new(limits.sqlite_memory),
             limits,
             writes: None,
         }
@@ -330,6 +333,7 @@ impl SqlCapability {
                         &limits,
                         &grants,
                         self.writes.as_ref(),
+                        &self.heap,
                     )
                     .await
                 }

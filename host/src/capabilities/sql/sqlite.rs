@@ -38,27 +38,41 @@ pub(super) async fn run(
     limits: &SqlLimits,
     grants: &Grants,
     writes: Option<&Arc<WriteBudget>>,
+    heap: &Arc<heap::Window>,
 ) -> Result<Vec<Outcome>, Failure> {
     if !heap::installed() {
         return Err(refused_failure(
             "SQLite's memory cannot be bounded in this process (SQLite was started before the host's allocator)",
         ));
     }
+    // What the host does before the guest's statements is charged to no
+    // one (a call of this run cut off earlier may have left it open).
+    heap.close();
     let mut call = Call::acquire(pool).await?;
     let conn = &mut call.conn;
     let mut policy = Policy::new(grants.clone(), writes.cloned());
-    policy.heap = Some((
-        heap::Window::new(limits.sqlite_memory),
-        limits.sqlite_memory,
-    ));
-    let policy = Arc::new(policy);
-    let _ended = Ended(policy.clone());
+    policy.heap = Some(heap.clone());
     // The call's transaction is the host's own `BEGIN`, not sqlx's: SQLite
     // rolls a transaction back by itself on some errors (a full disk, an
     // interrupt), after which sqlx's count of open transactions would be
     // wrong for every later call on the connection. Whether one is open is
     // asked of SQLite instead.
-    conn.execute("BEGIN").await.map_err(error)?;
+    //
+    // The host reads the schema first, so that it is loaded (or reloaded,
+    // if another connection changed it) before the guest's statements:
+    // SQLite holds a database's whole schema in memory on each connection,
+    // which is the database's to pay for, not the run's. (Outside the
+    // transaction: a read transaction left open would make SQLite refuse,
+    // rather than wait for, the lock a later write needs.)
+    conn.execute(sqlx::raw_sql("SELECT 1 FROM sqlite_schema LIMIT 0; BEGIN"))
+        .await
+        .map_err(error)?;
+    if grants_ddl(grants) {
+        let used = schema_bytes(conn).await?;
+        policy.schema_full = (used >= limits.sqlite_memory / 2).then_some(used);
+    }
+    let policy = Arc::new(policy);
+    let _ended = Ended(policy.clone());
     let installed = install(conn, &policy, true).await?;
     let result = statements_in(conn, statements, want_rows, limits, &policy).await;
     remove(conn, installed).await?;
@@ -217,9 +231,13 @@ struct Policy {
     created_indexes: Mutex<Vec<String>>,
     /// The run's write budget, which SQLite's temporary files are charged.
     writes: Option<Arc<WriteBudget>>,
-    /// What the call's statements may hold of SQLite's heap, and its limit
-    /// in bytes (task calls only: the host's `VACUUM` copies rows whole).
-    heap: Option<(Arc<heap::Window>, usize)>,
+    /// What the run's statements may hold of SQLite's heap (task calls
+    /// only: the host's `VACUUM` copies rows whole).
+    heap: Option<Arc<heap::Window>>,
+    /// What the database's schema takes of SQLite's memory, when that is
+    /// already half of `HOUSEKEEPER_SQLITE_MEMORY` or more: the schema may
+    /// not grow (`CREATE TABLE`, `CREATE INDEX`, `ALTER TABLE`).
+    schema_full: Option<usize>,
 }
 
 impl functions::CallEnd for Policy {
@@ -282,12 +300,13 @@ impl Policy {
             created_indexes: Mutex::new(Vec::new()),
             writes,
             heap: None,
+            schema_full: None,
         }
     }
 
     /// Charges this connection thread's SQLite allocations to the call.
     fn charge_heap(&self) {
-        if let Some((window, _)) = &self.heap {
+        if let Some(window) = &self.heap {
             heap::charge_to(window);
         }
     }
@@ -295,7 +314,7 @@ impl Policy {
     /// Ends the call's heap window: the host's statements that follow are
     /// charged to no one.
     fn close_heap(&self) {
-        if let Some((window, _)) = &self.heap {
+        if let Some(window) = &self.heap {
             window.close();
         }
     }
@@ -311,11 +330,36 @@ impl Policy {
     ) -> Result<(), Denial> {
         let refused = |what: &str| Err(Denial::Refused(format!("{what} is not allowed")));
         let table = |name: Option<&str>| name.unwrap_or_default().to_ascii_lowercase();
+        // `ALTER TABLE` names its database first (and, for `DROP COLUMN`,
+        // the column where other actions name the database).
+        let database = if action == ffi::SQLITE_ALTER_TABLE {
+            first
+        } else {
+            database
+        };
+        // SQLite reads (and, for `ALTER TABLE`, rewrites) the `temp`
+        // schema's own table too; it refuses a statement's own writes to any
+        // schema table.
+        let schema_table = matches!(
+            action,
+            ffi::SQLITE_READ | ffi::SQLITE_INSERT | ffi::SQLITE_UPDATE | ffi::SQLITE_DELETE
+        ) && first.is_some_and(is_schema_table);
         if let Some(db) = database
             && db != "main"
-            && !(action == ffi::SQLITE_READ && first.is_some_and(is_schema_table))
+            && !schema_table
         {
             return refused(&format!("database `{db}`"));
+        }
+        if let Some(used) = self.schema_full
+            && matches!(
+                action,
+                ffi::SQLITE_CREATE_TABLE | ffi::SQLITE_CREATE_INDEX | ffi::SQLITE_ALTER_TABLE
+            )
+        {
+            return Err(Denial::Refused(format!(
+                "the database's schema already takes {} MiB of SQLite's memory on every connection, half of HOUSEKEEPER_SQLITE_MEMORY or more: it may shrink (DROP) but not grow",
+                used >> 20
+            )));
         }
         match action {
             ffi::SQLITE_SELECT | ffi::SQLITE_RECURSIVE => Ok(()),
@@ -358,7 +402,18 @@ impl Policy {
             }
             ffi::SQLITE_FUNCTION => {
                 let name = second.unwrap_or_default().to_ascii_lowercase();
-                if guard::function_allowed(&name) {
+                // SQLite's own helpers for `ALTER TABLE`, which it calls
+                // from the statements it makes for one and refuses to a
+                // statement's own text.
+                let alter_helper = matches!(
+                    name.as_str(),
+                    "sqlite_rename_column"
+                        | "sqlite_rename_table"
+                        | "sqlite_rename_test"
+                        | "sqlite_drop_column"
+                        | "sqlite_rename_quotefix"
+                );
+                if guard::function_allowed(&name) || alter_helper {
                     Ok(())
                 } else {
                     refused(&format!("function `{name}`"))
@@ -374,9 +429,8 @@ impl Policy {
                 }
                 Ok(())
             }
-            ffi::SQLITE_DROP_INDEX | ffi::SQLITE_ALTER_TABLE => {
-                require(&self.grants, table(second), SqlVerb::Ddl)
-            }
+            ffi::SQLITE_DROP_INDEX => require(&self.grants, table(second), SqlVerb::Ddl),
+            ffi::SQLITE_ALTER_TABLE => require(&self.grants, table(second), SqlVerb::Ddl),
             // SQLite asks this for an index it fills while creating it,
             // naming the index; a `REINDEX` of existing indexes (any table's,
             // by name or all at once) is not a task's to run.
@@ -427,13 +481,13 @@ impl Policy {
     /// A statement's error: the authorizer's refusal if it made one.
     fn error(&self, e: sqlx::Error) -> Failure {
         let denial = self.denied.lock().ok().and_then(|mut d| d.take());
-        if let Some((window, limit)) = &self.heap
+        if let Some(window) = &self.heap
             && window.exceeded()
             && denial.is_none()
         {
             return Failure::Guest(wit::SqlError::Refused(format!(
                 "the statement needs more than {} MiB of SQLite's memory (HOUSEKEEPER_SQLITE_MEMORY){}",
-                limit >> 20,
+                window.limit() >> 20,
                 match e {
                     sqlx::Error::Database(db) => format!(": {}", db.message()),
                     _ => String::new(),
@@ -512,7 +566,7 @@ unsafe extern "C" fn progress(data: *mut c_void) -> c_int {
     let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
     temp_files::charge_to(&*policy);
     policy.charge_heap();
-    if let Some((window, _)) = &policy.heap {
+    if let Some(window) = &policy.heap {
         heap::stepping(window);
     }
     c_int::from(policy.ended.load(Ordering::SeqCst))
@@ -520,16 +574,16 @@ unsafe extern "C" fn progress(data: *mut c_void) -> c_int {
 
 /// SQLite's trace callback, for `SQLITE_TRACE_ROW` only: the row about to
 /// be handed over may be copied whole, past the heap's limit.
-unsafe extern "C" fn row(
+unsafe extern "C" fn trace(
     _mask: std::ffi::c_uint,
     data: *mut c_void,
     stmt: *mut c_void,
     _: *mut c_void,
 ) -> c_int {
     // SAFETY: `data` is the `Policy` `install` handed to SQLite, alive while
-    // the callback is installed; `stmt` is the statement whose row it is.
+    // the callback is installed; `stmt` is the statement traced.
     let policy = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data as *const Policy) });
-    if let Some((window, _)) = &policy.heap {
+    if let Some(window) = &policy.heap {
         // SAFETY: SQLite's row announcement, on the stepping thread.
         unsafe { heap::row_ready(window, stmt as *mut ffi::sqlite3_stmt) };
     }
@@ -576,11 +630,12 @@ async fn install(
     unsafe {
         let db = handle.as_raw_handle().as_ptr();
         ffi::sqlite3_progress_handler(db, PROGRESS_STEPS, Some(progress), data as *mut c_void);
-        if policy.heap.is_some() {
+        if let Some(window) = &policy.heap {
+            window.open();
             ffi::sqlite3_trace_v2(
                 db,
                 ffi::SQLITE_TRACE_ROW as std::ffi::c_uint,
-                Some(row),
+                Some(trace),
                 data as *mut c_void,
             );
         }
@@ -609,6 +664,29 @@ async fn remove(conn: &mut SqliteConnection, installed: Installed) -> Result<(),
     // SAFETY: SQLite no longer holds the pointer `install` gave it.
     unsafe { drop(Arc::from_raw(installed.0 as *const Policy)) };
     Ok(())
+}
+
+/// Whether `grants` let a statement change the schema.
+fn grants_ddl(grants: &Grants) -> bool {
+    !grants.tables_with(SqlVerb::Ddl).is_empty()
+}
+
+/// What the connection's schemas take of SQLite's memory, in bytes
+/// (`SQLITE_DBSTATUS_SCHEMA_USED`).
+async fn schema_bytes(conn: &mut SqliteConnection) -> Result<usize, Failure> {
+    let mut handle = conn.lock_handle().await.map_err(error)?;
+    let (mut current, mut highest) = (0, 0);
+    // SAFETY: the handle is locked for the call; SQLite fills the two ints.
+    unsafe {
+        ffi::sqlite3_db_status(
+            handle.as_raw_handle().as_ptr(),
+            ffi::SQLITE_DBSTATUS_SCHEMA_USED,
+            &mut current,
+            &mut highest,
+            0,
+        )
+    };
+    Ok(current.max(0) as usize)
 }
 
 async fn clear(conn: &mut PoolConnection<Sqlite>) -> Result<(), Failure> {
@@ -752,15 +830,31 @@ mod tests {
     }
 
     async fn call(pool: &SqlitePool, grants: &Grants, sql: &str) -> Result<usize, String> {
+        let window = heap::Window::new(SqlLimits::default().sqlite_memory);
+        call_in(pool, grants, sql, &window).await
+    }
+
+    /// A call of the run whose SQLite heap is `window`.
+    async fn call_in(
+        pool: &SqlitePool,
+        grants: &Grants,
+        sql: &str,
+        window: &Arc<heap::Window>,
+    ) -> Result<usize, String> {
         let (kind, verb) = (Kind::Change, Select);
+        let limits = SqlLimits {
+            sqlite_memory: window.limit(),
+            ..SqlLimits::default()
+        };
         run(
             pool,
             &[unchecked(sql, kind, verb)],
             true,
             false,
-            &SqlLimits::default(),
+            &limits,
             grants,
             None,
+            window,
         )
         .await
         .map(|outcomes| outcomes.len())
@@ -788,6 +882,170 @@ mod tests {
         assert!(!policy.charge(4096));
         assert!(!policy.charge(0));
         assert_eq!(budget.used(), 4096);
+    }
+
+    /// `CREATE TABLE name` with 200 columns of long names: about 60 KB of
+    /// schema in SQLite's memory.
+    fn wide_table(name: &str) -> String {
+        let columns: Vec<String> = (0..200)
+            .map(|i| format!("column_{i}_{} TEXT DEFAULT 'x'", "n".repeat(60)))
+            .collect();
+        format!("CREATE TABLE {name} ({})", columns.join(", "))
+    }
+
+    /// SQLite holds a database's whole schema in memory on each connection.
+    /// Loading it, or loading it again after another connection changed
+    /// it, is the host's doing and charged to no run: a run whose SQLite
+    /// heap is smaller than the schema still queries the database.
+    #[tokio::test]
+    async fn the_schema_is_loaded_by_the_host_and_charged_to_no_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let own = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let tables: Vec<String> = (0..100).map(|i| wide_table(&format!("w{i}"))).collect();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY); {};",
+            tables.join("; ")
+        ))
+        .execute(&own)
+        .await
+        .unwrap();
+        // A connection of its own, whose schema is not loaded yet.
+        let task = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let g = grants(&[("events", &[Select])]);
+        let window = heap::Window::new(2 << 20);
+        assert_eq!(
+            call_in(&task, &g, "SELECT count(*) FROM events", &window).await,
+            Ok(1)
+        );
+        // Another connection changes the schema: the next call loads it
+        // again, before the guest's statement.
+        sqlx::raw_sql(&wide_table("w_new"))
+            .execute(&own)
+            .await
+            .unwrap();
+        assert_eq!(
+            call_in(&task, &g, "SELECT count(*) FROM events", &window).await,
+            Ok(1)
+        );
+    }
+
+    /// What a run's statements leave in SQLite's memory stays charged to
+    /// the run after the call (here: the schema of the tables it creates),
+    /// so that many calls of one run cannot together hold more than one.
+    #[tokio::test]
+    async fn a_runs_calls_share_one_heap_bound() {
+        let pool = pool().await;
+        let g = grants(&[("*", &[Select, Ddl])]);
+        let window = heap::Window::new(2 << 20);
+        let mut refused = None;
+        for i in 0..200 {
+            match call_in(&pool, &g, &wide_table(&format!("grown{i}")), &window).await {
+                Ok(_) => {}
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (at, error) = refused.expect("200 tables of schema fit in one 2 MiB run");
+        assert!(at > 3, "refused at the call {at}: {error}");
+        assert!(error.contains("HOUSEKEEPER_SQLITE_MEMORY"), "{error}");
+        // Another run starts with its own bound; the connection serves it.
+        let fresh = heap::Window::new(2 << 20);
+        assert_eq!(
+            call_in(&pool, &g, "SELECT count(*) FROM events", &fresh).await,
+            Ok(1)
+        );
+    }
+
+    /// Every form of `ALTER TABLE` works with `ddl` on its table, also on a
+    /// schema larger than the run's SQLite heap (SQLite reloads the whole
+    /// schema to finish one, which is not the run's to pay for).
+    #[tokio::test]
+    async fn alter_table_in_every_form_runs_with_its_grant() {
+        let pool = pool().await;
+        let g = grants(&[
+            ("events", &[Select, Ddl]),
+            ("renamed", &[Select, Ddl]),
+            ("*", &[Select]),
+        ]);
+        for sql in [
+            "ALTER TABLE events ADD COLUMN extra TEXT",
+            "ALTER TABLE events RENAME COLUMN extra TO spare",
+            "ALTER TABLE events DROP COLUMN spare",
+            "ALTER TABLE events RENAME TO renamed",
+            "ALTER TABLE renamed RENAME TO events",
+        ] {
+            assert_eq!(call(&pool, &g, sql).await, Ok(1), "{sql}");
+        }
+        assert_eq!(
+            call(&pool, &g, "ALTER TABLE secrets ADD COLUMN x").await,
+            Err("access denied: secrets ddl".into())
+        );
+        // Altering makes SQLite reload the whole schema, charged to the
+        // run: within a run's bound while the schema may grow at all.
+        let tables: Vec<String> = (0..50).map(|i| wide_table(&format!("w{i}"))).collect();
+        sqlx::raw_sql(&tables.join("; "))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let window = heap::Window::new(8 << 20);
+        assert_eq!(
+            call_in(
+                &pool,
+                &g,
+                "ALTER TABLE events ADD COLUMN more TEXT",
+                &window
+            )
+            .await,
+            Ok(1)
+        );
+    }
+
+    /// A database whose schema already takes half of the run's SQLite heap
+    /// or more may not grow through a task (SQLite holds it whole on every
+    /// connection); it may shrink, and it may be read.
+    #[tokio::test]
+    async fn a_schema_past_half_the_heap_may_not_grow() {
+        let pool = pool().await;
+        let tables: Vec<String> = (0..100).map(|i| wide_table(&format!("w{i}"))).collect();
+        sqlx::raw_sql(&tables.join("; "))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let g = grants(&[("*", &[Select, Ddl])]);
+        let window = heap::Window::new(4 << 20);
+        for sql in [
+            "CREATE TABLE more (x)",
+            "CREATE INDEX events_v ON events (v)",
+            "ALTER TABLE events ADD COLUMN x",
+        ] {
+            let error = call_in(&pool, &g, sql, &window).await.unwrap_err();
+            assert!(
+                error.contains("schema") && error.contains("HOUSEKEEPER_SQLITE_MEMORY"),
+                "{sql}: {error}"
+            );
+        }
+        assert_eq!(
+            call_in(&pool, &g, "SELECT count(*) FROM events", &window).await,
+            Ok(1)
+        );
+        assert_eq!(call_in(&pool, &g, "DROP TABLE w0", &window).await, Ok(1));
+        // With room for it, the same schema grows.
+        let roomy = heap::Window::new(64 << 20);
+        assert_eq!(
+            call_in(&pool, &g, "CREATE TABLE more (x)", &roomy).await,
+            Ok(1)
+        );
     }
 
     async fn secrets(pool: &SqlitePool) -> Vec<(i64, String)> {

@@ -130,6 +130,56 @@ fn inner() -> *mut ffi::sqlite3_vfs {
 #[repr(C)]
 struct Temp {
     base: ffi::sqlite3_file,
+    /// The blocks of the file written so far (a `Blocks` made at open,
+    /// freed at close).
+    written: *mut Blocks,
+}
+
+/// What a temporary file is charged by: each [`BLOCK`] of it once, the
+/// first time anything is written into it. Rewriting a page (SQLite's
+/// temporary b-trees rewrite theirs as they change) takes no more disk,
+/// and neither does the hole a write at a far offset leaves.
+#[derive(Default)]
+struct Blocks(Vec<u64>);
+
+/// The unit temporary files are charged in: the filesystem's block.
+const BLOCK: u64 = 4096;
+
+impl Blocks {
+    /// The blocks `[offset, offset + amount)` touches.
+    fn range(offset: u64, amount: u64) -> std::ops::RangeInclusive<u64> {
+        if amount == 0 {
+            // An empty range.
+            return 1..=0;
+        }
+        offset / BLOCK..=(offset + amount - 1) / BLOCK
+    }
+
+    fn has(&self, block: u64) -> bool {
+        self.0
+            .get((block / 64) as usize)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
+    /// Bytes of the blocks `[offset, offset + amount)` touches that were
+    /// not written before.
+    fn unwritten(&self, offset: u64, amount: u64) -> u64 {
+        Self::range(offset, amount)
+            .filter(|b| !self.has(*b))
+            .count() as u64
+            * BLOCK
+    }
+
+    /// Marks the blocks `[offset, offset + amount)` touches as written.
+    fn mark(&mut self, offset: u64, amount: u64) {
+        for block in Self::range(offset, amount) {
+            let word = (block / 64) as usize;
+            if word >= self.0.len() {
+                self.0.resize(word + 1, 0);
+            }
+            self.0[word] |= 1 << (block % 64);
+        }
+    }
 }
 
 /// Where the default VFS's file starts, aligned for any field it has.
@@ -187,11 +237,13 @@ unsafe extern "C" fn open(
         let temp = file as *mut Temp;
         // SQLite closes a file whose methods are set, even after a failed
         // open: ours then close the wrapped one.
-        (*temp).base.pMethods = if (*wrapped).pMethods.is_null() {
-            std::ptr::null()
+        if (*wrapped).pMethods.is_null() {
+            (*temp).base.pMethods = std::ptr::null();
+            (*temp).written = std::ptr::null_mut();
         } else {
-            &TEMP_METHODS
-        };
+            (*temp).base.pMethods = &TEMP_METHODS;
+            (*temp).written = Box::into_raw(Box::default());
+        }
         rc
     }
 }
@@ -225,24 +277,41 @@ unsafe extern "C" fn write(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    // The bytes written. A hole a write leaves is not charged: SQLite
-    // writes pages of its temporary b-trees at scattered offsets, and a
-    // hole takes no disk.
-    if !charge(u64::try_from(amount).unwrap_or(0)) {
+    // The blocks the write takes that the file did not have (see
+    // `Blocks`).
+    let (offset, amount_u) = (
+        u64::try_from(offset).unwrap_or(0),
+        u64::try_from(amount).unwrap_or(0),
+    );
+    // SAFETY: `file` is one of ours, open, so `written` is its `Blocks`;
+    // SQLite uses a file from one thread at a time.
+    let blocks = unsafe { &mut *(*(file as *mut Temp)).written };
+    if !charge(blocks.unwritten(offset, amount_u)) {
         return ffi::SQLITE_FULL;
     }
-    forward!(file, xWrite, data, amount, offset)
+    blocks.mark(offset, amount_u);
+    forward!(file, xWrite, data, amount, offset as ffi::sqlite3_int64)
 }
 
-/// Truncating, or growing a file without writing it, takes no disk.
+/// Truncating, or growing a file without writing it, takes no disk. The
+/// blocks cut off stay charged (the budget counts what was written), and
+/// are not charged again when written anew.
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
     forward!(file, xTruncate, size)
 }
 
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let rc = forward!(file, xClose);
-    // SAFETY: `file` is one of ours; closed, it has no methods.
-    unsafe { (*file).pMethods = std::ptr::null() };
+    // SAFETY: `file` is one of ours; closed, it has no methods, and its
+    // `Blocks` (made at open) is freed once.
+    unsafe {
+        let temp = file as *mut Temp;
+        (*temp).base.pMethods = std::ptr::null();
+        if !(*temp).written.is_null() {
+            drop(Box::from_raw((*temp).written));
+            (*temp).written = std::ptr::null_mut();
+        }
+    }
     rc
 }
 
@@ -357,4 +426,37 @@ unsafe extern "C" fn current_time_int64(
         return ffi::SQLITE_ERROR;
     }
     forward_vfs!(xCurrentTimeInt64, ffi::SQLITE_ERROR, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file is charged for the blocks it takes, each once: a rewrite
+    /// of a page, a write over part of a block already written, and the
+    /// hole before a write at a far offset cost nothing.
+    #[test]
+    fn a_temporary_file_is_charged_each_block_once() {
+        let mut blocks = Blocks::default();
+        let mut charged = 0;
+        let mut write = |blocks: &mut Blocks, offset: u64, amount: u64| {
+            let new = blocks.unwritten(offset, amount);
+            blocks.mark(offset, amount);
+            charged += new;
+            new
+        };
+        assert_eq!(write(&mut blocks, 0, 4096), 4096);
+        for _ in 0..1000 {
+            assert_eq!(write(&mut blocks, 0, 4096), 0, "a rewrite was charged");
+        }
+        // One byte across a boundary takes two blocks; one was written.
+        assert_eq!(write(&mut blocks, 4095, 2), 4096);
+        // Far away: its own block only, not the hole before it.
+        assert_eq!(write(&mut blocks, 1 << 30, 100), 4096);
+        assert_eq!(write(&mut blocks, (1 << 30) + 100, 100), 0);
+        // A sorter's unaligned chunks: 10 KB at 3 KB takes blocks 0–3.
+        assert_eq!(write(&mut blocks, 3 << 10, 10 << 10), 2 * 4096);
+        assert_eq!(write(&mut blocks, 0, 0), 0);
+        assert_eq!(charged, 5 * 4096);
+    }
 }
