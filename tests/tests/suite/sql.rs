@@ -1259,14 +1259,14 @@ async fn sqlite_caps_on_values_and_programs_are_named() {
     assert_eq!(size, 2_000_000);
 }
 
-/// What one call's statements make SQLite hold is bounded
+/// What one run's statements make SQLite hold is bounded
 /// (`HOUSEKEEPER_SQLITE_MEMORY`, 64 MiB by default) by the host's allocator
 /// for SQLite: a row too wide for it, and a statement whose preparing would
 /// copy gigabytes (with the parse layer off, so SQLite itself is what meets
 /// it), are refused naming the variable, and the connection serves the
 /// next call.
 #[tokio::test]
-async fn sqlite_memory_is_bounded_per_call() {
+async fn sqlite_memory_is_bounded_per_run() {
     use housekeeper::capabilities::sql::ConnectionOptions;
     assert!(
         housekeeper::capabilities::sql::heap::installed(),

@@ -893,6 +893,16 @@ mod tests {
         format!("CREATE TABLE {name} ({})", columns.join(", "))
     }
 
+    /// Adds `count` tables of `wide_table` (`w0`, `w1`, …) through `pool`,
+    /// the host's own connection, not a task's.
+    async fn add_wide_tables(pool: &SqlitePool, count: usize) {
+        let tables: Vec<String> = (0..count).map(|i| wide_table(&format!("w{i}"))).collect();
+        sqlx::raw_sql(&tables.join("; "))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
     /// SQLite holds a database's whole schema in memory on each connection.
     /// Loading it, or loading it again after another connection changed
     /// it, is the host's doing and charged to no run: a run whose SQLite
@@ -906,14 +916,11 @@ mod tests {
             .connect(&url)
             .await
             .unwrap();
-        let tables: Vec<String> = (0..100).map(|i| wide_table(&format!("w{i}"))).collect();
-        sqlx::raw_sql(&format!(
-            "CREATE TABLE events (id INTEGER PRIMARY KEY); {};",
-            tables.join("; ")
-        ))
-        .execute(&own)
-        .await
-        .unwrap();
+        sqlx::raw_sql("CREATE TABLE events (id INTEGER PRIMARY KEY)")
+            .execute(&own)
+            .await
+            .unwrap();
+        add_wide_tables(&own, 100).await;
         // A connection of its own, whose schema is not loaded yet.
         let task = SqlitePoolOptions::new()
             .max_connections(1)
@@ -967,9 +974,9 @@ mod tests {
         );
     }
 
-    /// Every form of `ALTER TABLE` works with `ddl` on its table, also on a
-    /// schema larger than the run's SQLite heap (SQLite reloads the whole
-    /// schema to finish one, which is not the run's to pay for).
+    /// Every form of `ALTER TABLE` works with `ddl` on its table, and not
+    /// without it, also on a schema of a few megabytes, which SQLite reloads
+    /// whole to finish each one.
     #[tokio::test]
     async fn alter_table_in_every_form_runs_with_its_grant() {
         let pool = pool().await;
@@ -993,11 +1000,7 @@ mod tests {
         );
         // Altering makes SQLite reload the whole schema, charged to the
         // run: within a run's bound while the schema may grow at all.
-        let tables: Vec<String> = (0..50).map(|i| wide_table(&format!("w{i}"))).collect();
-        sqlx::raw_sql(&tables.join("; "))
-            .execute(&pool)
-            .await
-            .unwrap();
+        add_wide_tables(&pool, 50).await;
         let window = heap::Window::new(8 << 20);
         assert_eq!(
             call_in(
@@ -1017,11 +1020,7 @@ mod tests {
     #[tokio::test]
     async fn a_schema_past_half_the_heap_may_not_grow() {
         let pool = pool().await;
-        let tables: Vec<String> = (0..100).map(|i| wide_table(&format!("w{i}"))).collect();
-        sqlx::raw_sql(&tables.join("; "))
-            .execute(&pool)
-            .await
-            .unwrap();
+        add_wide_tables(&pool, 100).await;
         let g = grants(&[("*", &[Select, Ddl])]);
         let window = heap::Window::new(4 << 20);
         for sql in [
