@@ -5,8 +5,10 @@
 # data; ROUNDS rounds (default 3), alternating. The housekeeper side is the
 # release binary's `run` of the example manifest
 # (deploy/tasks/sensor-readings-retention.toml, batches of 10000, no pause),
-# process start and compile-cache load included. Prints the medians and the
-# ratio. Needs PostgreSQL at PGHOST/PGPORT (default 127.0.0.1:5432, user
+# process start and compile-cache load included. A third side is what a
+# user would script instead of either: psql sending 100 block-range
+# batches, each its own transaction (waiting for its commit, PostgreSQL's
+# default). Prints the medians and the ratios to the one DELETE. Needs PostgreSQL at PGHOST/PGPORT (default 127.0.0.1:5432, user
 # postgres); uses a database named housekeeper_bench, dropped afterwards.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +45,19 @@ psql_delete() {
     psql_ $db -c "DELETE FROM sensor_readings WHERE created_at < now() - interval '90 days'" >/dev/null
     now_ms=$(( $(ms) - t0 ))
 }
+# 100 ranges of blocks, each its own transaction (psql -f commits each
+# statement on its own).
+psql_batches() {
+    local blocks step t0
+    blocks=$(psql_ $db -c "SELECT pg_relation_size('sensor_readings') / 8192")
+    step=$(( blocks / 100 + 1 ))
+    for s in $(seq 0 "$step" "$blocks"); do
+        echo "DELETE FROM sensor_readings WHERE ctid >= '($s,0)'::tid AND ctid < '($((s + step)),0)'::tid AND created_at < now() - interval '90 days';"
+    done > "$work/batches.sql"
+    t0=$(ms)
+    psql_ $db -f "$work/batches.sql" >/dev/null
+    now_ms=$(( $(ms) - t0 ))
+}
 hk_delete() {
     local t0 out; t0=$(ms)
     out=$(DATABASE_URL="$server/$db" HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER=1 HOUSEKEEPER_DATA_DIR="$work/data" "$bin" run sensor-readings-retention --tasks-dir "$work/tasks" --no-record)
@@ -54,17 +69,21 @@ hk_delete() {
 load >/dev/null
 DATABASE_URL="$server/$db" HOUSEKEEPER_DB_MAIN_UNSAFE_SUPERUSER=1 HOUSEKEEPER_DATA_DIR="$work/data" "$bin" run sensor-readings-retention --tasks-dir "$work/tasks" --no-record --dry-run >/dev/null
 
-declare -a p h
+declare -a p b h
+count() { psql_ $db -c "SELECT count(*) FROM sensor_readings"; }
 for i in $(seq "$rounds"); do
     load
     psql_delete; p+=("$now_ms")
-    left=$(psql_ $db -c "SELECT count(*) FROM sensor_readings")
+    left=$(count)
+    load
+    psql_batches; b+=("$now_ms")
+    [ "$left" = "$(count)" ] || { echo "different results: psql batches left $(count), one DELETE $left"; exit 1; }
     load
     hk_delete; h+=("$now_ms")
-    left_hk=$(psql_ $db -c "SELECT count(*) FROM sensor_readings")
-    [ "$left" = "$left_hk" ] || { echo "different results: psql left $left, housekeeper $left_hk"; exit 1; }
-    echo "round $i: psql ${p[-1]} ms, housekeeper ${h[-1]} ms ($left of $rows rows left)"
+    [ "$left" = "$(count)" ] || { echo "different results: housekeeper left $(count), psql $left"; exit 1; }
+    echo "round $i: psql DELETE ${p[-1]} ms, psql batches ${b[-1]} ms, housekeeper ${h[-1]} ms ($left of $rows rows left)"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-mp=$(median "${p[@]}"); mh=$(median "${h[@]}")
-echo "median: psql DELETE $mp ms, housekeeper row-retention $mh ms, ratio $(awk -v a="$mh" -v b="$mp" 'BEGIN {printf "%.2f", a/b}')"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+mp=$(median "${p[@]}"); mb=$(median "${b[@]}"); mh=$(median "${h[@]}")
+echo "median: psql DELETE $mp ms, psql batches $mb ms ($(ratio "$mb" "$mp")), housekeeper row-retention $mh ms (ratio $(ratio "$mh" "$mp"))"

@@ -218,7 +218,16 @@ impl Runtime {
         // a moment later, is the backstop for any host call that does not.
         let outcome = tokio::time::timeout(request.timeout + HOST_CALL_GRACE, async {
             let task = component.pre.instantiate_async(&mut store).await?;
-            task.call_run(&mut store, &ctx).await
+            let returned = task.call_run(&mut store, &ctx).await?;
+            // A run that ends lost none of its SQL commits: those made
+            // without waiting for the disk are waited for now. When that
+            // fails, a run that succeeded fails with why; a failed run keeps
+            // its own error (the output says both).
+            let flushed = store.data_mut().capabilities.sql.flush().await;
+            Ok::<_, wasmtime::Error>(match (returned, flushed) {
+                (Ok(_), Err(why)) => Err(types::TaskError::Failed(why)),
+                (returned, _) => returned,
+            })
         })
         .await;
         let fuel = request.fuel.saturating_sub(store.get_fuel().unwrap_or(0));

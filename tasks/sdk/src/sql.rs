@@ -110,6 +110,16 @@ pub fn execute(sql: &str, params: &[Value]) -> Result<u64, SqlError> {
     host::execute(&for_connection(sql), params)
 }
 
+/// As [`execute`], with PostgreSQL's asynchronous commit: returns once the
+/// statement's transaction has committed, without waiting for the commit to
+/// reach disk. A crash of the database can undo the last such commits (whole
+/// and in order, never part of one); when the task returns, the host waits
+/// until all of them are on disk. For batches a later run would redo, such
+/// as deleting what is past retention. On SQLite it is [`execute`].
+pub fn execute_async_commit(sql: &str, params: &[Value]) -> Result<u64, SqlError> {
+    host::execute_async_commit(&for_connection(sql), params)
+}
+
 /// Runs every statement in one transaction: all succeed or none does.
 pub fn transaction(statements: &[(&str, Vec<Value>)]) -> Result<Vec<u64>, SqlError> {
     let statements: Vec<host::Statement> = statements
@@ -427,8 +437,11 @@ impl std::fmt::Display for Ident {
 /// Deletes the rows of `table` matching `condition` in batches of
 /// `batch_size`, one statement each, picking rows by `ctid` (PostgreSQL)
 /// or `rowid` (SQLite). `condition` uses `$1`… for `params`; the batch
-/// size is bound after them. `between` is as for [`in_batches`]. Returns
-/// the total deleted and the number of batches.
+/// size is bound after them. `between` is as for [`in_batches`]. Each batch
+/// commits asynchronously ([`execute_async_commit`]): a deletion undone by a
+/// crash of the database is done again by the next run, and the host waits
+/// for every batch to be on disk before the run ends. Returns the total
+/// deleted and the number of batches.
 pub fn delete_in_batches(
     table: &Ident,
     condition: &str,
@@ -447,7 +460,11 @@ pub fn delete_in_batches(
     };
     let mut params = params.to_vec();
     params.push(Value::Integer(batch_size as i64));
-    in_batches(batch_size, || execute(&statement, &params), between)
+    in_batches(
+        batch_size,
+        || execute_async_commit(&statement, &params),
+        between,
+    )
 }
 
 /// Deletes in batches of `batch_size` rows until a batch deletes fewer,

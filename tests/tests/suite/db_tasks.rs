@@ -441,12 +441,22 @@ async fn row_retention_deletes_in_batches(pool: PgPool) {
     ok(&r);
     assert_eq!(metric(&r, "rows_deleted"), 51.0);
     assert_eq!(metric(&r, "batches"), 3.0);
+    // The batches committed without waiting for the disk; the run ended
+    // once they were on it.
+    assert!(
+        r.output.contains("asynchronous commits are on disk"),
+        "{r:#?}"
+    );
     // By block ranges: the rest from 90 days (the 90-day one aged past the
     // cutoff since it was written).
     let r = retention(&pool).go().await;
     ok(&r);
     assert_eq!(metric(&r, "rows_deleted"), 60.0);
     assert!(metric(&r, "batches") >= 2.0, "{r:#?}");
+    assert!(
+        r.output.contains("asynchronous commits are on disk"),
+        "{r:#?}"
+    );
     let (left, oldest): (i64, i64) = sqlx::query_as(
         "SELECT count(*), max(extract(day FROM now() - created_at))::bigint FROM sensor_readings",
     )

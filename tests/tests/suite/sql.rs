@@ -765,6 +765,104 @@ async fn a_transaction_is_all_or_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "sensor_readings").await, 80);
 }
 
+/// `execute-async-commit` commits without waiting for the disk, only in its
+/// own call, and the host waits for the disk once, after the task returns,
+/// with a transaction that commits after every one of them.
+#[sqlx::test]
+async fn asynchronous_commits_are_on_disk_when_the_run_ends(pool: PgPool) {
+    sqlx::raw_sql("CREATE TABLE commits (setting text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let insert = "INSERT INTO commits SELECT current_setting('synchronous_commit')";
+    let grants: &[(&str, &[SqlVerb])] = &[("commits", &[Insert])];
+    let settings = |pool: &PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT setting FROM commits ORDER BY 1")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let waited = "asynchronous commits are on disk (transaction ";
+
+    let r = pg(
+        &pool,
+        "sql-async-commit",
+        &format!("{insert}\n{insert}"),
+        grants,
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(settings(&pool).await, ["off", "off"]);
+    let id: i64 = r
+        .output
+        .split(waited)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in the output: {}", r.output));
+    // A transaction with an ID, committed after both inserts: its commit
+    // waited for the WAL up to it.
+    let (status, after): (String, bool) = sqlx::query_as(
+        "SELECT pg_xact_status($1::text::xid8),
+                $1 % 4294967296 > (SELECT max(xmin::text::bigint) FROM commits)",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), after),
+        ("committed", true),
+        "{}",
+        r.output
+    );
+
+    // `execute` waits for its own commit; nothing is left to wait for.
+    let r = pg(&pool, "sql-execute", insert, grants).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(settings(&pool).await, ["off", "off", "on"]);
+    assert!(!r.output.contains(waited), "{}", r.output);
+
+    // A dry-run commits nothing, so it waits for nothing.
+    let mut req = pg_request(&pool, "sql-async-commit", insert, grants);
+    req.dry_run = true;
+    let r = run(req).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(settings(&pool).await.len(), 3);
+    assert!(!r.output.contains(waited), "{}", r.output);
+
+    // The guard is the same as `execute`'s.
+    let r = pg(&pool, "sql-async-commit", "DELETE FROM commits", grants).await;
+    assert_stopped(&r, "`commits` is not granted `delete`");
+    assert_eq!(settings(&pool).await.len(), 3);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_asynchronous_commit_on_sqlite_is_a_commit(pool: SqlitePool) {
+    sqlite_schema(&pool).await;
+    let r = lite(
+        &pool,
+        "sql-async-commit",
+        "DELETE FROM readings WHERE value > 90\nDELETE FROM readings WHERE value > 80",
+        &[("readings", &[Delete])],
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    assert_eq!(
+        r.summary.as_deref(),
+        Some("async commits changed [10, 10] rows")
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 80);
+    assert!(!r.output.contains("asynchronous commits"), "{}", r.output);
+}
+
 /// The PostgreSQL injection payloads of `tests/data/payloads` (see its
 /// README): one per line of the lists, and the SQL code blocks and
 /// backquoted table cells of the PostgreSQL page.

@@ -2,7 +2,7 @@
 //! the guard and run checked; partition, `VACUUM` and `ANALYZE` calls are
 //! structured calls (`structured.rs`).
 
-use super::{Outcome, SqlCapability, changed, guard, structured};
+use super::{Commit, Outcome, SqlCapability, changed, guard, structured};
 use crate::bindings::housekeeper::task::sql::{self as wit, Host};
 
 // One method per call of the interface: the partition calls and their list
@@ -25,7 +25,7 @@ impl Host for SqlCapability {
             Err(e) => return Ok(Err(e)),
         };
         Ok(self
-            .run(vec![prepared], true)
+            .run(vec![prepared], true, Commit::Wait)
             .await?
             .map(|mut outcomes| match outcomes.pop() {
                 Some(Outcome::Rows(rows)) => rows,
@@ -41,14 +41,15 @@ impl Host for SqlCapability {
         sql: String,
         params: Vec<wit::Value>,
     ) -> wasmtime::Result<Result<u64, wit::SqlError>> {
-        let prepared = match self.check(&sql, params).await {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self
-            .run(vec![prepared], false)
-            .await?
-            .map(|outcomes| outcomes.iter().map(changed).sum()))
+        self.execute_with(sql, params, Commit::Wait).await
+    }
+
+    async fn execute_async_commit(
+        &mut self,
+        sql: String,
+        params: Vec<wit::Value>,
+    ) -> wasmtime::Result<Result<u64, wit::SqlError>> {
+        self.execute_with(sql, params, Commit::Async).await
     }
 
     async fn transaction(
@@ -66,7 +67,7 @@ impl Host for SqlCapability {
             return Ok(Ok(Vec::new()));
         }
         Ok(self
-            .run(prepared, false)
+            .run(prepared, false, Commit::Wait)
             .await?
             .map(|outcomes| outcomes.iter().map(changed).collect()))
     }
@@ -183,5 +184,23 @@ impl Host for SqlCapability {
         table: Option<wit::Relation>,
     ) -> wasmtime::Result<Result<(), wit::SqlError>> {
         self.structured(structured::Action::Analyze { table }).await
+    }
+}
+
+impl SqlCapability {
+    async fn execute_with(
+        &mut self,
+        sql: String,
+        params: Vec<wit::Value>,
+        commit: Commit,
+    ) -> wasmtime::Result<Result<u64, wit::SqlError>> {
+        let prepared = match self.check(&sql, params).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self
+            .run(vec![prepared], false, commit)
+            .await?
+            .map(|outcomes| outcomes.iter().map(changed).sum()))
     }
 }

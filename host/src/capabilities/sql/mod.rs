@@ -94,6 +94,16 @@ pub struct SqlCapability {
     writes: Option<Arc<WriteBudget>>,
     /// What the run's statements make SQLite hold (`HOUSEKEEPER_SQLITE_MEMORY`).
     heap: Arc<heap::Window>,
+    /// A call of the run may have committed without waiting for the disk
+    /// (`execute-async-commit`): [`SqlCapability::flush`] waits for it.
+    unflushed: bool,
+}
+
+/// Whether a call's commit waits for its WAL to reach disk (PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    Wait,
+    Async,
 }
 
 /// One statement that passed the guard.
@@ -200,6 +210,7 @@ impl SqlCapability {
             deadline,
             output,
             heap: heap::Window::new(limits.sqlite_memory),
+            unflushed: false,
             limits,
             writes: None,
         }
@@ -296,6 +307,7 @@ impl SqlCapability {
         &mut self,
         statements: Vec<Prepared>,
         want_rows: bool,
+        commit: Commit,
     ) -> wasmtime::Result<Result<Vec<Outcome>, wit::SqlError>> {
         let budget = match self.budget() {
             Ok(b) => b,
@@ -313,12 +325,17 @@ impl SqlCapability {
             Pool::Sqlite(_) => String::new(),
         };
         let limits = self.limits.clone();
+        let async_commit = commit == Commit::Async && matches!(connection.pool, Pool::Postgres(_));
+        // Marked before the call: one dropped at its deadline may still have
+        // committed.
+        self.unflushed |= async_commit && !self.dry_run;
         let call = async {
             match &connection.pool {
                 Pool::Postgres(pool) => {
                     let session = postgres::Session {
                         role: &role,
                         dry_run: self.dry_run,
+                        async_commit,
                         budget,
                         limits: &limits,
                     };
@@ -391,6 +408,61 @@ impl SqlCapability {
             Err(reason) => {
                 self.role = Some(Err(reason.clone()));
                 Err(Failure::Guest(wit::SqlError::Refused(reason)))
+            }
+        }
+    }
+
+    /// When a call of the run committed asynchronously, waits until those
+    /// commits are on disk: one transaction that takes an ID and commits
+    /// with the session's own `synchronous_commit`, so that its commit waits
+    /// for the WAL up to it, every earlier commit's included. The runtime
+    /// calls this when the task returns; an error says why the wait failed,
+    /// and the commits may then be lost in a crash of the database.
+    pub async fn flush(&mut self) -> Result<(), String> {
+        if !std::mem::take(&mut self.unflushed) {
+            return Ok(());
+        }
+        let Ok(Access {
+            connection:
+                Connection {
+                    pool: Pool::Postgres(pool),
+                    ..
+                },
+            ..
+        }) = &self.access
+        else {
+            return Ok(());
+        };
+        let wait = async {
+            let mut transaction = pool.begin().await?;
+            let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+                .fetch_one(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        };
+        let unconfirmed = "the run's asynchronous commits were not confirmed on disk";
+        let outcome = match self.budget() {
+            Err(_) => Err(format!("{unconfirmed}: the run's deadline passed")),
+            Ok(budget) => match tokio::time::timeout(budget.limit, wait).await {
+                Err(_) => Err(format!("{unconfirmed}: the run's deadline passed")),
+                Ok(Err(e)) => Err(format!("{unconfirmed}: {e}")),
+                Ok(Ok(id)) => Ok(id),
+            },
+        };
+        match outcome {
+            Ok(id) => {
+                self.output.log(
+                    Level::Info,
+                    &format!(
+                        "sql: the run's asynchronous commits are on disk (transaction {id} committed after them)"
+                    ),
+                );
+                Ok(())
+            }
+            Err(message) => {
+                self.output.log(Level::Error, &message);
+                Err(message)
             }
         }
     }

@@ -28,6 +28,9 @@ pub(super) struct Session<'a> {
     /// The task's role (see `roles`).
     pub role: &'a str,
     pub dry_run: bool,
+    /// The transaction commits without waiting for its WAL to reach disk
+    /// (`execute-async-commit`).
+    pub async_commit: bool,
     pub budget: Budget,
     pub limits: &'a SqlLimits,
 }
@@ -102,14 +105,19 @@ async fn run_on(
     let fail = |e: sqlx::Error| error(e, budget);
     let conn = &mut call.conn;
 
-    // One round trip opens the transaction, sets its limits and switches to
-    // the task's role (a number and a quoted name of our own, not guest
-    // input).
+    // One round trip opens the transaction, sets its limits (and, when
+    // asked, its asynchronous commit) and switches to the task's role (a
+    // number and a quoted name of our own, not guest input).
     let millis = budget.millis();
     let role = super::roles::quote_ident(role);
+    let commit = if session.async_commit {
+        "SET LOCAL synchronous_commit = off; "
+    } else {
+        ""
+    };
     conn.execute(sqlx::raw_sql(&format!(
         "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}; \
-         SET LOCAL standard_conforming_strings = on; SET LOCAL ROLE {role}"
+         SET LOCAL standard_conforming_strings = on; {commit}SET LOCAL ROLE {role}"
     )))
     .await
     .map_err(fail)?;

@@ -78,6 +78,8 @@ const READABLE_SETTINGS: &[&str] = &[
     "block_size",
     "max_connections",
     "default_statistics_target",
+    // Whether this call's commit waits for the disk (`execute-async-commit`).
+    "synchronous_commit",
 ];
 
 /// PostgreSQL's functions callable with one argument that are not
