@@ -218,19 +218,20 @@ impl Runtime {
         // a moment later, is the backstop for any host call that does not.
         let outcome = tokio::time::timeout(request.timeout + HOST_CALL_GRACE, async {
             let task = component.pre.instantiate_async(&mut store).await?;
-            let returned = task.call_run(&mut store, &ctx).await?;
-            // A run that ends lost none of its SQL commits: those made
-            // without waiting for the disk are waited for now. When that
-            // fails, a run that succeeded fails with why; a failed run keeps
-            // its own error (the output says both).
-            let flushed = store.data_mut().capabilities.sql.flush().await;
-            Ok::<_, wasmtime::Error>(match (returned, flushed) {
-                (Ok(_), Err(why)) => Err(types::TaskError::Failed(why)),
-                (returned, _) => returned,
-            })
+            task.call_run(&mut store, &ctx).await
         })
         .await;
         let fuel = request.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        // However the run ended (returned, trapped, out of fuel or time), it
+        // lost none of its SQL commits: those made without waiting for the
+        // disk are waited for now. When that fails, a run that succeeded
+        // fails with why; any other keeps its own end (the output says
+        // both).
+        let flushed = store.data_mut().capabilities.sql.flush().await;
+        let outcome = match (outcome, flushed) {
+            (Ok(Ok(Ok(_))), Err(why)) => Ok(Ok(Err(types::TaskError::Failed(why)))),
+            (outcome, _) => outcome,
+        };
         match outcome {
             Err(_) => Err(RunError {
                 status: RunStatus::Timeout,

@@ -113,8 +113,8 @@ pub fn execute(sql: &str, params: &[Value]) -> Result<u64, SqlError> {
 /// As [`execute`], with PostgreSQL's asynchronous commit: returns once the
 /// statement's transaction has committed, without waiting for the commit to
 /// reach disk. A crash of the database can undo the last such commits (whole
-/// and in order, never part of one); when the task returns, the host waits
-/// until all of them are on disk. For batches a later run would redo, such
+/// and in order, never part of one); when the run ends, however it ends,
+/// the host waits until all of them are on disk. For batches a later run would redo, such
 /// as deleting what is past retention. On SQLite it is [`execute`].
 pub fn execute_async_commit(sql: &str, params: &[Value]) -> Result<u64, SqlError> {
     host::execute_async_commit(&for_connection(sql), params)

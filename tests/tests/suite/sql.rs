@@ -749,6 +749,17 @@ async fn a_transaction_is_all_or_nothing(pool: PgPool) {
     .await;
     assert_stopped(&r, "SQLSTATE 23502");
     assert_eq!(count(&pool, "sensor_readings").await, 100);
+    // The output names the statement that failed, not the call's last.
+    let r = pg(
+        &pool,
+        "sql-transaction",
+        "INSERT INTO sensor_readings (device_uuid, value) VALUES (NULL, 1)\nDELETE FROM sensor_readings WHERE value > 50",
+        grants,
+    )
+    .await;
+    assert_stopped(&r, "SQLSTATE 23502");
+    assert_failed_statement(&r.output, "INSERT INTO sensor_readings");
+    assert_eq!(count(&pool, "sensor_readings").await, 100);
 
     let r = pg(
         &pool,
@@ -765,12 +776,43 @@ async fn a_transaction_is_all_or_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "sensor_readings").await, 80);
 }
 
+/// The run's output says the call failed and names `statement`, the one
+/// that failed.
+fn assert_failed_statement(output: &str, statement: &str) {
+    let line = output
+        .lines()
+        .find(|l| l.contains("sql failed"))
+        .unwrap_or_else(|| panic!("no failure in the output: {output}"));
+    let named = line.rsplit(": ").next().unwrap_or_default();
+    assert!(named.starts_with(statement), "{line}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_sqlite_transaction_is_all_or_nothing_and_names_what_failed(pool: SqlitePool) {
+    sqlite_schema(&pool).await;
+    let r = lite(
+        &pool,
+        "sql-transaction",
+        "INSERT INTO readings (value, created_at) VALUES (NULL, 'x')\nDELETE FROM readings WHERE value > 50",
+        &[("readings", &[Insert, Delete])],
+    )
+    .await;
+    assert_stopped(&r, "NOT NULL");
+    assert_failed_statement(&r.output, "INSERT INTO readings");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 100);
+}
+
 /// `execute-async-commit` commits without waiting for the disk, only in its
-/// own call, and the host waits for the disk once, after the task returns,
-/// with a transaction that commits after every one of them.
+/// own call, and the host waits for the disk once, after the task returns:
+/// its own record in the WAL comes after every commit of the task, and the
+/// WAL is flushed past it.
 #[sqlx::test]
 async fn asynchronous_commits_are_on_disk_when_the_run_ends(pool: PgPool) {
-    sqlx::raw_sql("CREATE TABLE commits (setting text NOT NULL)")
+    sqlx::raw_sql("CREATE TABLE commits (setting text NOT NULL, lsn pg_lsn)")
         .execute(&pool)
         .await
         .unwrap();
@@ -785,7 +827,7 @@ async fn asynchronous_commits_are_on_disk_when_the_run_ends(pool: PgPool) {
                 .unwrap()
         }
     };
-    let waited = "asynchronous commits are on disk (transaction ";
+    let waited = "asynchronous commits are on disk";
 
     let r = pg(
         &pool,
@@ -796,29 +838,38 @@ async fn asynchronous_commits_are_on_disk_when_the_run_ends(pool: PgPool) {
     .await;
     assert_eq!(r.status, RunStatus::Success, "{r:#?}");
     assert_eq!(settings(&pool).await, ["off", "off"]);
-    let id: i64 = r
+    assert!(r.output.contains(waited), "{}", r.output);
+
+    // Where the task's statements wrote in the WAL (read with the parse
+    // layer off: the guard does not allow the function).
+    let (runtime, hostile) = unparsed();
+    let req = pg_request(
+        &pool,
+        "sql-async-commit",
+        "INSERT INTO commits SELECT 'lsn', pg_current_wal_insert_lsn()\nINSERT INTO commits SELECT 'lsn', pg_current_wal_insert_lsn()",
+        grants,
+    );
+    let r = runtime.run(hostile, req).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let record = r
         .output
-        .split(waited)
+        .split("past the host's record at ")
         .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no wait in the output: {}", r.output));
-    // A transaction with an ID, committed after both inserts: its commit
-    // waited for the WAL up to it.
-    let (status, after): (String, bool) = sqlx::query_as(
-        "SELECT pg_xact_status($1::text::xid8),
-                $1 % 4294967296 > (SELECT max(xmin::text::bigint) FROM commits)",
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no wait in the output: {}", r.output))
+        .to_owned();
+    let (after, flushed): (bool, bool) = sqlx::query_as(
+        "SELECT $1::pg_lsn > (SELECT max(lsn) FROM commits), pg_current_wal_flush_lsn() >= $1::pg_lsn",
     )
-    .bind(id)
+    .bind(&record)
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(
-        (status.as_str(), after),
-        ("committed", true),
-        "{}",
-        r.output
-    );
+    assert!(after && flushed, "{}", r.output);
+    sqlx::raw_sql("DELETE FROM commits WHERE setting = 'lsn'")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     // `execute` waits for its own commit; nothing is left to wait for.
     let r = pg(&pool, "sql-execute", insert, grants).await;
@@ -838,6 +889,22 @@ async fn asynchronous_commits_are_on_disk_when_the_run_ends(pool: PgPool) {
     let r = pg(&pool, "sql-async-commit", "DELETE FROM commits", grants).await;
     assert_stopped(&r, "`commits` is not granted `delete`");
     assert_eq!(settings(&pool).await.len(), 3);
+
+    // A run that ends at its deadline after an asynchronous commit is
+    // waited for too.
+    let mut req = pg_request(
+        &pool,
+        "sql-async-commit",
+        &format!(
+            "{insert}\nINSERT INTO commits SELECT count(*)::text FROM generate_series(1, 100000) a, generate_series(1, 100000) b"
+        ),
+        grants,
+    );
+    req.timeout = Duration::from_secs(2);
+    let r = run(req).await;
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    assert_eq!(settings(&pool).await.len(), 4);
+    assert!(r.output.contains(waited), "{}", r.output);
 }
 
 #[sqlx::test(migrations = false)]

@@ -32,6 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 
+/// Least time [`SqlCapability::flush`] is given, even past the run's
+/// deadline (a run that timed out may have committed asynchronously).
+pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
 /// Default of `HOUSEKEEPER_SQLITE_MEMORY`.
 pub const DEFAULT_SQLITE_MEMORY: usize = 64 << 20;
 
@@ -97,6 +101,23 @@ pub struct SqlCapability {
     /// A call of the run may have committed without waiting for the disk
     /// (`execute-async-commit`): [`SqlCapability::flush`] waits for it.
     unflushed: bool,
+}
+
+/// The index of the statement of a call that is running, so that a call
+/// that fails names the statement that failed.
+#[derive(Debug, Default)]
+pub(crate) struct Reached(std::sync::atomic::AtomicUsize);
+
+impl Reached {
+    pub fn at(&self, index: usize) {
+        self.0.store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The statements up to the one running, which is then the last.
+    fn upto<'a>(&self, statements: &'a [Prepared]) -> &'a [Prepared] {
+        let index = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        statements.get(..=index).unwrap_or(statements)
+    }
 }
 
 /// Whether a call's commit waits for its WAL to reach disk (PostgreSQL).
@@ -329,6 +350,7 @@ impl SqlCapability {
         // Marked before the call: one dropped at its deadline may still have
         // committed.
         self.unflushed |= async_commit && !self.dry_run;
+        let reached = Reached::default();
         let call = async {
             match &connection.pool {
                 Pool::Postgres(pool) => {
@@ -338,6 +360,7 @@ impl SqlCapability {
                         async_commit,
                         budget,
                         limits: &limits,
+                        reached: &reached,
                     };
                     postgres::run(pool, &statements, want_rows, session).await
                 }
@@ -351,6 +374,7 @@ impl SqlCapability {
                         &grants,
                         self.writes.as_ref(),
                         &self.heap,
+                        &reached,
                     )
                     .await
                 }
@@ -362,7 +386,7 @@ impl SqlCapability {
                 self.record(&statements, &outcomes);
                 Ok(Ok(outcomes))
             }
-            Err(failure) => self.fail(failure, &statements),
+            Err(failure) => self.fail(failure, reached.upto(&statements)),
         }
     }
 
@@ -413,11 +437,16 @@ impl SqlCapability {
     }
 
     /// When a call of the run committed asynchronously, waits until those
-    /// commits are on disk: one transaction that takes an ID and commits
-    /// with the session's own `synchronous_commit`, so that its commit waits
-    /// for the WAL up to it, every earlier commit's included. The runtime
-    /// calls this when the task returns; an error says why the wait failed,
-    /// and the commits may then be lost in a crash of the database.
+    /// commits are on disk, and checks that they are. A transaction that
+    /// wrote no WAL commits without waiting, whatever `synchronous_commit`
+    /// says (taking an ID is not enough), so the host's transaction writes
+    /// one record, a transactional logical message (prefix `housekeeper`,
+    /// as `pg_logical_emit_message` writes it), and commits with
+    /// `synchronous_commit = on`: its commit waits for the WAL up to it,
+    /// every earlier commit's included. Then it asks the server how far the
+    /// WAL is flushed. The runtime calls this however the run ended, with
+    /// what is left of the run's deadline, or [`FLUSH_GRACE`] when that is
+    /// less; an error says why the commits are not confirmed.
     pub async fn flush(&mut self) -> Result<(), String> {
         if !std::mem::take(&mut self.unflushed) {
             return Ok(());
@@ -435,27 +464,43 @@ impl SqlCapability {
         };
         let wait = async {
             let mut transaction = pool.begin().await?;
-            let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
-                .fetch_one(&mut *transaction)
-                .await?;
+            let record: String = sqlx::query_scalar(
+                "SELECT pg_logical_emit_message(true, 'housekeeper', 'asynchronous commits of a run')::text
+                 FROM (SELECT set_config('synchronous_commit', 'on', true)) AS waits",
+            )
+            .fetch_one(&mut *transaction)
+            .await?;
             transaction.commit().await?;
-            Ok::<_, sqlx::Error>(id)
+            let (flushed, covered): (String, bool) = sqlx::query_as(
+                "SELECT pg_current_wal_flush_lsn()::text, pg_current_wal_flush_lsn() >= $1::pg_lsn",
+            )
+            .bind(&record)
+            .fetch_one(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((record, flushed, covered))
         };
         let unconfirmed = "the run's asynchronous commits were not confirmed on disk";
-        let outcome = match self.budget() {
-            Err(_) => Err(format!("{unconfirmed}: the run's deadline passed")),
-            Ok(budget) => match tokio::time::timeout(budget.limit, wait).await {
-                Err(_) => Err(format!("{unconfirmed}: the run's deadline passed")),
-                Ok(Err(e)) => Err(format!("{unconfirmed}: {e}")),
-                Ok(Ok(id)) => Ok(id),
-            },
+        let limit = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .max(FLUSH_GRACE);
+        let outcome = match tokio::time::timeout(limit, wait).await {
+            Err(_) => Err(format!(
+                "{unconfirmed}: the database did not answer within {}",
+                humantime::format_duration(limit)
+            )),
+            Ok(Err(e)) => Err(format!("{unconfirmed}: {e}")),
+            Ok(Ok((record, flushed, false))) => Err(format!(
+                "{unconfirmed}: the WAL is flushed to {flushed}, short of {record}"
+            )),
+            Ok(Ok((record, flushed, true))) => Ok((record, flushed)),
         };
         match outcome {
-            Ok(id) => {
+            Ok((record, flushed)) => {
                 self.output.log(
                     Level::Info,
                     &format!(
-                        "sql: the run's asynchronous commits are on disk (transaction {id} committed after them)"
+                        "sql: the run's asynchronous commits are on disk (WAL flushed to {flushed}, past the host's record at {record})"
                     ),
                 );
                 Ok(())

@@ -1,6 +1,6 @@
 //! Running checked statements on PostgreSQL.
 
-use super::{Budget, Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
+use super::{Budget, Collect, Failure, Outcome, Prepared, Reached, SqlLimits, collect, too_large};
 use crate::bindings::housekeeper::task::sql as wit;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures_util::StreamExt;
@@ -33,6 +33,8 @@ pub(super) struct Session<'a> {
     pub async_commit: bool,
     pub budget: Budget,
     pub limits: &'a SqlLimits,
+    /// Told which statement is running.
+    pub reached: &'a Reached,
 }
 
 pub(super) async fn run(
@@ -123,6 +125,7 @@ async fn run_on(
     .map_err(fail)?;
     let mut outcomes = Vec::with_capacity(statements.len());
     for (index, statement) in statements.iter().enumerate() {
+        session.reached.at(index);
         // Before every statement after the first the role is switched to
         // again: whatever an earlier statement of the call set (a
         // `set_config('role', …, true)` the parse missed) ends there.

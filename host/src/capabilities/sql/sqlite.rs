@@ -15,7 +15,7 @@
 //! (`VACUUM` and `ANALYZE` are never guest SQL: the typed calls run them.)
 
 use super::guard::{self, Denial, Grants};
-use super::{Collect, Failure, Outcome, Prepared, SqlLimits, collect, too_large};
+use super::{Collect, Failure, Outcome, Prepared, Reached, SqlLimits, collect, too_large};
 use super::{functions, heap, temp_files};
 use crate::bindings::housekeeper::task::sql as wit;
 use crate::capabilities::filesystem::WriteBudget;
@@ -39,6 +39,7 @@ pub(super) async fn run(
     grants: &Grants,
     writes: Option<&Arc<WriteBudget>>,
     heap: &Arc<heap::Window>,
+    reached: &Reached,
 ) -> Result<Vec<Outcome>, Failure> {
     if !heap::installed() {
         return Err(refused_failure(
@@ -74,7 +75,7 @@ pub(super) async fn run(
     let policy = Arc::new(policy);
     let _ended = Ended(policy.clone());
     let installed = install(conn, &policy, true).await?;
-    let result = statements_in(conn, statements, want_rows, limits, &policy).await;
+    let result = statements_in(conn, statements, want_rows, limits, &policy, reached).await;
     remove(conn, installed).await?;
     let outcomes = match result {
         Ok(outcomes) => outcomes,
@@ -193,9 +194,11 @@ async fn statements_in(
     want_rows: bool,
     limits: &SqlLimits,
     policy: &Policy,
+    reached: &Reached,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut outcomes = Vec::with_capacity(statements.len());
-    for statement in statements {
+    for (index, statement) in statements.iter().enumerate() {
+        reached.at(index);
         // Prepared afresh each time, so the authorizer sees it: a cached
         // statement would have been authorized under another call's grants.
         let query = bind(
@@ -855,6 +858,7 @@ mod tests {
             grants,
             None,
             window,
+            &Reached::default(),
         )
         .await
         .map(|outcomes| outcomes.len())
