@@ -907,6 +907,81 @@ async fn asynchronous_commits_are_on_disk_when_the_run_ends(pool: PgPool) {
     assert!(r.output.contains(waited), "{}", r.output);
 }
 
+/// A call cut off at the run's deadline while its `COMMIT` still runs on
+/// the server (a deferred foreign key waiting for a row lock) is cancelled
+/// and waited for before the run ends: the statement the output says was
+/// cancelled does not commit later, after the host's wait for the disk.
+#[sqlx::test]
+async fn an_asynchronous_call_cut_off_at_its_commit_does_not_commit_after_the_run(pool: PgPool) {
+    sqlx::raw_sql(
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         INSERT INTO parent VALUES (1);
+         CREATE TABLE child (id int, parent_id int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The insert waits 2 s for a table lock, so its `COMMIT` starts late
+    // with the call's lock time-out still ahead of it; the foreign key
+    // checked there waits for the parent row until the test lets go, after
+    // the run has ended.
+    let mut table = pool.begin().await.unwrap();
+    sqlx::raw_sql("LOCK TABLE child IN EXCLUSIVE MODE")
+        .execute(&mut *table)
+        .await
+        .unwrap();
+    let mut row = pool.begin().await.unwrap();
+    sqlx::raw_sql("SELECT * FROM parent WHERE id = 1 FOR UPDATE")
+        .execute(&mut *row)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        table.rollback().await.unwrap();
+    });
+    let mut req = pg_request(
+        &pool,
+        "sql-async-commit",
+        "INSERT INTO child VALUES (1, 1)",
+        &[("child", &[Insert])],
+    );
+    req.timeout = Duration::from_secs(4);
+    let r = run(req).await;
+    release.await.unwrap();
+    row.rollback().await.unwrap();
+    assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
+    assert!(
+        r.output.contains("sql cancelled at the run's deadline"),
+        "{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("was still running on the server"),
+        "{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("asynchronous commits are on disk"),
+        "{}",
+        r.output
+    );
+    // Whatever still ran of the call has ended by now; give a late commit
+    // every chance to show.
+    for _ in 0..100 {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&pool, "child").await, 0, "{}", r.output);
+}
+
 #[sqlx::test(migrations = false)]
 async fn an_asynchronous_commit_on_sqlite_is_a_commit(pool: SqlitePool) {
     sqlite_schema(&pool).await;

@@ -101,6 +101,9 @@ pub struct SqlCapability {
     /// A call of the run may have committed without waiting for the disk
     /// (`execute-async-commit`): [`SqlCapability::flush`] waits for it.
     unflushed: bool,
+    /// Server processes of asynchronous calls not seen to end (see
+    /// `postgres::Session::in_flight`).
+    in_flight: std::sync::Mutex<Vec<i32>>,
 }
 
 /// The index of the statement of a call that is running, so that a call
@@ -232,6 +235,7 @@ impl SqlCapability {
             output,
             heap: heap::Window::new(limits.sqlite_memory),
             unflushed: false,
+            in_flight: std::sync::Mutex::new(Vec::new()),
             limits,
             writes: None,
         }
@@ -361,6 +365,7 @@ impl SqlCapability {
                         budget,
                         limits: &limits,
                         reached: &reached,
+                        in_flight: &self.in_flight,
                     };
                     postgres::run(pool, &statements, want_rows, session).await
                 }
@@ -462,7 +467,36 @@ impl SqlCapability {
         else {
             return Ok(());
         };
+        let cut_off =
+            std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()));
+        let output = &self.output;
         let wait = async {
+            // A call cut off at the deadline may still be ending on the
+            // server (a deferred constraint checked at `COMMIT`, say): it is
+            // cancelled, and its process waited for, so that whatever it
+            // commits comes before the host's record.
+            for pid in cut_off {
+                sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(pool)
+                    .await?;
+                loop {
+                    let running: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                    )
+                    .bind(pid)
+                    .fetch_one(pool)
+                    .await?;
+                    if !running {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                output.log(
+                    Level::Warn,
+                    "sql: a call cut off at the run's deadline was still running on the server; it was cancelled and its session waited for",
+                );
+            }
             let mut transaction = pool.begin().await?;
             let record: String = sqlx::query_scalar(
                 "SELECT pg_logical_emit_message(true, 'housekeeper', 'asynchronous commits of a run')::text

@@ -11,6 +11,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgPool, PgRow, PgTypeInfo};
 use sqlx::query::Query;
 use sqlx::{Column, Executor, Postgres, Row, TypeInfo, ValueRef};
+use std::sync::Mutex;
 
 /// SQLSTATEs that mean a time limit ended the statement.
 const QUERY_CANCELED: &str = "57014";
@@ -35,6 +36,11 @@ pub(super) struct Session<'a> {
     pub limits: &'a SqlLimits,
     /// Told which statement is running.
     pub reached: &'a Reached,
+    /// The server processes of asynchronous calls that have not ended: a
+    /// call cut off at the run's deadline leaves its own here, and the
+    /// wait for the disk first waits for that process (a `COMMIT` it was
+    /// still running would otherwise land after the wait).
+    pub in_flight: &'a Mutex<Vec<i32>>,
 }
 
 pub(super) async fn run(
@@ -49,7 +55,8 @@ pub(super) async fn run(
         reset: false,
         abandoned: false,
     };
-    let result = run_on(&mut call, statements, want_rows, &session).await;
+    let mut backend = None;
+    let result = run_on(&mut call, statements, want_rows, &session, &mut backend).await;
     if call.abandoned {
         return result;
     }
@@ -66,6 +73,11 @@ pub(super) async fn run(
     }
     drop(ended);
     call.reset = reset;
+    // The transaction has ended (or its session is closed with it).
+    if let Some(pid) = backend {
+        let mut in_flight = session.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.retain(|p| *p != pid);
+    }
     match committed {
         Some(Err(e)) if commit => Err(error(e, session.budget)),
         _ => result,
@@ -97,6 +109,7 @@ async fn run_on(
     statements: &[Prepared],
     want_rows: bool,
     session: &Session<'_>,
+    backend: &mut Option<i32>,
 ) -> Result<Vec<Outcome>, Failure> {
     let Session {
         role,
@@ -117,12 +130,23 @@ async fn run_on(
     } else {
         ""
     };
-    conn.execute(sqlx::raw_sql(&format!(
+    let begin = format!(
         "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}; \
          SET LOCAL standard_conforming_strings = on; {commit}SET LOCAL ROLE {role}"
-    )))
-    .await
-    .map_err(fail)?;
+    );
+    if session.async_commit {
+        // The same round trip says which server process runs the call.
+        let row = conn
+            .fetch_one(sqlx::raw_sql(&format!("{begin}; SELECT pg_backend_pid()")))
+            .await
+            .map_err(fail)?;
+        let pid: i32 = row.try_get(0).map_err(fail)?;
+        *backend = Some(pid);
+        let mut in_flight = session.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.push(pid);
+    } else {
+        conn.execute(sqlx::raw_sql(&begin)).await.map_err(fail)?;
+    }
     let mut outcomes = Vec::with_capacity(statements.len());
     for (index, statement) in statements.iter().enumerate() {
         session.reached.at(index);
