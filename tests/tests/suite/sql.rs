@@ -393,6 +393,14 @@ async fn sqlite_schema(pool: &SqlitePool) {
     .unwrap();
 }
 
+/// How many rows `readings` holds.
+async fn readings(pool: &SqlitePool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn lite(
     pool: &SqlitePool,
     mode: &str,
@@ -640,11 +648,7 @@ async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
         Some("execute changed 10 rows"),
         "{r:#?}"
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 100);
+    assert_eq!(readings(&pool).await, 100);
     let r = lite(
         &pool,
         "sql-execute",
@@ -657,11 +661,7 @@ async fn sqlite_connections_are_guarded_the_same_way(pool: SqlitePool) {
         Some("execute changed 10 rows"),
         "{r:#?}"
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 90);
+    assert_eq!(readings(&pool).await, 90);
 }
 
 #[sqlx::test]
@@ -799,11 +799,7 @@ async fn a_sqlite_transaction_is_all_or_nothing_and_names_what_failed(pool: Sqli
     .await;
     assert_stopped(&r, "NOT NULL");
     assert_failed_statement(&r.output, "INSERT INTO readings");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 100);
+    assert_eq!(readings(&pool).await, 100);
 }
 
 /// `execute-async-commit` commits without waiting for the disk, only in its
@@ -950,21 +946,13 @@ async fn an_asynchronous_call_cut_off_at_its_commit_does_not_commit_after_the_ru
     release.await.unwrap();
     row.rollback().await.unwrap();
     assert_eq!(r.status, RunStatus::Timeout, "{r:#?}");
-    assert!(
-        r.output.contains("sql cancelled at the run's deadline"),
-        "{}",
-        r.output
-    );
-    assert!(
-        r.output.contains("was still running on the server"),
-        "{}",
-        r.output
-    );
-    assert!(
-        r.output.contains("asynchronous commits are on disk"),
-        "{}",
-        r.output
-    );
+    for said in [
+        "sql cancelled at the run's deadline",
+        "was still running on the server",
+        "asynchronous commits are on disk",
+    ] {
+        assert!(r.output.contains(said), "{said:?} not in {}", r.output);
+    }
     // Whatever still ran of the call has ended by now; give a late commit
     // every chance to show.
     for _ in 0..100 {
@@ -997,11 +985,7 @@ async fn an_asynchronous_commit_on_sqlite_is_a_commit(pool: SqlitePool) {
         r.summary.as_deref(),
         Some("async commits changed [10, 10] rows")
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 80);
+    assert_eq!(readings(&pool).await, 80);
     assert!(!r.output.contains("asynchronous commits"), "{}", r.output);
 }
 
